@@ -1,0 +1,23 @@
+"""keras_slim: networks that run at any width after one training.
+
+Slimmable Networks (S-Net), Universally Slimmable Networks (US-Net) and
+Any-Width Networks for Keras 3 (TensorFlow backend).
+
+Example:
+
+>>> import keras_slim
+>>> model = keras_slim.slim(base_model, width_range=(0.25, 1.0))
+>>> model.compile("adam", "sparse_categorical_crossentropy",
+...               metrics=["accuracy"])
+>>> model.fit(train_ds, epochs=30)
+>>> keras_slim.calibrate_bn(model, train_ds, widths=[0.25, 0.5, 1.0])
+>>> model.set_width(0.25)
+"""
+
+from keras_slim import layers
+from keras_slim.calibration import calibrate_bn
+from keras_slim.convert import slim
+from keras_slim.model import SlimmableModel
+from keras_slim.width import make_divisible
+
+__version__ = "0.1.0"

@@ -1,0 +1,9 @@
+"""Keras layers with a dynamic width."""
+
+from keras_slim.layers.scope import ActiveWidth
+from keras_slim.layers.scope import active_width
+from keras_slim.layers.convolution import SlimConv2D
+from keras_slim.layers.convolution import SlimDense
+from keras_slim.layers.convolution import SlimDepthwiseConv2D
+from keras_slim.layers.normalization import SlimBatchNormalization
+from keras_slim.layers.normalization import SwitchableBatchNormalization

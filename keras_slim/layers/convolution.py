@@ -1,0 +1,362 @@
+"""Slimmable convolution and dense layers.
+
+Each layer owns its kernel at full width and, in `call`, uses the leading
+slice that the active width selects: input channels follow the incoming
+tensor, output channels follow the active width (see `active_width`).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_slim.layers import scope as aw
+
+
+def _check_input_layout(layout):
+    if layout is None:
+        return None
+    if not isinstance(layout, dict) or "blocks" not in layout:
+        raise ValueError(
+            "`input_layout` must be None or a dict with 'blocks' (a list of "
+            f"[group, channels]) and optionally 'repeat'; got {layout!r}."
+        )
+    blocks = [[g, int(c)] for g, c in layout["blocks"]]
+    return {"blocks": blocks, "repeat": int(layout.get("repeat", 1))}
+
+
+def _is_static(value, expected):
+    """Whether `value` is a Python int equal to `expected` (no slicing needed)."""
+    return isinstance(value, (int, np.integer)) and int(value) == expected
+
+
+def proportional_staircase(in_channels, out_channels):
+    """Input count each output channel may read, proportional rule.
+
+    Output channel `j` reads input channels `[0, ceil((j + 1) * in / out))`:
+    the plain lower-triangular mask for square kernels. `SlimmableModel`
+    replaces it with the staircase of its own width rule, which is exact for
+    every width of the model.
+    """
+    j = np.arange(out_channels)
+    return np.ceil((j + 1) * in_channels / out_channels).astype("int64")
+
+
+def staircase_mask(input_counts):
+    """A `(in_channels, out_channels)` 0/1 mask from per-output read limits.
+
+    Args:
+        input_counts: length-`out_channels` array: output channel `j` reads
+            input channels `[0, input_counts[j])`.
+    """
+    return (
+        np.arange(int(np.max(input_counts)))[:, None]
+        < np.asarray(input_counts)[None, :]
+    ).astype("float32")
+
+
+class SlimKernelMixin:
+    """Shared logic of layers whose kernel is `(..., in, out)`."""
+
+    def _init_slim(
+        self, slim_in, slim_out, channel_group, input_layout, triangular
+    ):
+        self.slim_in = bool(slim_in)
+        self.slim_out = bool(slim_out)
+        self.channel_group = channel_group or self.name
+        self.input_layout = _check_input_layout(input_layout)
+        self.triangular = bool(triangular)
+        if self.triangular and self.input_layout is not None:
+            raise ValueError(
+                f"Layer '{self.name}': triangular=True needs its input to be a "
+                "single slimmable block (no Concatenate or Flatten before it)."
+            )
+
+    def _build_mask(self, in_channels, out_channels):
+        if not self.triangular:
+            self.triangular_mask = None
+            return
+        staircase = proportional_staircase(in_channels, out_channels)
+        self.triangular_mask = self.add_weight(
+            name="triangular_mask",
+            shape=(in_channels, out_channels),
+            initializer=keras.initializers.Constant(
+                staircase_mask(staircase)[:in_channels]
+            ),
+            trainable=False,
+        )
+
+    def set_staircase(self, input_counts):
+        """Sets the triangular mask from per-output input limits."""
+        mask = staircase_mask(input_counts)
+        full_in = self.triangular_mask.shape[0]
+        padded = np.zeros(self.triangular_mask.shape, "float32")
+        padded[: min(full_in, mask.shape[0])] = mask[:full_in]
+        self.triangular_mask.assign(padded)
+
+    def _slim_config(self):
+        return {
+            "slim_in": self.slim_in,
+            "slim_out": self.slim_out,
+            "channel_group": self.channel_group,
+            "input_layout": self.input_layout,
+            "triangular": self.triangular,
+        }
+
+    def _active_out(self, full_out):
+        if not self.slim_out:
+            return full_out
+        return aw.active_channels(self.channel_group, full_out)
+
+    def _check_inputs(self, inputs, full_in):
+        in_channels = inputs.shape[-1]
+        if in_channels is None:
+            return ops.shape(inputs)[-1]
+        if not self.slim_in and in_channels != full_in:
+            raise ValueError(
+                f"Layer '{self.name}' expects inputs with exactly {full_in} "
+                f"channels (its input side is not slimmable); got input "
+                f"shape {tuple(inputs.shape)}."
+            )
+        if in_channels > full_in:
+            raise ValueError(
+                f"Layer '{self.name}' was built for at most {full_in} input "
+                f"channels; got input shape {tuple(inputs.shape)}."
+            )
+        return in_channels
+
+    def _slice_kernel(self, inputs, kernel, full_in, full_out):
+        """Returns `(kernel, out_channels)` for the active width."""
+        in_channels = self._check_inputs(inputs, full_in)
+        out_channels = self._active_out(full_out)
+        mask = self.triangular_mask
+        if self.input_layout is not None:
+            indices = aw.input_channel_indices(self.input_layout, full_in)
+            kernel = tf.gather(kernel, indices, axis=kernel.ndim - 2)
+            kernel = kernel[..., :out_channels]
+        elif not (_is_static(in_channels, full_in) and _is_static(out_channels, full_out)):
+            kernel = kernel[..., :in_channels, :out_channels]
+            if mask is not None:
+                mask = mask[:in_channels, :out_channels]
+        if mask is not None:
+            kernel = kernel * ops.cast(mask, kernel.dtype)
+        return kernel, out_channels
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
+    """2D convolution whose input and output channels can be slimmed.
+
+    The kernel is built at full width (from the input shape at build time);
+    each call uses the leading `in x out` slice, where `in` is the number of
+    channels of the incoming tensor and `out` is the active channel count of
+    this layer's `channel_group` (full width outside a `SlimmableModel`).
+
+    Args:
+        filters: Output channels at full width.
+        kernel_size, strides, padding, ...: as `keras.layers.Conv2D`.
+        slim_in: Whether the input channels may be fewer than at build time.
+            False for a network's first layer: a wrong channel count then
+            raises instead of being sliced.
+        slim_out: Whether the output channels follow the active width. False
+            for a classifier's output.
+        channel_group: Name under which the active width stores this layer's
+            output count. Layers whose outputs are added together share one
+            group. Defaults to the layer name.
+        input_layout: For inputs assembled by `Concatenate`: which channel
+            groups the input is made of (see `active_width`).
+        triangular: Any-Width Networks: output channel `j` only reads input
+            channels that are active whenever `j` is, so activations do not
+            depend on the width.
+        **kwargs: Passed to `keras.layers.Conv2D`.
+
+    Call arguments:
+        inputs: A 4D tensor, channels last, with at most the build-time
+            number of channels.
+
+    Example:
+
+    >>> layer = SlimConv2D(32, 3, padding="same", channel_group="c1")
+    >>> y = layer(np.zeros((1, 8, 8, 16)))  # full width: 32 channels
+    >>> from keras_slim.layers import scope as aw
+    >>> with aw.active_width(aw.ActiveWidth(channels={"c1": 8})):
+    ...     y = layer(np.zeros((1, 8, 8, 4)))  # 4 -> 8 channels
+
+    Reference:
+        Yu et al., Slimmable Neural Networks, ICLR 2019
+        (https://arxiv.org/abs/1812.08928).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        slim_in=True,
+        slim_out=True,
+        channel_group=None,
+        input_layout=None,
+        triangular=False,
+        **kwargs,
+    ):
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.groups != 1:
+            raise ValueError(
+                f"SlimConv2D '{self.name}': grouped convolutions "
+                f"(groups={self.groups}) are not supported; use "
+                "SlimDepthwiseConv2D for depthwise convolutions."
+            )
+        if self.data_format != "channels_last":
+            raise ValueError(
+                f"SlimConv2D '{self.name}' supports data_format="
+                f"'channels_last' only; got '{self.data_format}'."
+            )
+        self._init_slim(
+            slim_in, slim_out, channel_group, input_layout, triangular
+        )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Inputs may carry fewer channels than the kernel was built for.
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+        self._build_mask(input_shape[-1], self.filters)
+
+    def call(self, inputs):
+        kernel, out_channels = self._slice_kernel(
+            inputs, self.kernel, self._kernel.shape[-2], self.filters
+        )
+        outputs = self.convolution_op(inputs, kernel)
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias[:out_channels])
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), **self._slim_config()}
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class SlimDense(SlimKernelMixin, keras.layers.Dense):
+    """Densely-connected layer whose input and output units can be slimmed.
+
+    Args:
+        units: Output units at full width.
+        slim_in, slim_out, channel_group, input_layout, triangular: see
+            `SlimConv2D`. A classifier uses `slim_out=False`; a dense layer
+            after `Flatten` uses `input_layout` with `repeat` = the number of
+            spatial positions.
+        **kwargs: Passed to `keras.layers.Dense`.
+
+    Example:
+
+    >>> head = SlimDense(10, slim_out=False)
+    >>> logits = head(np.zeros((2, 64)))
+    >>> logits = head(np.zeros((2, 16)))  # a slimmed feature vector
+    """
+
+    def __init__(
+        self,
+        units,
+        slim_in=True,
+        slim_out=True,
+        channel_group=None,
+        input_layout=None,
+        triangular=False,
+        **kwargs,
+    ):
+        super().__init__(units, **kwargs)
+        self._init_slim(
+            slim_in, slim_out, channel_group, input_layout, triangular
+        )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self._build_mask(input_shape[-1], self.units)
+
+    def call(self, inputs, training=None):
+        kernel, out_channels = self._slice_kernel(
+            inputs, self.kernel, self._kernel.shape[0], self.units
+        )
+        outputs = ops.matmul(inputs, kernel)
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias[:out_channels])
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), **self._slim_config()}
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class SlimDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """Depthwise convolution that follows the channels of its input.
+
+    Each input channel has its own filter, so the active channels are simply
+    those of the incoming tensor; the layer has no width of its own.
+
+    Args:
+        kernel_size, strides, padding, depth_multiplier, ...: as
+            `keras.layers.DepthwiseConv2D`.
+        input_layout: See `SlimConv2D` (inputs assembled by `Concatenate`).
+
+    Example:
+
+    >>> layer = SlimDepthwiseConv2D(3, padding="same")
+    >>> y = layer(np.zeros((1, 8, 8, 32)))  # builds the full kernel
+    >>> y = layer(np.zeros((1, 8, 8, 12)))  # uses the first 12 filters
+    """
+
+    def __init__(self, kernel_size, input_layout=None, **kwargs):
+        super().__init__(kernel_size, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError(
+                f"SlimDepthwiseConv2D '{self.name}' supports data_format="
+                f"'channels_last' only; got '{self.data_format}'."
+            )
+        self.input_layout = _check_input_layout(input_layout)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def call(self, inputs):
+        full = self.kernel.shape[-2]
+        in_channels = inputs.shape[-1]
+        if in_channels is not None and in_channels > full:
+            raise ValueError(
+                f"Layer '{self.name}' was built for at most {full} input "
+                f"channels; got input shape {tuple(inputs.shape)}."
+            )
+        if in_channels is None:
+            in_channels = ops.shape(inputs)[-1]
+        kernel, bias = self.kernel, self.bias
+        if self.input_layout is not None:
+            indices = aw.input_channel_indices(self.input_layout, full)
+            kernel = tf.gather(kernel, indices, axis=2)
+            if bias is not None:
+                bias = tf.gather(
+                    ops.reshape(bias, (full, self.depth_multiplier)), indices
+                )
+        elif not _is_static(in_channels, full):
+            kernel = kernel[:, :, :in_channels, :]
+            if bias is not None:
+                bias = ops.reshape(bias, (full, self.depth_multiplier))
+                bias = bias[:in_channels]
+        outputs = ops.depthwise_conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        if bias is not None:
+            outputs = ops.add(outputs, ops.reshape(bias, (-1,)))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), "input_layout": self.input_layout}
