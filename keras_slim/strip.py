@@ -1,0 +1,376 @@
+"""`strip()`: the plain Keras model of one width of a slimmable network.
+
+A `SlimmableModel` computes every width with full-size kernels, slicing (and,
+after `Concatenate`/`Flatten`, gathering) the active channels at run time.
+`strip` bakes one width into an ordinary functional model of stock Keras
+layers (`Conv2D`, `DepthwiseConv2D`, `Dense`, `BatchNormalization`, pooling,
+`Add`, `Concatenate`, `Flatten`, activations, ...) whose weights are the
+active slices: exactly the network one would have built natively at that
+width, with no slicing or gather ops left. It is what the exporters convert
+and what `keras_slim.profile` counts.
+"""
+
+import keras
+import numpy as np
+
+from keras_slim.layers.convolution import SlimConv2D
+from keras_slim.layers.convolution import SlimDense
+from keras_slim.layers.convolution import SlimDepthwiseConv2D
+from keras_slim.layers.normalization import SwitchableBatchNormalization
+from keras_slim.layers.normalization import _SlimNormalizationBase
+from keras_slim.model import SlimmableModel
+
+# Config keys of the slim layers that stock layers do not know.
+_SLIM_KEYS = (
+    "slim_in",
+    "slim_out",
+    "channel_group",
+    "input_layout",
+    "triangular",
+    "calibration_keys",
+    "num_widths",
+)
+
+
+def _numpy(variable):
+    return np.asarray(keras.ops.convert_to_numpy(variable))
+
+
+def _stock_config(layer, **overrides):
+    config = {
+        k: v for k, v in layer.get_config().items() if k not in _SLIM_KEYS
+    }
+    if config.get("lora_rank") is not None:
+        # `layer.kernel` already includes the LoRA update; export it merged.
+        config["lora_rank"] = None
+    config.update(overrides)
+    return config
+
+
+def layout_indices(layout, counts):
+    """Active input indices of a `Concatenate`/`Flatten` input layout, numpy.
+
+    The numpy twin of `keras_slim.layers.scope.input_channel_indices`: each
+    block `[group, full]` contributes its first `counts[group]` channels
+    (all of them for a fixed block, group None), and the block sequence
+    repeats once per spatial position folded in by a `Flatten`.
+
+    Args:
+        layout: dict with "blocks" (list of `[group, full_channels]`) and
+            "repeat".
+        counts: dict channel group -> active channel count.
+
+    Returns:
+        An int64 array of indices into the full-width input.
+    """
+    masks = []
+    for group, block_full in layout["blocks"]:
+        count = block_full if group is None else counts.get(group, block_full)
+        masks.append(np.arange(block_full) < min(int(count), block_full))
+    mask = np.tile(np.concatenate(masks), int(layout.get("repeat", 1)))
+    return np.flatnonzero(mask)
+
+
+class _Stripper:
+    """Replays a slim network's graph with stock layers of one width."""
+
+    def __init__(self, model, width):
+        self.model = model
+        self.counts = dict(zip(model.channel_groups, model.channels_for(width)))
+        self.row = model.width_index(width)
+        self.key = model.calibration_key(width)
+        self.bn_sources = {}  # BN layer name -> "calibrated" | "moving"
+
+    # ------------------------------------------------------------- helpers
+    def _input_indices(self, layer, tensor, full_in):
+        """Indices of the full-width input channels the stripped input has."""
+        channels = int(tensor.shape[-1])
+        if layer.input_layout is not None:
+            indices = layout_indices(layer.input_layout, self.counts)
+        else:
+            indices = np.arange(channels)
+        if len(indices) != channels or channels > full_in:
+            raise ValueError(
+                f"strip(): layer '{layer.name}' receives {channels} channels "
+                f"but the width selects {len(indices)} of its {full_in} "
+                "inputs. The network's channel groups are inconsistent."
+            )
+        return indices
+
+    def _out_channels(self, layer, full_out):
+        if not layer.slim_out:
+            return full_out
+        return int(min(self.counts.get(layer.channel_group, full_out), full_out))
+
+    # --------------------------------------------------------------- layers
+    def kernel_layer(self, layer, tensor):
+        """SlimConv2D / SlimDense -> Conv2D / Dense with sliced weights."""
+        kernel = _numpy(layer.kernel)
+        full_in, full_out = kernel.shape[-2], kernel.shape[-1]
+        indices = self._input_indices(layer, tensor, full_in)
+        out = self._out_channels(layer, full_out)
+        if layer.triangular_mask is not None:
+            kernel = kernel * _numpy(layer.triangular_mask)
+        kernel = np.take(kernel, indices, axis=-2)[..., :out]
+        weights = [kernel]
+        if layer.use_bias:
+            weights.append(_numpy(layer.bias)[:out])
+        if isinstance(layer, SlimConv2D):
+            new = keras.layers.Conv2D(**_stock_config(layer, filters=out))
+        else:
+            new = keras.layers.Dense(**_stock_config(layer, units=out))
+        return new, weights
+
+    def depthwise_layer(self, layer, tensor):
+        kernel = _numpy(layer.kernel)
+        full, multiplier = kernel.shape[-2], kernel.shape[-1]
+        indices = self._input_indices(layer, tensor, full)
+        weights = [np.take(kernel, indices, axis=2)]
+        if layer.use_bias:
+            bias = _numpy(layer.bias).reshape(full, multiplier)
+            weights.append(bias[indices].reshape(-1))
+        new = keras.layers.DepthwiseConv2D(**_stock_config(layer))
+        return new, weights
+
+    def bn_layer(self, layer, tensor):
+        indices = self._input_indices(layer, tensor, layer.channels)
+        switchable = isinstance(layer, SwitchableBatchNormalization)
+
+        def row(variable):
+            value = _numpy(variable)
+            return (value[self.row] if switchable else value)[indices]
+
+        if self.key in layer.calibrated:
+            mean_var, variance_var = layer.calibrated[self.key]
+            mean = _numpy(mean_var)[indices]
+            variance = _numpy(variance_var)[indices]
+            self.bn_sources[layer.name] = "calibrated"
+        else:
+            mean, variance = row(layer.moving_mean), row(layer.moving_variance)
+            self.bn_sources[layer.name] = "moving"
+        weights = {"moving_mean": mean, "moving_variance": variance}
+        if layer.scale:
+            weights["gamma"] = row(layer.gamma)
+        if layer.center:
+            weights["beta"] = row(layer.beta)
+        config = _stock_config(layer, axis=-1)
+        return keras.layers.BatchNormalization(**config), weights
+
+    # ---------------------------------------------------------------- graph
+    def call(self, layer, *args, **kwargs):
+        """`call_function` of `clone_model`: builds and calls a stock layer."""
+        if isinstance(layer, keras.Sequential):
+            outputs = args[0]
+            for inner in layer.layers:
+                outputs = self.call(inner, outputs)
+            return outputs
+        if isinstance(layer, keras.Model):
+            # A nested functional block: inline it, stripped as well.
+            return self.strip_functional(layer, list(args)).outputs
+        tensor = keras.tree.flatten(args)[0]
+        if isinstance(layer, (SlimConv2D, SlimDense)):
+            new, weights = self.kernel_layer(layer, tensor)
+        elif isinstance(layer, SlimDepthwiseConv2D):
+            new, weights = self.depthwise_layer(layer, tensor)
+        elif isinstance(layer, _SlimNormalizationBase):
+            new, weights = self.bn_layer(layer, tensor)
+        else:
+            new = type(layer).from_config(layer.get_config())
+            weights = layer.get_weights()
+        outputs = new(*args, **kwargs)
+        if isinstance(weights, dict):
+            for name, value in weights.items():
+                getattr(new, name).assign(value)
+        elif weights:
+            try:
+                new.set_weights(weights)
+            except ValueError as error:
+                raise ValueError(
+                    f"strip() cannot slice layer '{layer.name}' "
+                    f"({type(layer).__name__}): it has weights and receives "
+                    "slimmed channels, but only keras_slim layers know how to "
+                    f"slice theirs. Original error: {error}"
+                ) from None
+        return outputs
+
+    def strip_functional(self, network, input_tensors=None):
+        return keras.models.clone_model(
+            network,
+            input_tensors=input_tensors,
+            clone_function=lambda layer: layer,
+            call_function=self.call,
+        )
+
+
+def strip(model, width=None, fold_bn=False, name=None):
+    """Returns the plain Keras model of one width of a slimmable network.
+
+    The result is a functional model made of stock Keras layers whose
+    channel counts are those of `width` and whose weights are the active
+    slices of the slimmable model's weights (triangular masks multiplied in,
+    inputs after `Concatenate`/`Flatten` gathered). Batch normalization
+    uses the statistics `model.set_width(width)` would use: those stored by
+    `keras_slim.calibrate_bn` for this width if any, else the moving
+    statistics (the width's own row for S-Net's switchable BN). Its outputs
+    equal `model.set_width(width); model.predict(x)` up to float round-off,
+    and it contains no slicing or gather ops, so converters see exactly the
+    network one would have built at that width.
+
+    Args:
+        model: A `keras_slim.SlimmableModel`.
+        width: A width in `model.width_range` (one of `model.widths` for an
+            S-Net) or a dict layer name -> channels. Defaults to the width
+            last passed to `model.set_width`.
+        fold_bn: Fold each BatchNormalization that directly follows a
+            convolution or dense layer into that layer's kernel and bias
+            (see `fold_batch_norm`).
+        name: Name of the returned model (default: the network's name and
+            the width).
+
+    Returns:
+        A `keras.Model` (functional). Layers keep the slim network's layer
+        names; `stripped.bn_sources` maps each BN layer to "calibrated" or
+        "moving" (the statistics it took).
+
+    Raises:
+        ValueError: for a width outside the model's range, an invalid
+            configuration, or a layer that cannot be sliced.
+
+    Example:
+
+    >>> model = keras_slim.slim(base, width_range=(0.25, 1.0))
+    >>> keras_slim.calibrate_bn(model, images, widths=[0.5])
+    >>> half = keras_slim.strip(model, 0.5)
+    >>> half.summary()  # a plain Keras model with half the channels
+    >>> model.set_width(0.5)
+    >>> np.abs(half.predict(images) - model.predict(images)).max()  # ~1e-6
+    """
+    if not isinstance(model, SlimmableModel):
+        raise ValueError(
+            "strip() takes a keras_slim.SlimmableModel (e.g. from "
+            f"keras_slim.slim(...)); got {type(model).__name__}."
+        )
+    if width is None:
+        width = model.width
+    stripper = _Stripper(model, width)  # validates the width
+    stripped = stripper.strip_functional(model.network)
+    if fold_bn:
+        stripped = fold_batch_norm(stripped)
+    if name is None:
+        name = f"{model.network.name}_{width_suffix(width)}"
+    result = keras.Model(stripped.inputs, stripped.outputs, name=name)
+    result.bn_sources = dict(stripper.bn_sources)
+    return result
+
+
+def width_suffix(width):
+    """A file-name-safe tag for a width or configuration: "w0.35"."""
+    if isinstance(width, dict):
+        import hashlib
+
+        text = ",".join(f"{k}={int(v)}" for k, v in sorted(width.items()))
+        return "cfg" + hashlib.sha1(text.encode()).hexdigest()[:10]
+    return f"w{float(width):g}"
+
+
+# ------------------------------------------------------------ BN folding
+_FOLDABLE = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.Dense,
+)
+
+
+def _graph_nodes(model):
+    return [n for nodes in model._nodes_by_depth.values() for n in nodes]
+
+
+def _foldable_pairs(model):
+    """dict conv layer name -> BN layer it can absorb."""
+    consumers = {}
+    for node in _graph_nodes(model):
+        for tensor in node.input_tensors:
+            consumers[id(tensor)] = consumers.get(id(tensor), 0) + 1
+    for tensor in model.outputs:
+        consumers[id(tensor)] = consumers.get(id(tensor), 0) + 1
+    pairs = {}
+    for node in _graph_nodes(model):
+        bn = node.operation
+        if type(bn) is not keras.layers.BatchNormalization:
+            continue
+        if len(node.input_tensors) != 1 or len(bn._inbound_nodes) != 1:
+            continue
+        tensor = node.input_tensors[0]
+        producer = tensor._keras_history.operation
+        if (
+            not isinstance(producer, _FOLDABLE)
+            or type(producer) not in _FOLDABLE
+            or len(producer._inbound_nodes) != 1
+            or consumers.get(id(tensor), 0) != 1
+            or producer.activation not in (None, keras.activations.linear)
+            or bn.axis not in (-1, len(tensor.shape) - 1)
+            or node.arguments.kwargs.get("training")
+        ):
+            continue
+        pairs[producer.name] = bn
+    return pairs
+
+
+def _folded_weights(layer, bn):
+    """Kernel and bias of `layer` followed by inference-mode `bn`."""
+    kernel = _numpy(layer.kernel)
+    bias = _numpy(layer.bias) if layer.use_bias else 0.0
+    channels = _numpy(bn.moving_mean).shape[0]
+    gamma = _numpy(bn.gamma) if bn.scale else np.ones(channels, "float32")
+    beta = _numpy(bn.beta) if bn.center else np.zeros(channels, "float32")
+    scale = gamma / np.sqrt(_numpy(bn.moving_variance) + bn.epsilon)
+    new_bias = (bias - _numpy(bn.moving_mean)) * scale + beta
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        # Output channel c * multiplier + m comes from kernel[..., c, m].
+        kernel = kernel * scale.reshape(kernel.shape[-2:])
+    else:
+        kernel = kernel * scale
+    return [kernel.astype("float32"), new_bias.astype("float32")]
+
+
+def fold_batch_norm(model):
+    """Folds inference-mode BatchNormalization into the preceding layer.
+
+    Every stock `BatchNormalization` whose input comes straight from a
+    `Conv2D`, `DepthwiseConv2D` or `Dense` without activation (and is not
+    used anywhere else) is removed; that layer gets
+    `kernel * gamma / sqrt(var + eps)` and
+    `(bias - mean) * gamma / sqrt(var + eps) + beta`. Other BN layers stay.
+
+    Args:
+        model: A functional Keras model of stock layers (e.g. `strip()`'s).
+
+    Returns:
+        A new functional model; the input model is unchanged.
+
+    Example:
+
+    >>> folded = keras_slim.fold_batch_norm(keras_slim.strip(model, 0.5))
+    """
+    pairs = _foldable_pairs(model)
+    absorbed = {bn.name for bn in pairs.values()}
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, keras.layers.BatchNormalization) and (
+            layer.name in absorbed
+        ):
+            return args[0]
+        if layer.name in pairs:
+            config = dict(layer.get_config(), use_bias=True)
+            new = type(layer).from_config(config)
+            outputs = new(*args, **kwargs)
+            new.set_weights(_folded_weights(layer, pairs[layer.name]))
+            return outputs
+        new = type(layer).from_config(layer.get_config())
+        outputs = new(*args, **kwargs)
+        new.set_weights(layer.get_weights())
+        return outputs
+
+    return keras.models.clone_model(
+        model, clone_function=lambda layer: layer, call_function=call
+    )
