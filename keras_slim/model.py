@@ -356,9 +356,14 @@ class SlimmableModel(keras.Model):
         if width is None:
             counts = self._active_channels
             width_index = self._active_width_index
-        elif isinstance(width, dict):
-            counts = tf.constant(self.channels_for(width), tf.int32)
-            width_index = self.width_index(width)
+        elif isinstance(width, (dict, float, int)):
+            # Known in Python: static channel counts give static shapes (and
+            # no slicing at all at full width).
+            counts = self.channels_for(width)
+            channels = dict(zip(self.channel_groups, counts))
+            if width_index is None:
+                width_index = self.width_index(width)
+            return aw.ActiveWidth(channels, width_index, **kwargs)
         else:
             counts = width_lib.make_divisible(
                 self._base_channels * tf.cast(width, tf.float64),

@@ -94,6 +94,17 @@ class SlimKernelMixin:
         padded[: min(full_in, mask.shape[0])] = mask[:full_in]
         self.triangular_mask.assign(padded)
 
+    # Keras' Conv2D/Dense save only kernel and bias: add the mask.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built and self.triangular_mask is not None:
+            store["triangular_mask"] = self.triangular_mask
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built and self.triangular_mask is not None:
+            self.triangular_mask.assign(store["triangular_mask"])
+
     def _slim_config(self):
         return {
             "slim_in": self.slim_in,
