@@ -1,0 +1,23 @@
+"""Deployment: verified TFLite and ONNX files per width, with a manifest.
+
+Example:
+
+>>> import keras_slim
+>>> manifest = keras_slim.export.to_tflite(
+...     model, "export/", widths=[0.25, 0.5, 1.0])
+>>> keras_slim.export.to_onnx(model, "export/", widths=[0.25, 0.5, 1.0])
+>>> keras_slim.export.to_onnx_dynamic(model, "export/net_any_width.onnx")
+>>> keras_slim.export.to_tflite_multi(model, "export/net_multi.tflite",
+...                                   widths=[0.25, 0.5, 1.0])
+"""
+
+from keras_slim.export.manifest import ExportVerificationError
+from keras_slim.export.manifest import read_manifest
+from keras_slim.export.onnx import run_onnx
+from keras_slim.export.onnx import to_onnx
+from keras_slim.export.onnx import to_onnx_dynamic
+from keras_slim.export.tflite import convert_keras_model
+from keras_slim.export.tflite import run_tflite
+from keras_slim.export.tflite import signature_key
+from keras_slim.export.tflite import to_tflite
+from keras_slim.export.tflite import to_tflite_multi
