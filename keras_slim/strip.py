@@ -258,7 +258,7 @@ def strip(model, width=None, fold_bn=False, name=None):
         stripped = fold_batch_norm(stripped)
     if name is None:
         name = f"{model.network.name}_{width_suffix(width)}"
-    result = keras.Model(stripped.inputs, stripped.outputs, name=name)
+    result = keras.Model(stripped.input, stripped.output, name=name)
     result.bn_sources = dict(stripper.bn_sources)
     return result
 
