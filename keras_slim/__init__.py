@@ -1,7 +1,9 @@
 """keras_slim: networks that run at any width after one training.
 
 Slimmable Networks (S-Net), Universally Slimmable Networks (US-Net) and
-Any-Width Networks for Keras 3 (TensorFlow backend).
+Any-Width Networks for Keras 3 (TensorFlow backend): slimmable layers, a
+converter for existing models, sandwich-rule training with `model.fit`,
+exact BN calibration, and per-width TFLite / ONNX export.
 
 Example:
 
@@ -12,12 +14,20 @@ Example:
 >>> model.fit(train_ds, epochs=30)
 >>> keras_slim.calibrate_bn(model, train_ds, widths=[0.25, 0.5, 1.0])
 >>> model.set_width(0.25)
+>>> keras_slim.export.to_tflite(model, "out", widths=[0.25, 0.5, 1.0])
 """
 
+from keras_slim import data
+from keras_slim import export
 from keras_slim import layers
+from keras_slim import models
+from keras_slim import training
 from keras_slim.calibration import calibrate_bn
 from keras_slim.convert import slim
 from keras_slim.model import SlimmableModel
+from keras_slim.profile import profile
+from keras_slim.profile import profile_latency
+from keras_slim.strip import strip
 from keras_slim.width import make_divisible
 
 __version__ = "0.1.0"
