@@ -20,6 +20,9 @@ from keras_slim.layers.convolution import _check_input_layout
 # cannot drift apart under tf.distribute (Keras' default, "none", lets them).
 _STAT_AGGREGATION = "mean"
 
+# Benchmarks flip this (before tracing) to measure the gather/scatter path.
+_FAST_PREFIX_UPDATE = True
+
 
 class _SlimNormalizationBase(keras.layers.BatchNormalization):
     """Slicing, calibration slots and the training/inference math."""
@@ -228,6 +231,19 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
 
     def _momentum_update(self, variable, row, value, indices):
         """`variable[row][active] <- m * old + (1 - m) * value`."""
+        if indices is None and row is None and _FAST_PREFIX_UPDATE:
+            # Active channels are a prefix: update it with plain slicing
+            # (same values as the gather/scatter below, fewer ops; no
+            # slicing at all when the prefix is the full length).
+            old = ops.convert_to_tensor(variable)
+            count = value.shape[0]
+            if count is not None and count == variable.shape[0]:
+                variable.assign(self.momentum * old + (1 - self.momentum) * value)
+                return
+            count = tf.shape(value)[0]
+            new_active = self.momentum * old[:count] + (1 - self.momentum) * value
+            variable.assign(tf.concat([new_active, old[count:]], axis=0))
+            return
         if indices is None:
             indices = tf.range(tf.shape(value)[0])
         old = variable if row is None else variable[row]

@@ -1,0 +1,326 @@
+"""Core training speed of keras_slim vs stock Keras.
+
+Measures, with interleaved repeats (the machine is noisy; median and
+p10/p90 are reported):
+
+(a) a slim model trained at full width only vs the stock model it came from
+    (3-conv CNN 32-64-128 + BN on 32x32x3, batch 128; digits CNN, batch 64);
+(b) one sandwich step (n=4) vs the sum of single train steps of stock models
+    built natively at the same widths (fixed widths 1.0, 0.25, 0.5, 0.75),
+    plus the real random-width sandwich step;
+(c) first-epoch trace overhead of sandwich training on digits (first epoch
+    time minus the median steady epoch).
+
+A/B variants measured in the same run: `slim_norm_old` traces the BN
+moving-statistics update through the previous gather/scatter path.
+
+Usage:
+    python benchmarks/core_speed.py --repeats 10 --output_dir results/core_speed
+"""
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+import keras
+import tensorflow as tf
+
+import keras_slim
+from keras_slim import width as width_lib
+from keras_slim.layers import normalization as norm_lib
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+FIXED_WIDTHS = [1.0, 0.25, 0.5, 0.75]
+
+
+# ------------------------------------------------------------------ models
+def cifar_cnn(counts=(32, 64, 128)):
+    layers = [keras.Input((32, 32, 3))]
+    for i, c in enumerate(counts):
+        layers += [
+            keras.layers.Conv2D(c, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+        ]
+        if i < len(counts) - 1:
+            layers.append(keras.layers.MaxPooling2D())
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
+    return keras.Sequential(layers)
+
+
+def digits_cnn(counts=(32, 64, 64)):
+    c1, c2, c3 = counts
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(c1, 3, padding="same"),
+        keras.layers.BatchNormalization(), keras.layers.ReLU(),
+        keras.layers.Conv2D(c2, 3, padding="same"),
+        keras.layers.BatchNormalization(), keras.layers.ReLU(),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(c3, 3, padding="same"),
+        keras.layers.BatchNormalization(), keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10),
+    ])
+
+
+def digits_data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images[..., None] / 16).astype("float32")[:1408]
+    return x, d.target[:1408].astype("int32")
+
+
+def cifar_like_data(n=1024, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 32, 32, 3), dtype=np.float32)
+    return x, rng.integers(0, 10, n).astype("int32")
+
+
+SPECS = {
+    "cifar_cnn": (cifar_cnn, cifar_like_data, 128),
+    "digits_cnn": (digits_cnn, digits_data, 64),
+}
+
+
+def dataset(data, batch):
+    x, y = data
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    return ds.batch(batch, drop_remainder=True).repeat().prefetch(8)
+
+
+def _fixed_width_model(model, widths):
+    """Trains the given Python-float widths every step (static shapes)."""
+    model.training_widths = lambda: list(widths)
+    for w in widths:  # per-width loss/metric slots for the extra widths
+        tag = width_lib.width_tag(w)
+        if tag not in model._width_metrics:
+            model._width_metrics[tag] = [
+                keras.metrics.Mean(name=f"loss_{tag}"),
+                keras.metrics.SparseCategoricalAccuracy(name=f"acc_{tag}"),
+            ]
+    return model
+
+
+def slim_model(builder, mode):
+    """mode: 'full' | 'fixed4' | 'random4'."""
+    model = keras_slim.slim(builder(), width_range=(0.25, 1.0))
+    model.compile("adam", LOSS, metrics=["accuracy"], sandwich_size=4)
+    if mode == "full":
+        _fixed_width_model(model, [1.0])
+    elif mode == "fixed4":
+        _fixed_width_model(model, FIXED_WIDTHS)
+    return model
+
+
+def stock_model(builder, counts=None):
+    model = builder() if counts is None else builder(tuple(counts))
+    model.compile("adam", LOSS, metrics=["accuracy"])
+    return model
+
+
+class Runner:
+    """One compiled train function fed by its own iterator."""
+
+    def __init__(self, name, make_model, data, batch, warmup_steps):
+        self.name = name
+        t = time.perf_counter()
+        self.model = make_model()
+        self.iterator = iter(dataset(data, batch))
+        self.model.make_train_function()
+        self.fn = self.model.train_function
+        for _ in range(warmup_steps):
+            logs = self.fn(self.iterator)
+        float(logs["loss"])
+        self.warmup_seconds = time.perf_counter() - t
+
+    def time_steps(self, steps):
+        t = time.perf_counter()
+        for _ in range(steps):
+            logs = self.fn(self.iterator)
+        float(logs["loss"])  # wait for the last step
+        return (time.perf_counter() - t) / steps * 1000.0
+
+
+def stats(values):
+    a = np.asarray(values, "float64")
+    return {
+        "median": float(np.median(a)),
+        "p10": float(np.percentile(a, 10)),
+        "p90": float(np.percentile(a, 90)),
+        "n": int(a.size),
+    }
+
+
+def interleaved(runners, repeats, steps):
+    times = {r.name: [] for r in runners}
+    for i in range(repeats):
+        order = runners if i % 2 == 0 else runners[::-1]
+        for r in order:
+            times[r.name].append(r.time_steps(steps))
+    return times
+
+
+# ---------------------------------------------------------------- sections
+def section_full_width(spec_name, args):
+    builder, data_fn, batch = SPECS[spec_name]
+    data = data_fn()
+    norm_lib._FAST_PREFIX_UPDATE = False
+    old = Runner("slim_norm_old", lambda: slim_model(builder, "full"), data,
+                 batch, args.warmup)
+    norm_lib._FAST_PREFIX_UPDATE = True
+    runners = [
+        Runner("stock", lambda: stock_model(builder), data, batch, args.warmup),
+        Runner("slim_full", lambda: slim_model(builder, "full"), data, batch,
+               args.warmup),
+        old,
+    ]
+    times = interleaved(runners, args.repeats, args.steps)
+    out = {k: stats(v) for k, v in times.items()}
+    # Ratio per repeat (same repeat = same machine load), then its median.
+    for name in ("slim_full", "slim_norm_old"):
+        ratio = np.asarray(times[name]) / np.asarray(times["stock"])
+        out[f"{name}/stock"] = stats(ratio)
+    return out
+
+
+def section_sandwich(spec_name, args):
+    builder, data_fn, batch = SPECS[spec_name]
+    data = data_fn()
+    probe = keras_slim.slim(builder(), width_range=(0.25, 1.0))
+    runners = []
+    for w in FIXED_WIDTHS:
+        counts = probe.channels_for(w)
+        runners.append(Runner(
+            f"stock_w{w}", lambda c=counts: stock_model(builder, c), data,
+            batch, args.warmup,
+        ))
+    runners.append(Runner("sandwich_fixed4",
+                          lambda: slim_model(builder, "fixed4"), data, batch,
+                          args.warmup))
+    # Random widths: every new channel configuration costs a first run, so
+    # warm longer before measuring the steady state.
+    runners.append(Runner("sandwich_random4",
+                          lambda: slim_model(builder, "random4"), data, batch,
+                          args.warmup_random))
+    times = interleaved(runners, args.repeats, args.steps)
+    out = {k: stats(v) for k, v in times.items()}
+    stock_sum = sum(np.asarray(times[f"stock_w{w}"]) for w in FIXED_WIDTHS)
+    out["sum_stock_steps"] = stats(stock_sum)
+    for name in ("sandwich_fixed4", "sandwich_random4"):
+        out[f"{name}/sum_stock"] = stats(np.asarray(times[name]) / stock_sum)
+    out["warmup_seconds"] = {r.name: r.warmup_seconds for r in runners}
+    return out
+
+
+def section_trace(args):
+    """First epoch minus a steady epoch, digits, model.fit."""
+    x, y = digits_data()
+    out = {}
+    makers = {
+        "stock": lambda: stock_model(digits_cnn),
+        "sandwich_fixed4": lambda: slim_model(digits_cnn, "fixed4"),
+        "sandwich_random4": lambda: slim_model(digits_cnn, "random4"),
+    }
+    for name, make in makers.items():
+        model = make()
+        t = time.perf_counter()
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+        first = time.perf_counter() - t
+        epochs = []
+        for _ in range(args.trace_epochs):
+            t = time.perf_counter()
+            model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+            epochs.append(time.perf_counter() - t)
+        out[name] = {
+            "first_epoch_s": first,
+            "epochs_s": epochs,
+            "steady_epoch_s": float(np.median(epochs[-3:])),
+            "overhead_s": first - float(np.median(epochs[-3:])),
+        }
+    return out
+
+
+# ----------------------------------------------------------------- report
+def fmt(s):
+    return f"{s['median']:8.2f} [{s['p10']:7.2f}, {s['p90']:7.2f}]"
+
+
+def markdown(results, command):
+    lines = ["# keras_slim core speed", "", f"`{command}`", "",
+             f"TF {tf.__version__}, Keras {keras.__version__}, "
+             f"{os.cpu_count()} CPUs, TF_ENABLE_ONEDNN_OPTS="
+             f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}, "
+             f"grappler {tf.config.optimizer.get_experimental_options()}", ""]
+    for section, per_model in results.items():
+        if section == "trace":
+            lines += ["## (c) first-epoch trace overhead (digits, fit)", "",
+                      "| model | first epoch s | steady epoch s | overhead s |",
+                      "|---|---|---|---|"]
+            for name, r in per_model.items():
+                lines.append(f"| {name} | {r['first_epoch_s']:.2f} | "
+                             f"{r['steady_epoch_s']:.2f} | "
+                             f"{r['overhead_s']:.2f} |")
+            lines.append("")
+            continue
+        for model_name, rows in per_model.items():
+            lines += [f"## {section} — {model_name}", "",
+                      "| variant | median | p10 | p90 | unit |",
+                      "|---|---|---|---|---|"]
+            for name, s in rows.items():
+                if not isinstance(s, dict) or "median" not in s:
+                    continue
+                unit = "ratio" if "/" in name else "ms/step"
+                lines.append(f"| {name} | {s['median']:.3f} | {s['p10']:.3f} "
+                             f"| {s['p90']:.3f} | {unit} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output_dir", default="results/core_speed")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10,
+                        help="steps per timed block")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup_random", type=int, default=150)
+    parser.add_argument("--trace_epochs", type=int, default=4)
+    parser.add_argument("--models", default="cifar_cnn,digits_cnn")
+    parser.add_argument("--sections", default="full,sandwich,trace")
+    parser.add_argument("--grappler", default="default",
+                        choices=["default", "off", "no_remap"],
+                        help="tf.config.optimizer setting for this process")
+    args = parser.parse_args()
+    if args.grappler == "off":
+        tf.config.optimizer.set_experimental_options(
+            {"disable_meta_optimizer": True})
+    elif args.grappler == "no_remap":
+        tf.config.optimizer.set_experimental_options({"remapping": False})
+    command = "python benchmarks/core_speed.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items())
+    sections = args.sections.split(",")
+    models = args.models.split(",")
+    results = {}
+    if "full" in sections:
+        results["(a) full width: slim vs stock"] = {
+            m: section_full_width(m, args) for m in models}
+    if "sandwich" in sections:
+        results["(b) sandwich n=4 vs sum of stock steps"] = {
+            m: section_sandwich(m, args) for m in models}
+    if "trace" in sections:
+        results["trace"] = section_trace(args)
+    text = markdown(results, command)
+    print(text)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "core_speed.json"), "w") as f:
+        json.dump({"command": command, "results": results}, f, indent=1)
+    with open(os.path.join(args.output_dir, "core_speed.md"), "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
