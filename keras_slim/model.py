@@ -507,6 +507,17 @@ class SlimmableModel(keras.Model):
             total_loss = tf.add_n(losses)
             scaled_loss = self.optimizer.scale_loss(total_loss)
         gradients = tape.gradient(scaled_loss, self.trainable_weights)
+        # Kernels read through tf.gather (inputs assembled by Flatten or
+        # Concatenate) get IndexedSlices gradients whose row count follows
+        # the random widths. Collective all-reduces fix an instance's shape
+        # at its first run, so inside a multi-step loop (fit's
+        # steps_per_execution > 1, the trainers' loop) the next step fails
+        # with "Shape mismatch in the collective instance". Dense gradients
+        # always have the variable's shape.
+        gradients = [
+            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+            for g in gradients
+        ]
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
 
         batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
