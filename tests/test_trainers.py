@@ -1,0 +1,429 @@
+"""Tests for trainers/: flags, methods, optimizer, the custom loop, resuming.
+
+Training runs that must start from a clean TensorFlow runtime (or be killed)
+run `python -m trainers.train` in subprocesses, bounded by timeouts; the
+rest runs in-process on tiny models. Data: the embedded digits and
+`tfds.testing.mock_data` only (never the network).
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+import keras_slim
+from keras_slim import data as data_lib
+from keras_slim.layers import SlimConv2D
+from keras_slim.layers import SwitchableBatchNormalization
+from trainers import flags as trainer_flags
+from trainers import loop
+from trainers import methods
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT = 240  # seconds, per subprocess
+# A small, deterministic run: 120 steps of 32 digits (about 3 epochs, so the
+# resumed data stream crosses epoch boundaries), augmentation and label
+# smoothing on (both must replay exactly after a restart).
+RUN_FLAGS = [
+    "--method=us",
+    "--model=lenet_3c1l",
+    '--model_kwargs={"padding": "same", "n": 8}',
+    "--dataset=digits",
+    "--batch_size=32",
+    "--train_steps=120",
+    "--steps_per_loop=2",
+    "--checkpoint_every_steps=10",
+    "--warmup_epochs=0.25",
+    "--augment",
+    "--label_smoothing=0.1",
+    "--deterministic",
+    "--seed=3",
+    "--calibration_examples=256",
+]
+
+
+def tiny_cnn(input_shape=(8, 8, 1), num_classes=10, filters=8):
+    """A stock Keras CNN with biases and BN, for `--model=module:tiny_cnn`."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(filters, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(2 * filters, 3, strides=2, padding="same")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+TINY = f"{__name__}:tiny_cnn"
+
+
+def config_for(*args):
+    """A `TrainConfig` parsed from command-line flags, as the CLI does."""
+    trainer_flags.define_flags()
+    flag_values = flags.FLAGS
+    try:
+        flag_values(["train", *args])
+        return trainer_flags.config_from_flags(flag_values)
+    finally:
+        flag_values.unparse_flags()
+
+
+def trainer_command(model_dir, *extra):
+    return [sys.executable, "-m", "trainers.train",
+            f"--model_dir={model_dir}", *RUN_FLAGS, *extra]
+
+
+def subprocess_env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+    return env
+
+
+def checkpoint_values(path):
+    """`{key: array}` of a checkpoint, bookkeeping entries left out."""
+    reader = tf.train.load_checkpoint(str(path))
+    return {
+        key: reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if key != "_CHECKPOINTABLE_OBJECT_GRAPH"
+        and not key.startswith("save_counter")
+    }
+
+
+def read_scalars(directory):
+    """`{tag: {step: value}}` from the event files in `directory`."""
+    scalars = {}
+    for path in sorted(pathlib.Path(directory).glob("events.out.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = float(
+                    tf.make_ndarray(value.tensor)
+                )
+    return scalars
+
+
+# ------------------------------------------------------------ in-process
+def test_help_documents_every_flag_and_all_are_optional():
+    # Importing the program defines its flags and adopts them as key flags.
+    import trainers.train  # noqa: F401
+
+    names = [f.name for f in flags.FLAGS.get_key_flags_for_module(
+        trainer_flags)]
+    help_text = flags.FLAGS.module_help(sys.modules["trainers.train"])
+    expected = {
+        "method", "model", "dataset", "data_dir", "widths", "width_range",
+        "sandwich_size", "inplace_distillation", "epochs", "batch_size",
+        "optimizer", "lr_schedule", "warmup_epochs", "weight_decay",
+        "label_smoothing", "strategy", "num_cpu_devices", "model_dir",
+        "seed", "steps_per_loop", "checkpoint_every_steps", "sync_bn",
+        "per_replica_widths", "deterministic",
+    }
+    assert expected <= set(names)
+    for name in names:
+        assert f"--{name}" in help_text or f"--[no]{name}" in help_text
+        assert len(flags.FLAGS[name].help) > 10, name
+    # No flag is required: parsing nothing gives the library's defaults.
+    assert config_for() == loop.TrainConfig()
+
+
+def test_config_from_flags_parses_lists_and_rejects_bad_ones():
+    config = config_for("--method=snet", "--widths=0.5,1", "--seed=7")
+    assert config.widths == (0.5, 1.0) and config.seed == 7
+    with pytest.raises(flags.ValidationError, match="width_range"):
+        config_for("--width_range=0.25,0.5,1")
+
+
+@pytest.mark.parametrize(
+    "name, widths, switchable, triangular",
+    [
+        ("plain", [1.0], False, False),
+        ("us", None, False, False),
+        ("snet", [0.25, 0.5, 1.0], True, False),
+        ("awn", [0.25, 0.5, 1.0], False, True),
+        ("awn_rs", None, False, True),
+    ],
+)
+def test_each_method_builds_its_network(name, widths, switchable, triangular):
+    config = loop.TrainConfig(
+        method=name, model="lenet_3c1l",
+        model_kwargs='{"padding": "same", "n": 4}',
+        widths=(0.25, 0.5, 1.0), width_range=(0.25, 1.0),
+    )
+    method = methods.get(name)
+    model = method.build(config, (8, 8, 1), 10)
+    assert isinstance(model, keras_slim.SlimmableModel)
+    assert model.widths == widths
+    layers = model.network.layers
+    assert any(isinstance(l, SwitchableBatchNormalization)
+               for l in layers) == switchable
+    assert any(isinstance(l, SlimConv2D) and l.triangular
+               for l in layers) == triangular
+    compile_kwargs = method.compile_kwargs(
+        loop.TrainConfig(method=name, per_replica_widths=True)
+    )
+    # Only methods that draw random widths can draw them per replica.
+    assert compile_kwargs["per_replica_widths"] == (widths is None)
+    assert compile_kwargs["inplace_distillation"] == (name != "plain")
+    assert method.report_widths(config) == (widths or [0.25, 0.5, 0.75, 1.0])
+
+
+def test_unknown_method_and_bad_model_kwargs_are_clear():
+    with pytest.raises(ValueError, match="Known methods: awn, awn_rs"):
+        methods.get("repr")
+    with pytest.raises(ValueError, match="JSON object"):
+        methods.parse_model_kwargs("padding=same")
+    with pytest.raises(ValueError, match="cannot import"):
+        methods.get("us").build(
+            loop.TrainConfig(model="no_such_module:builder"), (8, 8, 1), 10
+        )
+
+
+def test_weight_decay_skips_bn_and_biases():
+    config = loop.TrainConfig(
+        optimizer="sgd", learning_rate=0.1, weight_decay=0.5,
+        lr_schedule="constant",
+    )
+    model = keras_slim.slim(tiny_cnn(), width_range=(0.25, 1.0))
+    optimizer = loop.build_optimizer(config, 10, 100)
+    optimizer.build(model.trainable_variables)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    # Zero gradients: with momentum SGD, only weight decay moves a weight.
+    optimizer.apply_gradients(
+        [(tf.zeros_like(v), v) for v in model.trainable_variables]
+    )
+    decayed = kept = 0
+    for variable in model.trainable_variables:
+        old, new = before[variable.path], variable.numpy()
+        if variable.name in loop.NO_DECAY_NAMES:
+            np.testing.assert_array_equal(new, old, err_msg=variable.path)
+            kept += 1
+        else:
+            np.testing.assert_allclose(new, old * (1 - 0.1 * 0.5), rtol=1e-6)
+            decayed += 1
+    assert decayed == 3 and kept == 7  # 3 kernels; 3 biases + 2 x (gamma, beta)
+
+
+def test_learning_rate_schedules_with_warmup():
+    def rates(schedule, steps):
+        config = loop.TrainConfig(
+            learning_rate=0.1, lr_schedule=schedule, warmup_epochs=1.0,
+            lr_step_boundaries=(0.5, 0.75), lr_step_factor=0.1,
+        )
+        fn = loop.learning_rate_schedule(config, steps_per_epoch=10,
+                                         total_steps=110)
+        return [float(fn(step)) for step in steps]
+
+    # Linear warmup over the first epoch (10 steps), then 100 decay steps.
+    np.testing.assert_allclose(rates("cosine", [0, 4, 9]), [0.01, 0.05, 0.1],
+                               rtol=1e-5)
+    np.testing.assert_allclose(rates("cosine", [10, 60, 110]),
+                               [0.1, 0.05, 0.0], atol=1e-6)
+    np.testing.assert_allclose(rates("linear", [10, 35, 110]),
+                               [0.1, 0.075, 0.0], atol=1e-6)
+    np.testing.assert_allclose(rates("step", [10, 59, 61, 86]),
+                               [0.1, 0.1, 0.01, 0.001], rtol=1e-5)
+    np.testing.assert_allclose(rates("constant", [3, 50]), [0.04, 0.1],
+                               rtol=1e-5)
+
+
+def test_custom_loop_runs_the_same_steps_as_fit():
+    config = loop.TrainConfig(
+        model=TINY, batch_size=64, learning_rate=0.05, weight_decay=1e-3,
+    )
+    train_ds, _, info = data_lib.load(
+        "digits", batch_size=64, seed=0, drop_remainder=True
+    )
+    strategy = tf.distribute.get_strategy()
+
+    def fresh_model():
+        keras.utils.set_random_seed(5)
+        return loop.build_compiled_model(
+            config, info, 22, 100, train_ds.element_spec
+        )
+
+    reference = fresh_model()
+    history = reference.fit(train_ds.take(6), epochs=1, verbose=0)
+
+    model = fresh_model()
+    train_steps = loop.make_train_function(model, strategy)
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    logs = train_steps(iterator, tf.constant(6))
+    assert int(model.optimizer.iterations) == 6
+    for ours, theirs in zip(model.weights, reference.weights):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6,
+                                   err_msg=ours.path)
+    # Both average the same per-step values over the 6 steps.
+    for key in ("loss", "loss_w0.25", "accuracy_w1.00"):
+        assert logs[key].numpy() == pytest.approx(history.history[key][0],
+                                                  rel=1e-5)
+    # Calls of another length reuse the trace (num_steps is a tensor).
+    train_steps(iterator, tf.constant(2))
+    assert train_steps.experimental_get_tracing_count() == 1
+
+
+def test_trains_on_tfds_mock_data_in_process(tmp_path):
+    import tensorflow_datasets as tfds
+
+    config = loop.TrainConfig(
+        method="plain", model=TINY, model_kwargs='{"filters": 4}',
+        dataset="tfds:mnist", batch_size=8, train_steps=4, steps_per_loop=3,
+        checkpoint_every_steps=0, label_smoothing=0.1,
+        model_dir=str(tmp_path), verbose=0, calibration_examples=16,
+    )
+    with tfds.testing.mock_data(num_examples=24):
+        report = loop.train(config)
+    assert report["steps"] == 4 and report["num_replicas"] == 1
+    assert [w["width"] for w in report["widths"]] == [1.0]
+    assert report["widths"][0]["channels"] == [4, 8]
+    assert 0.0 <= report["widths"][0]["accuracy"] <= 1.0
+    # Loops stop at checkpoint steps and at the end: 3 + 1 steps.
+    assert sorted(read_scalars(tmp_path / "train")["loss"]) == [3, 4]
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
+
+
+# ------------------------------------------------------------- subprocess
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted run, and the same run killed (-9) and restarted."""
+    root = tmp_path_factory.mktemp("trainer_runs")
+    full, killed = root / "full", root / "killed"
+    env = subprocess_env()
+    with open(root / "full.log", "w") as full_log, \
+            open(root / "killed.log", "w") as killed_log:
+        uninterrupted = subprocess.Popen(
+            trainer_command(full), cwd=REPO, env=env, stdout=full_log,
+            stderr=subprocess.STDOUT,
+        )
+        victim = subprocess.Popen(
+            trainer_command(killed), cwd=REPO, env=env, stdout=killed_log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            # The index file is written after the checkpoint it names.
+            while not (killed / "checkpoint").exists():
+                assert victim.poll() is None, (
+                    "the run ended before writing a checkpoint:\n"
+                    + (root / "killed.log").read_text()[-3000:]
+                )
+                assert time.monotonic() < deadline, "no checkpoint in time"
+                time.sleep(0.005)
+            finished_early = victim.poll() is not None
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=30)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+        killed_at = int(re.search(
+            r"ckpt-(\d+)$", tf.train.latest_checkpoint(str(killed))
+        ).group(1))
+        resumed = subprocess.run(
+            trainer_command(killed), cwd=REPO, env=env, capture_output=True,
+            text=True, timeout=TIMEOUT,
+        )
+        uninterrupted.wait(timeout=TIMEOUT)
+    return {
+        "full": full,
+        "killed": killed,
+        "killed_at": killed_at,
+        "finished_early": finished_early,
+        "resumed": resumed,
+        "full_returncode": uninterrupted.returncode,
+        "full_log": (root / "full.log").read_text(),
+    }
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(runs):
+    assert runs["full_returncode"] == 0, runs["full_log"][-3000:]
+    resumed = runs["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Killed mid-run, after a checkpoint and before the end.
+    assert not runs["finished_early"]
+    assert 10 <= runs["killed_at"] < 120
+    assert f"Resumed from step {runs['killed_at']}" in resumed.stderr
+    ours = checkpoint_values(runs["killed"] / "ckpt-120")
+    reference = checkpoint_values(runs["full"] / "ckpt-120")
+    assert sorted(ours) == sorted(reference)
+    assert any("momentum" in k or "optimizer" in k for k in reference)
+    for key, value in reference.items():
+        np.testing.assert_array_equal(ours[key], value, err_msg=key)
+
+
+def test_summaries_and_report(runs):
+    full = runs["full"]
+    report = json.loads((full / "report.json").read_text())
+    assert report["steps"] == 120 and report["method"] == "us"
+    assert [w["width"] for w in report["widths"]] == [0.25, 0.5, 0.75, 1.0]
+    assert [w["channels"] for w in report["widths"]] == [
+        [2, 2, 2], [4, 4, 4], [6, 6, 6], [8, 8, 8]]
+    accuracies = [w["accuracy"] for w in report["widths"]]
+    assert all(0.0 <= a <= 1.0 for a in accuracies)
+    assert accuracies[-1] > 0.3  # chance is 0.1: it learned something
+    # The table is printed too.
+    assert re.search(r"width\s+channels\s+val accuracy", runs["full_log"])
+
+    train = read_scalars(full / "train")
+    for tag in ("loss", "loss/w1.00", "loss/w0.25", "accuracy/w1.00",
+                "accuracy/w0.25", "learning_rate"):
+        assert sorted(train[tag]) == list(range(2, 121, 2)), tag
+    # Warmup for 11 steps (a quarter of 44 steps per epoch), then cosine.
+    lr = train["learning_rate"]
+    assert lr[2] == pytest.approx(0.1 * 3 / 11, rel=1e-5)
+    assert lr[2] < lr[6] < lr[10] == pytest.approx(0.1)
+    assert lr[10] > lr[12] > lr[60] > lr[120]
+    assert lr[120] == pytest.approx(0.0, abs=1e-7)
+    evaluation = read_scalars(full / "eval")
+    for entry in report["widths"]:
+        tag = f"accuracy/w{entry['width']:.2f}"
+        assert evaluation[tag][120] == pytest.approx(entry["accuracy"])
+
+
+def test_corrupt_checkpoint_is_an_error_not_a_fresh_start(runs, tmp_path):
+    model_dir = tmp_path / "corrupt"
+    shutil.copytree(runs["full"], model_dir)
+    data_file = model_dir / "ckpt-120.data-00000-of-00001"
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size
+                                                  // 2])
+    before = {p.name: p.stat().st_size for p in model_dir.iterdir()}
+
+    result = subprocess.run(
+        trainer_command(model_dir), cwd=REPO, env=subprocess_env(),
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Cannot resume from checkpoint" in result.stderr
+    assert "ckpt-120" in result.stderr and "Traceback" not in result.stderr
+    # Nothing was overwritten or added.
+    assert {p.name: p.stat().st_size for p in model_dir.iterdir()} == before
+
+
+def test_checkpoint_of_another_run_is_an_error(runs, tmp_path):
+    model_dir = tmp_path / "other"
+    shutil.copytree(runs["full"], model_dir)
+    flags_for = [a if not a.startswith("--model_kwargs") else
+                 '--model_kwargs={"padding": "same", "n": 16}'
+                 for a in RUN_FLAGS]
+    config = config_for(*flags_for, f"--model_dir={model_dir}",
+                        "--nodeterministic")
+    # The run's recorded settings differ: refused before any work.
+    with pytest.raises(loop.CheckpointError, match="model_kwargs"):
+        loop.train(config)
+    # Without that record, restoring the checkpoint itself fails loudly.
+    (model_dir / "run_config.json").unlink()
+    with pytest.raises(loop.CheckpointError, match="Cannot resume"):
+        loop.train(config)
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-120")

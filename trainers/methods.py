@@ -1,0 +1,235 @@
+"""Training methods: how each one builds and compiles its network.
+
+A method is a registry entry, not a script. It says which widths the network
+is built for (one full width, a fixed list or a continuous range), whether
+its kernels are triangular (Any-Width Networks) and its BN private per width
+(S-Net), and how `SlimmableModel.compile` is configured. Every method trains
+with the same `SlimmableModel.train_step`, through `model.fit` or the custom
+loop alike. A new method (early exits, RePr, ...) is one `register` call.
+
+Example:
+
+>>> method = get("us")
+>>> model = method.build(config, input_shape=(8, 8, 1), num_classes=10)
+>>> model.compile(optimizer, loss, metrics=["accuracy"],
+...               **method.compile_kwargs(config))
+"""
+
+import dataclasses
+import importlib
+import json
+from typing import Callable, Optional
+
+import numpy as np
+
+import keras_slim
+from keras_slim.model import SlimmableModel
+
+# How a method uses its widths.
+FULL = "full"  # one width, 1.0: an ordinary network
+LIST = "list"  # a fixed list; every listed width trains every step
+RANGE = "range"  # any width of a range; sandwich rule with random widths
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One way of training a network at many widths.
+
+    Attributes:
+        name: The `--method` value.
+        description: One line for `--help`.
+        widths_mode: `FULL`, `LIST` or `RANGE` (see above).
+        triangular: Staircase kernel masks with one shared BN (AWN).
+        switchable_bn: Private BN parameters and statistics per width.
+        distillation: Whether `--inplace_distillation` applies (methods with
+            a single width have no teacher).
+        build_fn: Optional `build_fn(config, input_shape, num_classes) ->
+            keras.Model` for methods whose network is not a zoo/custom model
+            made slimmable (e.g. multi-exit networks); None uses
+            `build_slimmable`.
+    """
+
+    name: str
+    description: str
+    widths_mode: str
+    triangular: bool = False
+    switchable_bn: bool = False
+    distillation: bool = True
+    build_fn: Optional[Callable] = None
+
+    def slim_kwargs(self, config):
+        """Arguments of `keras_slim.slim` / the zoo builders."""
+        kwargs = {"triangular": self.triangular}
+        if self.widths_mode == FULL:
+            kwargs["widths"] = [1.0]
+        elif self.widths_mode == LIST:
+            kwargs["widths"] = sorted(config.widths)
+        else:
+            kwargs["width_range"] = tuple(config.width_range)
+        if self.widths_mode != RANGE:
+            # Always explicit: slim() would default to switchable BN for
+            # any width list, AWN and the plain network share theirs.
+            kwargs["switchable_bn"] = self.switchable_bn
+        if config.sync_bn:
+            kwargs["synchronized_bn"] = True
+        return kwargs
+
+    def compile_kwargs(self, config):
+        """Keyword arguments of `SlimmableModel.compile` for this method."""
+        return {
+            "sandwich_size": config.sandwich_size,
+            "inplace_distillation": (
+                self.distillation and config.inplace_distillation
+            ),
+            "per_replica_widths": (
+                self.widths_mode == RANGE and config.per_replica_widths
+            ),
+            "width_seed": config.seed,
+        }
+
+    def report_widths(self, config):
+        """Widths evaluated (after BN calibration) in the final report."""
+        if config.report_widths:
+            return sorted(float(w) for w in config.report_widths)
+        if self.widths_mode == FULL:
+            return [1.0]
+        if self.widths_mode == LIST:
+            return sorted(config.widths)
+        low, high = config.width_range
+        return [float(w) for w in np.linspace(low, high, 4).round(4)]
+
+    def uses_random_widths(self):
+        """Whether training draws random widths (dynamic shapes, no XLA)."""
+        return self.widths_mode == RANGE
+
+    def build(self, config, input_shape, num_classes):
+        """Builds the network this method trains (not compiled)."""
+        build_fn = self.build_fn or build_slimmable
+        return build_fn(
+            config, input_shape, num_classes, self.slim_kwargs(config)
+        )
+
+
+REGISTRY = {}
+
+
+def register(method):
+    """Adds a `Method` to the registry (its name becomes a `--method`)."""
+    if method.name in REGISTRY:
+        raise ValueError(f"Method {method.name!r} is already registered.")
+    if method.widths_mode not in (FULL, LIST, RANGE):
+        raise ValueError(
+            f"Method {method.name!r}: widths_mode must be {FULL!r}, "
+            f"{LIST!r} or {RANGE!r}; got {method.widths_mode!r}."
+        )
+    REGISTRY[method.name] = method
+    return method
+
+
+def get(name):
+    """Returns the registered `Method` called `name`."""
+    if name not in REGISTRY:
+        raise ValueError(
+            f"Unknown method {name!r}. Known methods: "
+            f"{', '.join(sorted(REGISTRY))}."
+        )
+    return REGISTRY[name]
+
+
+register(Method(
+    "plain",
+    "an ordinary network at width 1.0 (the baseline)",
+    FULL,
+    distillation=False,
+))
+register(Method(
+    "us",
+    "Universally Slimmable Network: sandwich rule over --width_range, "
+    "inplace distillation, BN calibrated after training",
+    RANGE,
+))
+register(Method(
+    "snet",
+    "Slimmable Network: every width of --widths each step, private "
+    "(switchable) BN per width",
+    LIST,
+    switchable_bn=True,
+))
+register(Method(
+    "awn",
+    "Any-Width Network: triangular kernels, one shared BN, every width of "
+    "--widths each step",
+    LIST,
+    triangular=True,
+))
+register(Method(
+    "awn_rs",
+    "Any-Width Network with random sampling: triangular kernels, sandwich "
+    "rule over --width_range",
+    RANGE,
+    triangular=True,
+))
+
+
+def _load_builder(spec):
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(
+            f"--model={spec!r}: cannot import {attr!r} from module "
+            f"{module_name!r} ({err})."
+        ) from err
+
+
+def parse_model_kwargs(text):
+    """Parses `--model_kwargs` (a JSON object) into a dict."""
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"--model_kwargs must be a JSON object such as "
+            f"'{{\"padding\": \"same\"}}'; got {text!r} ({err})."
+        ) from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model_kwargs must be a JSON object; got {text!r}.")
+    return kwargs
+
+
+def build_slimmable(config, input_shape, num_classes, slim_kwargs):
+    """Builds `config.model` as a `SlimmableModel`.
+
+    `config.model` is a zoo name (`keras_slim.models.get`, which makes the
+    network slimmable itself) or `package.module:function`, a function
+    `(input_shape=, num_classes=, **model_kwargs)` returning a stock Keras
+    model that is then converted with `keras_slim.slim` (or a
+    `SlimmableModel`, used as is).
+    """
+    model_kwargs = config.resolved_model_kwargs()
+    if ":" in config.model:
+        model = _load_builder(config.model)(
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            **model_kwargs,
+        )
+        if not isinstance(model, SlimmableModel):
+            model = keras_slim.slim(model, **slim_kwargs)
+    else:
+        from keras_slim import models  # the zoo imports every builder
+
+        model = models.get(
+            config.model,
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            **slim_kwargs,
+            **model_kwargs,
+        )
+    if not isinstance(model, SlimmableModel):
+        raise ValueError(
+            f"--model={config.model!r} built a {type(model).__name__}, not a "
+            "keras_slim.SlimmableModel."
+        )
+    return model
