@@ -10,6 +10,8 @@ width, with no slicing or gather ops left. It is what the exporters convert
 and what `keras_slim.profile` counts.
 """
 
+import hashlib
+
 import keras
 import numpy as np
 
@@ -100,7 +102,8 @@ class _Stripper:
     def _out_channels(self, layer, full_out):
         if not layer.slim_out:
             return full_out
-        return int(min(self.counts.get(layer.channel_group, full_out), full_out))
+        count = self.counts.get(layer.channel_group, full_out)
+        return int(min(count, full_out))
 
     # --------------------------------------------------------------- layers
     def kernel_layer(self, layer, tensor):
@@ -266,8 +269,6 @@ def strip(model, width=None, fold_bn=False, name=None):
 def width_suffix(width):
     """A file-name-safe tag for a width or configuration: "w0.35"."""
     if isinstance(width, dict):
-        import hashlib
-
         text = ",".join(f"{k}={int(v)}" for k, v in sorted(width.items()))
         return "cfg" + hashlib.sha1(text.encode()).hexdigest()[:10]
     return f"w{float(width):g}"
@@ -343,7 +344,8 @@ def fold_batch_norm(model):
     `(bias - mean) * gamma / sqrt(var + eps) + beta`. Other BN layers stay.
 
     Args:
-        model: A functional Keras model of stock layers (e.g. `strip()`'s).
+        model: A functional or Sequential Keras model of stock layers (e.g.
+            `strip()`'s).
 
     Returns:
         A new functional model; the input model is unchanged.
@@ -352,6 +354,13 @@ def fold_batch_norm(model):
 
     >>> folded = keras_slim.fold_batch_norm(keras_slim.strip(model, 0.5))
     """
+    if isinstance(model, keras.Sequential):
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    if not getattr(model, "_nodes_by_depth", None):
+        raise ValueError(
+            "fold_batch_norm() takes a functional or Sequential Keras model "
+            f"with a known input; got {type(model).__name__}."
+        )
     pairs = _foldable_pairs(model)
     absorbed = {bn.name for bn in pairs.values()}
 

@@ -217,7 +217,8 @@ def test_strip_takes_calibrated_statistics_when_stored():
     # The two differ: calibration changed what width 0.5 computes.
     bn = calibrated.get_layer(model.bn_layers[0].name)
     key = model.calibration_key(0.5)
-    mean = model.bn_layers[0].calibrated[key][0].numpy()[: bn.moving_mean.shape[0]]
+    stored = model.bn_layers[0].calibrated[key][0].numpy()
+    mean = stored[: bn.moving_mean.shape[0]]
     assert_close(bn.moving_mean.numpy(), mean, atol=0)
 
 
@@ -309,5 +310,6 @@ def test_strip_default_width_is_the_current_width():
     stripped = strip(model)
     for layer in stripped.layers:
         if layer.name in counts:
-            assert layer.get_config().get(
-                "filters", layer.get_config().get("units")) == counts[layer.name]
+            config = layer.get_config()
+            channels = config.get("filters", config.get("units"))
+            assert channels == counts[layer.name]
