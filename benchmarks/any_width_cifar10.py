@@ -514,6 +514,8 @@ def main(argv=None):
     print()
     print(table)
     log(f"Total {elapsed / 60:.1f} min. Outputs in {output.resolve()}")
+    log("Extrapolated from this run (one-time tracing included, so small "
+        "runs overestimate; the start-up estimate uses steady-state times):")
     for clock, numbers in estimate.items():
         log(f"[{clock}] one 45k-image epoch: " + ", ".join(
             f"{m} {s:.0f} s"
