@@ -31,6 +31,7 @@ Usage:
 """
 
 import argparse
+import filecmp
 import json
 import os
 import platform
@@ -108,6 +109,9 @@ def prepare(resolution, widths, out_dir, log):
                 "native": write_tflite(native, native_path),
                 "zoo_alpha": write_tflite(zoo, zoo_path),
             },
+            "identical_bytes": filecmp.cmp(
+                os.path.join(directory, entry["file"]), native_path,
+                shallow=False),
             "native_macs": keras_slim.profile(native)["macs"],
             "zoo_alpha_macs": keras_slim.profile(zoo)["macs"],
             "zoo_alpha_params": zoo.count_params(),
@@ -170,6 +174,7 @@ def analyse(rows, timings, widths):
                 lat["stripped"] / lat["native"]),
             "latency_ratio_stripped_vs_zoo_alpha": summary(
                 lat["stripped"] / lat["zoo_alpha"]),
+            "stripped_file_identical_to_native": row["identical_bytes"],
             "size_ratio_stripped_vs_native": (
                 row["size_bytes"]["stripped"] / row["size_bytes"]["native"]),
             "macs_ratio": mac_ratio,
@@ -199,7 +204,8 @@ def markdown(report):
         lines += [
             f"## {resolution}x{resolution}",
             "",
-            "| width | MACs (M) | params | size stripped / native (KB) | "
+            "| width | MACs (M) | params | size stripped / native (KB, "
+            "byte-identical?) | "
             "latency stripped (ms) | stripped / native latency | "
             "stripped / zoo alpha latency (zoo MACs M) | lat(w)/lat(1) | "
             "MACs(w)/MACs(1) | (lat ratio)/(MACs ratio) |",
@@ -213,6 +219,7 @@ def markdown(report):
                 f"| {r['width']:g} | {r['macs'] / 1e6:.1f} | {r['params']:,} "
                 f"| {r['size_bytes']['stripped'] / 1024:.0f} / "
                 f"{r['size_bytes']['native'] / 1024:.0f} "
+                f"({'yes' if r['stripped_file_identical_to_native'] else 'no'}) "
                 f"| {fmt(r['latency_ms']['stripped'])} "
                 f"| {fmt(r['latency_ratio_stripped_vs_native'], 3)} "
                 f"| {fmt(r['latency_ratio_stripped_vs_zoo_alpha'], 3)} "

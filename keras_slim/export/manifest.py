@@ -76,7 +76,7 @@ def check_widths(model, widths):
 
     Raises:
         ValueError: for an empty list, an invalid width or configuration, or
-            two widths with the same channel counts file tag.
+            a width listed twice (two exports would share a file name).
     """
     if widths is None:
         widths = model.widths or sorted(set(model.width_range))
