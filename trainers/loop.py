@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 
 import keras
 import tensorflow as tf
@@ -38,8 +37,8 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "linear", "step")
 # BN scale/offset and biases are not decayed (He et al., "Bag of Tricks").
 NO_DECAY_NAMES = ("gamma", "beta", "bias")
-# Fields that must not change between a run and its restart: they decide
-# what the checkpointed variables mean or which batches come next.
+# Written to model_dir: the settings a restart must share with the run it
+# resumes (`TrainConfig.identity`), checked before anything is restored.
 _RUN_CONFIG = "run_config.json"
 # Per-model defaults of `--model_kwargs`: LeNet-3C1L's unpadded convolutions
 # need 18x18 inputs; "same" padding lets the default run on 8x8 digits.
@@ -303,9 +302,9 @@ def make_train_function(model, strategy):
         for metric in model.metrics:
             metric.reset_state()
         for _ in tf.range(num_steps):
-            # One step at a time: overlapping iterations would pair the
-            # replicas' collectives of different steps, which have different
-            # random widths ("Shape mismatch in the collective instance").
+            # Steps are sequential by nature (each reads the weights the
+            # previous one wrote): say so instead of relying on how the
+            # loop orders stateful ops across overlapping iterations.
             tf.autograph.experimental.set_loop_options(parallel_iterations=1)
             strategy.run(step_fn, args=(next(iterator),))
         return model.get_metrics_result()
@@ -521,7 +520,7 @@ def train(config, strategy=None):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if isinstance(strategy, tf.distribute.TPUStrategy) and (
-        method.uses_random_widths()
+        method.uses_random_widths(config)
     ):
         raise ValueError(
             f"--method={config.method} draws random widths, which XLA (and "
@@ -583,7 +582,7 @@ def train(config, strategy=None):
     progress = None
     every = max(1, config.checkpoint_every_steps or total_steps)
     steps_per_loop = max(1, config.steps_per_loop)
-    if (config.sync_bn and method.uses_random_widths()
+    if (config.sync_bn and method.uses_random_widths(config)
             and distribute.uses_collectives(strategy) and steps_per_loop > 1):
         # Synchronized BN all-reduces statistics as long as the step's
         # random width; a collective op keeps the shape of its first run
@@ -625,37 +624,33 @@ def train(config, strategy=None):
         shutil.rmtree(write_dir, ignore_errors=True)
         return None
     return _final_report(config, model, method, info, train_ds, val_ds,
-                         model_dir, step, strategy, writer)
+                         model_dir, step, strategy)
 
 
 def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
-                  step, strategy, writer):
+                  step, strategy):
     """Calibrates BN at the report widths, evaluates, writes report.json."""
     widths = method.report_widths(config)
-    for width in widths:
-        width_lib.validate_width(width, model.width_range)
-    if model.bn_layers:
-        calibration_ds = train_ds
-        if config.augment:
-            calibration_ds, _, _ = data_lib.load(
-                config.dataset, batch_size=config.batch_size,
-                data_dir=config.data_dir or None,
-                validation_split=config.validation_split,
-                augment=False, seed=config.seed,
-            )
-        num_batches = max(1, math.ceil(
-            config.calibration_examples / config.batch_size
-        ))
-        num_batches = min(num_batches, max(1, int(
-            calibration_ds.cardinality()
-        )))
-        keras_slim.calibrate_bn(
-            model, calibration_ds, widths=widths, num_batches=num_batches,
-            verbose=0,
+    calibration_ds = train_ds
+    if config.augment:
+        calibration_ds, _, _ = data_lib.load(
+            config.dataset, batch_size=config.batch_size,
+            data_dir=config.data_dir or None,
+            validation_split=config.validation_split,
+            augment=False, seed=config.seed,
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # uncalibrated widths were reported
-        accuracies = evaluate_widths(model, val_ds, widths)
+    num_batches = max(1, math.ceil(
+        config.calibration_examples / config.batch_size
+    ))
+    cardinality = int(calibration_ds.cardinality())
+    if cardinality > 0:
+        num_batches = min(num_batches, cardinality)
+    # Exact statistics per width (a no-op for networks without BN).
+    keras_slim.calibrate_bn(
+        model, calibration_ds, widths=widths, num_batches=num_batches,
+        verbose=0,
+    )
+    accuracies = evaluate_widths(model, val_ds, widths)
     report = {
         "method": config.method,
         "model": config.model,

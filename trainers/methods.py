@@ -98,9 +98,9 @@ class Method:
         low, high = config.width_range
         return [float(w) for w in np.linspace(low, high, 4).round(4)]
 
-    def uses_random_widths(self):
+    def uses_random_widths(self, config):
         """Whether training draws random widths (dynamic shapes, no XLA)."""
-        return self.widths_mode == RANGE
+        return self.widths_mode == RANGE and config.sandwich_size > 2
 
     def build(self, config, input_shape, num_classes):
         """Builds the network this method trains (not compiled)."""
@@ -220,12 +220,13 @@ def build_slimmable(config, input_shape, num_classes, slim_kwargs):
     else:
         from keras_slim import models  # the zoo imports every builder
 
+        # --model_kwargs may override the method's slim arguments (e.g. a
+        # divisor, or an AWN network evaluated over a range).
         model = models.get(
             config.model,
             input_shape=tuple(input_shape),
             num_classes=num_classes,
-            **slim_kwargs,
-            **model_kwargs,
+            **{**slim_kwargs, **model_kwargs},
         )
     if not isinstance(model, SlimmableModel):
         raise ValueError(
