@@ -244,21 +244,25 @@ def test_custom_loop_runs_the_same_steps_as_fit():
     config = loop.TrainConfig(
         model=TINY, batch_size=64, learning_rate=0.05, weight_decay=1e-3,
     )
-    train_ds, _, info = data_lib.load(
-        "digits", batch_size=64, seed=0, drop_remainder=True
-    )
     strategy = tf.distribute.get_strategy()
 
-    def fresh_model():
+    def fresh_model_and_data():
+        # A new pipeline per driver: a second pass over the same one would
+        # be reshuffled. Seeded first: the shuffle order also depends on
+        # TensorFlow's global seed when the pipeline is built.
         keras.utils.set_random_seed(5)
-        return loop.build_compiled_model(
+        train_ds, _, info = data_lib.load(
+            "digits", batch_size=64, seed=0, drop_remainder=True
+        )
+        model = loop.build_compiled_model(
             config, info, 22, 100, train_ds.element_spec
         )
+        return model, train_ds
 
-    reference = fresh_model()
+    reference, train_ds = fresh_model_and_data()
     history = reference.fit(train_ds.take(6), epochs=1, verbose=0)
 
-    model = fresh_model()
+    model, train_ds = fresh_model_and_data()
     train_steps = loop.make_train_function(model, strategy)
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
     logs = train_steps(iterator, tf.constant(6))
