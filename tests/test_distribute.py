@@ -12,7 +12,6 @@ check runs in subprocesses (bounded by timeouts, loopback addresses only):
 """
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -22,6 +21,11 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+# Shared with the trainer tests (expensive fixtures run once per session,
+# also under pytest-xdist).
+from test_trainers import checkpoint_values
+from test_trainers import once_per_session
+from test_trainers import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds, per subprocess
@@ -120,15 +124,6 @@ MULTI_WORKER_FLAGS = [
 ]
 
 
-def subprocess_env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), env.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
-    env.update(extra)
-    return env
-
-
 def trainer(*args):
     return [sys.executable, "-m", "trainers.train", *args]
 
@@ -154,16 +149,6 @@ def run_all(commands, envs):
     return results
 
 
-def checkpoint_values(path):
-    reader = tf.train.load_checkpoint(str(path))
-    return {
-        key: reader.get_tensor(key)
-        for key in reader.get_variable_to_shape_map()
-        if key != "_CHECKPOINTABLE_OBJECT_GRAPH"
-        and not key.startswith("save_counter")
-    }
-
-
 def free_ports(count):
     """Loopback ports free right now (bound to port 0, then released)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -179,7 +164,12 @@ def free_ports(count):
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
     """The replica script and the 1-device / 2-replica trainer runs."""
-    root = tmp_path_factory.mktemp("mirrored")
+    result = once_per_session(tmp_path_factory, "mirrored", _mirrored_runs)
+    result["root"] = pathlib.Path(result["root"])
+    return result
+
+
+def _mirrored_runs(root):
     env = subprocess_env()
     script, single, replicas = run_all(
         [
@@ -194,7 +184,7 @@ def mirrored(tmp_path_factory):
         assert result.returncode == 0, result.stderr[-3000:]
     return {
         "script": json.loads(script.stdout.strip().splitlines()[-1]),
-        "root": root,
+        "root": str(root),
     }
 
 

@@ -6,6 +6,7 @@ rest runs in-process on tiny models. Data: the embedded digits and
 `tfds.testing.mock_data` only (never the network).
 """
 
+import fcntl
 import json
 import os
 import pathlib
@@ -85,11 +86,13 @@ def trainer_command(model_dir, *extra):
             f"--model_dir={model_dir}", *RUN_FLAGS, *extra]
 
 
-def subprocess_env():
+def subprocess_env(**extra):
+    """The environment of a trainer subprocess (the repo importable)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO), env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
+    env.update(extra)
     return env
 
 
@@ -102,6 +105,27 @@ def checkpoint_values(path):
         if key != "_CHECKPOINTABLE_OBJECT_GRAPH"
         and not key.startswith("save_counter")
     }
+
+
+def once_per_session(tmp_path_factory, name, compute):
+    """`compute(directory) -> JSON-able result`, run once per test session.
+
+    Module fixtures run once per pytest-xdist worker, and the subprocess
+    runs behind them are the expensive part of these tests: the first
+    worker computes the result under a file lock, the others read it.
+    Without xdist it is an ordinary temporary directory.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return compute(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, shared
+    directory = shared / name
+    done = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            directory.mkdir(exist_ok=True)
+            done.write_text(json.dumps(compute(directory)))
+    return json.loads(done.read_text())
 
 
 def read_scalars(directory):
@@ -303,7 +327,13 @@ def test_trains_on_tfds_mock_data_in_process(tmp_path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run, and the same run killed (-9) and restarted."""
-    root = tmp_path_factory.mktemp("trainer_runs")
+    result = once_per_session(tmp_path_factory, "trainer_runs", _kill_and_resume)
+    for key in ("full", "killed"):
+        result[key] = pathlib.Path(result[key])
+    return result
+
+
+def _kill_and_resume(root):
     full, killed = root / "full", root / "killed"
     env = subprocess_env()
     with open(root / "full.log", "w") as full_log, \
@@ -341,11 +371,12 @@ def runs(tmp_path_factory):
         )
         uninterrupted.wait(timeout=TIMEOUT)
     return {
-        "full": full,
-        "killed": killed,
+        "full": str(full),
+        "killed": str(killed),
         "killed_at": killed_at,
         "finished_early": finished_early,
-        "resumed": resumed,
+        "resumed_returncode": resumed.returncode,
+        "resumed_log": resumed.stderr,
         "full_returncode": uninterrupted.returncode,
         "full_log": (root / "full.log").read_text(),
     }
@@ -353,12 +384,11 @@ def runs(tmp_path_factory):
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(runs):
     assert runs["full_returncode"] == 0, runs["full_log"][-3000:]
-    resumed = runs["resumed"]
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert runs["resumed_returncode"] == 0, runs["resumed_log"][-3000:]
     # Killed mid-run, after a checkpoint and before the end.
     assert not runs["finished_early"]
     assert 10 <= runs["killed_at"] < 120
-    assert f"Resumed from step {runs['killed_at']}" in resumed.stderr
+    assert f"Resumed from step {runs['killed_at']}" in runs["resumed_log"]
     ours = checkpoint_values(runs["killed"] / "ckpt-120")
     reference = checkpoint_values(runs["full"] / "ckpt-120")
     assert sorted(ours) == sorted(reference)
