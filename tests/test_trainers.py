@@ -216,6 +216,16 @@ def test_unknown_method_and_bad_model_kwargs_are_clear():
         )
 
 
+def test_incompatible_settings_fail_before_any_work(tmp_path):
+    config = loop.TrainConfig(sync_bn=True, per_replica_widths=True,
+                              model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        loop.train(config)
+    with pytest.raises(ValueError, match="batch_size=4096 is larger"):
+        loop.train(loop.TrainConfig(batch_size=4096, model_dir=str(tmp_path)))
+    assert not (tmp_path / "run").exists()
+
+
 def test_weight_decay_skips_bn_and_biases():
     config = loop.TrainConfig(
         optimizer="sgd", learning_rate=0.1, weight_decay=0.5,

@@ -527,6 +527,14 @@ def train(config, strategy=None):
             "so TPUs) cannot compile: channel counts would change at run "
             "time. Use a fixed-width method (plain, snet, awn)."
         )
+    if (config.sync_bn and config.per_replica_widths
+            and method.uses_random_widths(config)):
+        raise ValueError(
+            "--sync_bn and --per_replica_widths cannot be combined: with "
+            "per-replica random widths the replicas' BN layers have "
+            "different channel counts, so there are no common batch "
+            "statistics to synchronize."
+        )
     model_dir = config.resolved_model_dir()
     is_chief = distribute.is_chief(strategy)
     _check_run_config(model_dir, config)
