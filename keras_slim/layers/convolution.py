@@ -146,9 +146,16 @@ class SlimKernelMixin:
             kernel = tf.gather(kernel, indices, axis=kernel.ndim - 2)
             kernel = kernel[..., :out_channels]
         elif not (_is_static(in_channels, full_in) and _is_static(out_channels, full_out)):
-            kernel = kernel[..., :in_channels, :out_channels]
+            # Two slices keep a static input count static: Keras' TF conv
+            # runs an XLA-compiled op (which tf2onnx cannot convert) when
+            # it cannot match the kernel's input dim to the inputs'. No
+            # `...` spanning zero axes (Dense): tf2onnx 1.17 turns that into
+            # an ONNX Slice with duplicate axes, which onnxruntime rejects.
+            spatial = (slice(None),) * (len(kernel.shape) - 2)
+            kernel = kernel[spatial + (slice(None, in_channels),)]
+            kernel = kernel[..., :out_channels]
             if mask is not None:
-                mask = mask[:in_channels, :out_channels]
+                mask = mask[:in_channels][:, :out_channels]
         if mask is not None:
             kernel = kernel * ops.cast(mask, kernel.dtype)
         return kernel, out_channels

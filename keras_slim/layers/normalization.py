@@ -149,7 +149,9 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
             return tf.gather(values, indices, axis=-1)
         if isinstance(count, int) and count == self.channels:
             return values
-        return values[..., :count]
+        # `values` is 1-D; `[..., :count]` would convert (tf2onnx 1.17) to
+        # an ONNX Slice with duplicate axes that onnxruntime rejects.
+        return values[:count]
 
     def _moments(self, inputs):
         reduction_axes = list(range(len(inputs.shape) - 1))
