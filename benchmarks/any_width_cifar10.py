@@ -129,6 +129,33 @@ def parse_args(argv=None):
     return args
 
 
+def run_signature(args):
+    """The arguments that change results: a saved method is reused only if
+    these match."""
+    keys = ("epochs", "train_per_class", "val_per_class", "batch_size",
+            "learning_rate", "distill", "calibration_images", "seed")
+    return {k: getattr(args, k) for k in keys}
+
+
+def load_finished(path, args):
+    """Results of methods a previous run with the same settings finished."""
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("config") != run_signature(args):
+        raise SystemExit(
+            f"{path} holds results of a run with different settings "
+            f"({saved.get('config')}); use another --output_dir or delete it."
+        )
+    return {m: r for m, r in saved["results"].items() if m in args.methods}
+
+
+def save_atomic(path, report):
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+
+
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -467,11 +494,22 @@ def main(argv=None):
     )
     log(f"Estimated training time on 2 dedicated cores: {planned / 60:.0f} "
         f"min (+ evaluation; more if other jobs share the machine)")
-    results = {}
+    output = pathlib.Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    results = load_finished(output / "partial.json", args)
     for method in args.methods:
+        if method in results:
+            log(f"=== {LABELS[method]}: finished earlier, kept "
+                f"(delete {output / 'partial.json'} to retrain) ===")
+            continue
         log(f"=== {LABELS[method]} ===")
         results[method] = run_method(method, data, args)
         results[method]["auc"] = area_under_curve(results[method]["accuracy"])
+        # Each finished method is saved at once, so an interrupted run
+        # restarted with the same arguments only trains what is missing.
+        save_atomic(output / "partial.json", {
+            "config": run_signature(args), "results": results,
+        })
 
     # Cost of one training image-epoch per method, to size the full run.
     # Wall time includes other jobs on the machine; CPU time / 2 is what
@@ -495,8 +533,6 @@ def main(argv=None):
             },
         }
     elapsed = time.time() - started
-    output = pathlib.Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results, args)
     report = {
         "config": {
