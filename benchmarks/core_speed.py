@@ -8,8 +8,9 @@ p10/p90 are reported):
 (b) one sandwich step (n=4) vs the sum of single train steps of stock models
     built natively at the same widths (fixed widths 1.0, 0.25, 0.5, 0.75),
     plus the real random-width sandwich step;
-(c) first-epoch trace overhead of sandwich training on digits (first epoch
-    time minus the median steady epoch).
+(c) first-step and first-epoch overhead of sandwich training on digits
+    (first call minus a steady one; first epoch minus the median steady
+    epoch), medians over fresh models.
 
 A/B variants measured in the same run: `slim_norm_old` traces the BN
 moving-statistics update through the previous gather/scatter path.
@@ -217,7 +218,16 @@ def section_sandwich(spec_name, args):
 
 
 def section_trace(args):
-    """First epoch minus a steady epoch, digits, model.fit."""
+    """First-call and first-epoch overhead on digits with `model.fit`.
+
+    For each model, `--trace_repeats` fresh copies:
+    - first step: the first `train_on_batch` (tracing, graph optimization
+      and the first run of every width's kernels) minus a steady step;
+    - first epoch: the first epoch minus the median steady epoch. With
+      random widths this also pays the first run of each new channel
+      configuration met during the epoch (oneDNN primitive creation), which
+      is not tracing.
+    """
     x, y = digits_data()
     out = {}
     makers = {
@@ -225,22 +235,41 @@ def section_trace(args):
         "sandwich_fixed4": lambda: slim_model(digits_cnn, "fixed4"),
         "sandwich_random4": lambda: slim_model(digits_cnn, "random4"),
     }
-    for name, make in makers.items():
-        model = make()
-        t = time.perf_counter()
-        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
-        first = time.perf_counter() - t
-        epochs = []
-        for _ in range(args.trace_epochs):
+    runs = {name: [] for name in makers}
+    for _ in range(args.trace_repeats):
+        for name, make in makers.items():
+            model = make()
+            t = time.perf_counter()
+            model.train_on_batch(x[:64], y[:64])
+            first_step = time.perf_counter() - t
+            steps = []
+            for _ in range(5):
+                t = time.perf_counter()
+                model.train_on_batch(x[:64], y[:64])
+                steps.append(time.perf_counter() - t)
+            model = make()
             t = time.perf_counter()
             model.fit(x, y, batch_size=64, epochs=1, verbose=0)
-            epochs.append(time.perf_counter() - t)
+            first = time.perf_counter() - t
+            epochs = []
+            for _ in range(args.trace_epochs):
+                t = time.perf_counter()
+                model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+                epochs.append(time.perf_counter() - t)
+            steady = float(np.median(epochs[-3:]))
+            runs[name].append({
+                "first_step_s": first_step,
+                "step_overhead_s": first_step - float(np.median(steps)),
+                "first_epoch_s": first,
+                "steady_epoch_s": steady,
+                "overhead_s": first - steady,
+            })
+    for name, values in runs.items():
         out[name] = {
-            "first_epoch_s": first,
-            "epochs_s": epochs,
-            "steady_epoch_s": float(np.median(epochs[-3:])),
-            "overhead_s": first - float(np.median(epochs[-3:])),
+            key: float(np.median([v[key] for v in values]))
+            for key in values[0]
         }
+        out[name]["runs"] = values
     return out
 
 
@@ -257,11 +286,15 @@ def markdown(results, command):
              f"grappler {tf.config.optimizer.get_experimental_options()}", ""]
     for section, per_model in results.items():
         if section == "trace":
-            lines += ["## (c) first-epoch trace overhead (digits, fit)", "",
-                      "| model | first epoch s | steady epoch s | overhead s |",
-                      "|---|---|---|---|"]
+            lines += ["## (c) first-step and first-epoch overhead "
+                      "(digits, medians of fresh models)", "",
+                      "| model | first step s | first-step overhead s | "
+                      "first epoch s | steady epoch s | first-epoch "
+                      "overhead s |", "|---|---|---|---|---|---|"]
             for name, r in per_model.items():
-                lines.append(f"| {name} | {r['first_epoch_s']:.2f} | "
+                lines.append(f"| {name} | {r['first_step_s']:.2f} | "
+                             f"{r['step_overhead_s']:.2f} | "
+                             f"{r['first_epoch_s']:.2f} | "
                              f"{r['steady_epoch_s']:.2f} | "
                              f"{r['overhead_s']:.2f} |")
             lines.append("")
@@ -289,6 +322,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--warmup_random", type=int, default=150)
     parser.add_argument("--trace_epochs", type=int, default=4)
+    parser.add_argument("--trace_repeats", type=int, default=3)
     parser.add_argument("--models", default="cifar_cnn,digits_cnn")
     parser.add_argument("--sections", default="full,sandwich,trace")
     parser.add_argument("--grappler", default="default",

@@ -446,6 +446,21 @@ class SlimmableModel(keras.Model):
         if self.optimizer is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Outside a strategy scope, Keras (TF backend) defers building the
+        # optimizer and compiled metrics to the first trace of the train
+        # function; variables created there make tf.function trace it a
+        # second time. A multi-width step holds several forward and backward
+        # passes, so that second trace would double the first-epoch
+        # overhead: build up front, as Keras does under a strategy.
+        if self._distribute_strategy is not None:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        self._distribute_strategy = tf.distribute.get_strategy()
+        try:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        finally:
+            self._distribute_strategy = None
+
     @property
     def reported_widths(self):
         """Widths whose loss and metrics `fit` logs individually."""
