@@ -200,6 +200,9 @@ def test_fit_logs_per_width_metrics_and_sandwich_widths_change():
     # The random width is a tensor inside the traced step, so it is drawn
     # anew every step: replay the stream the step used.
     assert tf.is_tensor(seen[0])
+    # Traced once: the optimizer and metrics are built before the first
+    # trace (a second trace would double the first-epoch overhead).
+    assert len(seen) == 1
     draws = [keras_slim.training.sandwich_widths((0.25, 1.0), 3, step)[2]
              for step in range(8)]
     assert len({round(float(d), 6) for d in draws}) == 8
