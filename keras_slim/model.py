@@ -452,14 +452,15 @@ class SlimmableModel(keras.Model):
         # function; variables created there make tf.function trace it a
         # second time. A multi-width step holds several forward and backward
         # passes, so that second trace would double the first-epoch
-        # overhead: build up front, as Keras does under a strategy.
-        if self._distribute_strategy is not None:
-            return super()._maybe_symbolic_build(iterator, data_batch)
-        self._distribute_strategy = tf.distribute.get_strategy()
-        try:
-            return super()._maybe_symbolic_build(iterator, data_batch)
-        finally:
-            self._distribute_strategy = None
+        # overhead: build up front from the data's spec (no batch is read,
+        # so the first epoch sees the dataset's first shuffle order).
+        if self._distribute_strategy is None and data_batch is None:
+            dataset = getattr(iterator, "_distributed_dataset", None)
+            if isinstance(dataset, tf.data.Dataset):
+                data_batch = dataset.element_spec
+        if self._distribute_strategy is None and data_batch is not None:
+            return self._symbolic_build(data_batch=data_batch)
+        return super()._maybe_symbolic_build(iterator, data_batch)
 
     @property
     def reported_widths(self):

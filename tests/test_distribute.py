@@ -226,32 +226,39 @@ def test_two_replicas_train_like_one_device(mirrored):
     assert momenta and all(np.any(v != 0) for v in momenta)
 
 
-def test_multi_worker_trains_chief_checkpoints_and_restart_resumes(tmp_path):
-    model_dir = tmp_path / "model"
+def run_cluster(tmp_path, model_dir, *flags):
+    """Runs the trainer as 2 workers on 127.0.0.1; returns their results.
+
+    Each worker gets its own TMPDIR under `tmp_path` (non-chief workers
+    write their checkpoint copies there)."""
     scratch = [tmp_path / "tmp0", tmp_path / "tmp1"]
     for path in scratch:
-        path.mkdir()
+        path.mkdir(exist_ok=True)
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    envs = [
+        subprocess_env(
+            TF_CONFIG=json.dumps({
+                "cluster": {"worker": workers},
+                "task": {"type": "worker", "index": index},
+            }),
+            TMPDIR=str(scratch[index]),
+        )
+        for index in range(2)
+    ]
+    command = trainer(f"--model_dir={model_dir}", *flags)
+    results = run_all([command, command], envs)
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return results
+
+
+def test_multi_worker_trains_chief_checkpoints_and_restart_resumes(tmp_path):
+    model_dir = tmp_path / "model"
+    scratch = tmp_path / "tmp1"
 
     def cluster_run(train_steps):
-        ports = free_ports(2)
-        workers = [f"127.0.0.1:{port}" for port in ports]
-        envs = [
-            subprocess_env(
-                TF_CONFIG=json.dumps({
-                    "cluster": {"worker": workers},
-                    "task": {"type": "worker", "index": index},
-                }),
-                TMPDIR=str(scratch[index]),
-            )
-            for index in range(2)
-        ]
-        command = trainer(f"--model_dir={model_dir}",
-                          f"--train_steps={train_steps}",
-                          *MULTI_WORKER_FLAGS)
-        results = run_all([command, command], envs)
-        for result in results:
-            assert result.returncode == 0, result.stderr[-3000:]
-        return results
+        return run_cluster(tmp_path, model_dir, f"--train_steps={train_steps}",
+                           *MULTI_WORKER_FLAGS)
 
     cluster_run(train_steps=6)
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
@@ -262,7 +269,7 @@ def test_multi_worker_trains_chief_checkpoints_and_restart_resumes(tmp_path):
     assert {n for n in names if not n.startswith("ckpt-")} == {
         "checkpoint", "run_config.json", "report.json", "train", "eval"}
     assert len(list((model_dir / "train").glob("events.out.*"))) == 1
-    assert list(scratch[1].iterdir()) == []
+    assert list(scratch.iterdir()) == []
 
     results = cluster_run(train_steps=9)
     for result in results:
@@ -271,4 +278,25 @@ def test_multi_worker_trains_chief_checkpoints_and_restart_resumes(tmp_path):
     step = checkpoint_values(model_dir / "ckpt-9")
     iterations = [v for k, v in step.items() if "iteration" in k]
     assert [int(v) for v in iterations] == [9]
-    assert list(scratch[1].iterdir()) == []
+    assert list(scratch.iterdir()) == []
+
+
+def test_multi_worker_sync_bn_with_random_widths_runs_several_steps_per_call(
+    tmp_path,
+):
+    # Synchronized BN all-reduces statistics whose length follows the
+    # step's random width; the collective must still run several steps
+    # (each its own width) inside one tf.function call.
+    model_dir = tmp_path / "model"
+    flags = [f for f in MULTI_WORKER_FLAGS if not f.startswith("--method")]
+    results = run_cluster(tmp_path, model_dir, "--method=us", "--sync_bn",
+                          "--train_steps=6", *flags)
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
+    report = json.loads((model_dir / "report.json").read_text())
+    assert report["num_replicas"] == 2
+    values = checkpoint_values(model_dir / "ckpt-6")
+    means = [v for k, v in values.items() if "moving_mean" in k]
+    assert means and all(np.all(np.isfinite(v)) for v in means)
+    assert any(np.any(v != 0) for v in means)
+    for result in results:
+        assert "one step per" not in result.stderr

@@ -101,22 +101,6 @@ def get_strategy(name="default", tpu_address=""):
     )
 
 
-def uses_collectives(strategy):
-    """Whether replicas exchange values with collective ops.
-
-    `MultiWorkerMirroredStrategy` always does, `MirroredStrategy` does on
-    GPUs (on CPUs `get_strategy` reduces to one device instead). A
-    collective op fixes its tensor shape at its first run within one
-    `tf.function` call, which matters for values whose shape follows a
-    random width (see `trainers.loop.train`).
-    """
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
-    return isinstance(strategy, tf.distribute.MirroredStrategy) and bool(
-        tf.config.list_logical_devices("GPU")
-    )
-
-
 def task_info(strategy):
     """`(task_type, task_id)` of this process (None, None without a cluster)."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -590,17 +590,6 @@ def train(config, strategy=None):
     progress = None
     every = max(1, config.checkpoint_every_steps or total_steps)
     steps_per_loop = max(1, config.steps_per_loop)
-    if (config.sync_bn and method.uses_random_widths(config)
-            and distribute.uses_collectives(strategy) and steps_per_loop > 1):
-        # Synchronized BN all-reduces statistics as long as the step's
-        # random width; a collective op keeps the shape of its first run
-        # within a tf.function call, so each call may run only one step.
-        logging.warning(
-            "--sync_bn with random widths under %s: running one step per "
-            "tf.function call instead of --steps_per_loop=%d.",
-            type(strategy).__name__, steps_per_loop,
-        )
-        steps_per_loop = 1
     step = start_step
     logging.info(
         "Training %s on %s: %d steps (%d per epoch), %d replica(s), "

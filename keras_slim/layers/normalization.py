@@ -169,10 +169,21 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
         )
         replica_ctx = tf.distribute.get_replica_context()
         if replica_ctx is not None:
+            # Padded to the full channel count: a collective op keeps the
+            # shape of its first run within one tf.function call, and the
+            # active width changes from step to step inside a multi-step
+            # training loop.
+            active = local_sum.shape[0]
+            if active is None:
+                active = tf.shape(local_sum)[0]
+            padding = [[0, self.channels - active]]
             local_sum, local_squares, local_count = replica_ctx.all_reduce(
                 tf.distribute.ReduceOp.SUM,
-                [local_sum, local_squares, local_count],
+                [tf.pad(local_sum, padding), tf.pad(local_squares, padding),
+                 local_count],
             )
+            local_sum = local_sum[:active]
+            local_squares = local_squares[:active]
         mean = local_sum / local_count
         variance = tf.maximum(local_squares / local_count - tf.square(mean), 0)
         return mean, variance, local_count
