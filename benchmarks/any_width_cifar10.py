@@ -36,16 +36,12 @@ import argparse
 import json
 import os
 import pathlib
-import shutil
-import sys
-import tarfile
 import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
-DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "keras_slim" / "cifar10"
+from common import DEFAULT_ARCHIVE, DEFAULT_CACHE, cifar10_folder, log
+
 
 # The paper's test widths and the widths of k-width training.
 TEST_WIDTHS = (0.25, 0.33, 0.42, 0.5, 0.58, 0.67, 0.75, 0.83, 0.92, 1.0)
@@ -156,10 +152,6 @@ def save_atomic(path, report):
     os.replace(tmp, path)
 
 
-def log(message):
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 # --------------------------------------------------------------------- data
 def load_cifar10(archive, cache_dir):
     """All 50,000 images as uint8 arrays, grouped by class, file order.
@@ -178,20 +170,7 @@ def load_cifar10(archive, cache_dir):
     if arrays.exists():
         data = np.load(arrays)
         return data["images"], data["labels"], list(data["class_names"])
-    root = cache_dir / "train"
-    if not (cache_dir / ".extracted").exists():
-        if not pathlib.Path(archive).exists():
-            sys.exit(f"CIFAR-10 archive not found: {archive} (see --archive).")
-        log(f"Extracting {archive} to {cache_dir} (once)")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = cache_dir / ".staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(staging / "train", root)
-        shutil.rmtree(staging, ignore_errors=True)
-        (cache_dir / ".extracted").touch()
+    root = cifar10_folder(archive, cache_dir)
     class_names = sorted(p.name for p in root.iterdir() if p.is_dir())
     paths, labels = [], []
     for label, name in enumerate(class_names):

@@ -33,6 +33,8 @@ import keras_slim
 from keras_slim import width as width_lib
 from keras_slim.layers import normalization as norm_lib
 
+from common import spread
+
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 FIXED_WIDTHS = [1.0, 0.25, 0.5, 0.75]
 
@@ -146,16 +148,6 @@ class Runner:
         return (time.perf_counter() - t) / steps * 1000.0
 
 
-def stats(values):
-    a = np.asarray(values, "float64")
-    return {
-        "median": float(np.median(a)),
-        "p10": float(np.percentile(a, 10)),
-        "p90": float(np.percentile(a, 90)),
-        "n": int(a.size),
-    }
-
-
 def interleaved(runners, repeats, steps):
     times = {r.name: [] for r in runners}
     for i in range(repeats):
@@ -180,11 +172,11 @@ def section_full_width(spec_name, args):
         old,
     ]
     times = interleaved(runners, args.repeats, args.steps)
-    out = {k: stats(v) for k, v in times.items()}
+    out = {k: spread(v) for k, v in times.items()}
     # Ratio per repeat (same repeat = same machine load), then its median.
     for name in ("slim_full", "slim_norm_old"):
         ratio = np.asarray(times[name]) / np.asarray(times["stock"])
-        out[f"{name}/stock"] = stats(ratio)
+        out[f"{name}/stock"] = spread(ratio)
     return out
 
 
@@ -208,11 +200,11 @@ def section_sandwich(spec_name, args):
                           lambda: slim_model(builder, "random4"), data, batch,
                           args.warmup_random))
     times = interleaved(runners, args.repeats, args.steps)
-    out = {k: stats(v) for k, v in times.items()}
+    out = {k: spread(v) for k, v in times.items()}
     stock_sum = sum(np.asarray(times[f"stock_w{w}"]) for w in FIXED_WIDTHS)
-    out["sum_stock_steps"] = stats(stock_sum)
+    out["sum_stock_steps"] = spread(stock_sum)
     for name in ("sandwich_fixed4", "sandwich_random4"):
-        out[f"{name}/sum_stock"] = stats(np.asarray(times[name]) / stock_sum)
+        out[f"{name}/sum_stock"] = spread(np.asarray(times[name]) / stock_sum)
     out["warmup_seconds"] = {r.name: r.warmup_seconds for r in runners}
     return out
 

@@ -46,14 +46,7 @@ import keras_slim
 from keras_slim import export
 from keras_slim.models import mobilenet_v2
 
-
-def summary(values):
-    values = np.asarray(values, "float64")
-    return {
-        "median": float(np.median(values)),
-        "p10": float(np.percentile(values, 10)),
-        "p90": float(np.percentile(values, 90)),
-    }
+from common import log, spread
 
 
 def write_tflite(keras_model, path):
@@ -169,17 +162,17 @@ def analyse(rows, timings, widths):
             "size_bytes": row["size_bytes"],
             "zoo_alpha_macs": row["zoo_alpha_macs"],
             "zoo_alpha_params": row["zoo_alpha_params"],
-            "latency_ms": {k: summary(v) for k, v in lat.items()},
-            "latency_ratio_stripped_vs_native": summary(
+            "latency_ms": {k: spread(v) for k, v in lat.items()},
+            "latency_ratio_stripped_vs_native": spread(
                 lat["stripped"] / lat["native"]),
-            "latency_ratio_stripped_vs_zoo_alpha": summary(
+            "latency_ratio_stripped_vs_zoo_alpha": spread(
                 lat["stripped"] / lat["zoo_alpha"]),
             "stripped_file_identical_to_native": row["identical_bytes"],
             "size_ratio_stripped_vs_native": (
                 row["size_bytes"]["stripped"] / row["size_bytes"]["native"]),
             "macs_ratio": mac_ratio,
-            "latency_ratio_vs_full": summary(lat["stripped"] / lat_full),
-            "latency_over_macs_ratio": summary(
+            "latency_ratio_vs_full": spread(lat["stripped"] / lat_full),
+            "latency_over_macs_ratio": spread(
                 lat["stripped"] / lat_full / mac_ratio),
         })
     return results
@@ -263,9 +256,6 @@ def main(argv=None):
         parser.error("--widths must include 1.0 (the reference width).")
     os.makedirs(args.output_dir, exist_ok=True)
     keras.utils.set_random_seed(0)
-
-    def log(message):
-        print(message, flush=True)
 
     report = {
         "config": vars(args),

@@ -47,11 +47,8 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tarfile
 import time
 
-import numpy as np
 
 import keras
 import tensorflow as tf
@@ -60,39 +57,9 @@ from keras_slim import data as data_lib
 from trainers import loop
 from trainers import methods
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
-DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "keras_slim" / "cifar10"
+from common import DEFAULT_ARCHIVE, DEFAULT_CACHE, cifar10_folder, log, spread
+
 PER_CALL = 20  # steps per call of the multi-step variants
-
-
-def log(message):
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def cifar10_folder(archive, cache_dir):
-    """The extracted `train/` folder (one sub-folder per class).
-
-    Extracts once, through a staging directory so that an interrupted
-    extraction is never mistaken for a complete one (the `.extracted`
-    marker is shared with `benchmarks/any_width_cifar10.py`).
-    """
-    cache_dir = pathlib.Path(cache_dir).expanduser()
-    root = cache_dir / "train"
-    if not (cache_dir / ".extracted").exists():
-        if not pathlib.Path(archive).exists():
-            raise SystemExit(f"CIFAR-10 archive not found: {archive}")
-        log(f"Extracting {archive} to {cache_dir} (once)")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = cache_dir / ".staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(staging / "train", root)
-        shutil.rmtree(staging, ignore_errors=True)
-        (cache_dir / ".extracted").touch()
-    return root
 
 
 class _StepTimes(keras.callbacks.Callback):
@@ -141,16 +108,6 @@ def input_rate(iterator, batches, drain=50):
     return batches / (time.perf_counter() - start)
 
 
-def summary(values):
-    values = np.asarray(values, "float64")
-    return {
-        "median": float(np.median(values)),
-        "p10": float(np.percentile(values, 10)),
-        "p90": float(np.percentile(values, 90)),
-        "runs": [round(float(v), 4) for v in values],
-    }
-
-
 def interleaved(measures, repeats):
     """Runs `{name: fn() -> rate}` `repeats` times in rotating order.
 
@@ -170,7 +127,7 @@ def interleaved(measures, repeats):
 
 def paired(results, numerator, denominator):
     """Summary of `numerator / denominator`, repeat by repeat."""
-    return summary([a / b for a, b in zip(results[numerator],
+    return spread([a / b for a, b in zip(results[numerator],
                                           results[denominator])])
 
 
@@ -310,12 +267,7 @@ def main():
     share = {}
     for name in ("cached", "uncached"):
         kept = paired(pipeline, f"{name} pipeline", "compute only")
-        share[name] = {key: (1 - value if key != "runs" else
-                             [round(1 - v, 4) for v in value])
-                       for key, value in kept.items()}
-        # 1 - ratio swaps the percentiles.
-        share[name]["p10"], share[name]["p90"] = (share[name]["p90"],
-                                                  share[name]["p10"])
+        share[name] = spread([1 - v for v in kept["runs"]])
     result = {
         "config": {
             "model": args.model, "method": "us (sandwich, 4 widths/step)",
@@ -329,9 +281,9 @@ def main():
             "tensorflow": tf.__version__, "keras": keras.__version__,
         },
         "steps_per_second": {
-            **{f"digits: {name}": summary(rates)
+            **{f"digits: {name}": spread(rates)
                for name, rates in digits_drivers.items()},
-            **{f"CIFAR-10: {name}": summary(rates)
+            **{f"CIFAR-10: {name}": spread(rates)
                for name, rates in {**drivers, **pipeline}.items()},
         },
         "loop_over_fit": ratio,

@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmark scripts: logging, spread statistics and
+the CIFAR-10 JPEG archive.
+
+The scripts run as `python benchmarks/NAME.py`, which puts this folder on
+`sys.path`, so they import it as `common`.
+"""
+
+import os
+import pathlib
+import shutil
+import sys
+import tarfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "keras_slim" / "cifar10"
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def spread(values):
+    """Median, 10th and 90th percentiles and the raw values of a sample."""
+    values = np.asarray(values, "float64")
+    return {
+        "median": float(np.median(values)),
+        "p10": float(np.percentile(values, 10)),
+        "p90": float(np.percentile(values, 90)),
+        "n": int(values.size),
+        "runs": [round(float(v), 4) for v in values],
+    }
+
+
+def cifar10_folder(archive=DEFAULT_ARCHIVE, cache_dir=DEFAULT_CACHE):
+    """The extracted CIFAR-10 `train/` folder (one sub-folder per class).
+
+    Extracts the archive once into `cache_dir` (outside the repository),
+    through a staging directory and a `.extracted` marker, so an
+    interrupted extraction is never mistaken for a complete one.
+    """
+    cache_dir = pathlib.Path(cache_dir).expanduser()
+    root = cache_dir / "train"
+    if not (cache_dir / ".extracted").exists():
+        if not pathlib.Path(archive).exists():
+            sys.exit(f"CIFAR-10 archive not found: {archive} (see --archive).")
+        log(f"Extracting {archive} to {cache_dir} (once)")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = cache_dir / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(staging, filter="data")
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(staging / "train", root)
+        shutil.rmtree(staging, ignore_errors=True)
+        (cache_dir / ".extracted").touch()
+    return root
