@@ -212,6 +212,17 @@ def describe(model, width, stripped):
     return entry
 
 
+def file_entry(path, model, width, stripped, result, **fields):
+    """The manifest row of one verified file: `fields`, what `describe`
+    gives, the file's size and digest, and the verification `result`."""
+    entry = {"file": os.path.basename(path), **fields}
+    entry.update(describe(model, width, stripped))
+    entry.update(
+        size_bytes=os.path.getsize(path), sha256=sha256(path), **result
+    )
+    return entry
+
+
 def sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:

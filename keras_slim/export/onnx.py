@@ -136,15 +136,10 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
                 tolerance,
             )
             mf.verify(result, f"ONNX export of width {width!r}")
-            entry = {"file": name, "format": "onnx", "opset": int(opset),
-                     "quantization": "float32"}
-            entry.update(mf.describe(model, width, stripped))
-            entry.update(
-                size_bytes=os.path.getsize(stage.file(name)),
-                sha256=mf.sha256(stage.file(name)),
-                **result,
-            )
-            entries.append(entry)
+            entries.append(mf.file_entry(
+                stage.file(name), model, width, stripped, result,
+                format="onnx", opset=int(opset), quantization="float32",
+            ))
         return stage.commit(entries, model)
 
 

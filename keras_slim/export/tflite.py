@@ -199,15 +199,10 @@ def to_tflite(
                 tolerance,
             )
             mf.verify(result, f"TFLite export of width {width!r}")
-            entry = {"file": name, "format": "tflite",
-                     "quantization": quantize or "float32"}
-            entry.update(mf.describe(model, width, stripped))
-            entry.update(
-                size_bytes=os.path.getsize(stage.file(name)),
-                sha256=mf.sha256(stage.file(name)),
-                **result,
-            )
-            entries.append(entry)
+            entries.append(mf.file_entry(
+                stage.file(name), model, width, stripped, result,
+                format="tflite", quantization=quantize or "float32",
+            ))
         return stage.commit(entries, model)
 
 

@@ -160,6 +160,13 @@ class SlimKernelMixin:
             kernel = kernel * ops.cast(mask, kernel.dtype)
         return kernel, out_channels
 
+    def _add_bias_and_activate(self, outputs, out_channels):
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias[:out_channels])
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
 
 @keras.saving.register_keras_serializable(package="keras_slim")
 class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
@@ -243,11 +250,7 @@ class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
             inputs, self.kernel, self._kernel.shape[-2], self.filters
         )
         outputs = self.convolution_op(inputs, kernel)
-        if self.use_bias:
-            outputs = ops.add(outputs, self.bias[:out_channels])
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._add_bias_and_activate(outputs, out_channels)
 
     def get_config(self):
         return {**super().get_config(), **self._slim_config()}
@@ -297,11 +300,7 @@ class SlimDense(SlimKernelMixin, keras.layers.Dense):
             inputs, self.kernel, self._kernel.shape[0], self.units
         )
         outputs = ops.matmul(inputs, kernel)
-        if self.use_bias:
-            outputs = ops.add(outputs, self.bias[:out_channels])
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._add_bias_and_activate(outputs, out_channels)
 
     def get_config(self):
         return {**super().get_config(), **self._slim_config()}
