@@ -127,7 +127,10 @@ def slim(
         model: A built Sequential or functional Keras model.
         width_range: `(min_width, max_width)` for a universally slimmable
             network (US-Net); max may exceed 1.0.
-        widths: A fixed list of widths instead (S-Net; with switchable BN).
+        widths: A fixed list of widths to train instead (S-Net). With
+            switchable BN (the default without `triangular`) only these
+            widths run; with a shared BN (k-width Any-Width Networks) they
+            are the training widths and any width in their range runs.
         divisor: Channel counts are multiples of this (8 in the papers'
             ImageNet models, 1 for small networks).
         min_channels: Smallest channel count (default `divisor`).
@@ -393,7 +396,9 @@ def set_staircases(model, input_groups):
             counts_fn(in_group),
             counts_fn(layer.channel_group),
             out_full,
-            widths=model.widths,
+            # Exact at every width of the range unless switchable BN
+            # restricts the network to its listed widths.
+            widths=model.widths if model.switchable else None,
             width_range=model.width_range,
         )
         layer.set_staircase(limits)

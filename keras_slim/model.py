@@ -204,6 +204,13 @@ class SlimmableModel(keras.Model):
             for layer in self.network._flatten_layers(include_self=False)
             if isinstance(layer, SlimKernelMixin) and layer.slim_out
         }
+        # Private BN rows exist for the listed widths only; with a shared BN
+        # the `widths` are just the ones trained, and any width in the range
+        # runs (exactly, for triangular networks).
+        self.switchable = any(
+            isinstance(layer, SwitchableBatchNormalization)
+            for layer in self.bn_layers
+        )
         self.exact_without_calibration = all(
             layer.triangular
             for layer in self.network._flatten_layers(include_self=False)
@@ -247,6 +254,8 @@ class SlimmableModel(keras.Model):
         width = width_lib.validate_width(width, self.width_range)
         if self.widths is not None:
             matches = [w for w in self.widths if abs(w - width) < 1e-6]
+            if not matches and not self.switchable:
+                return width
             if not matches:
                 raise ValueError(
                     f"This network switches between the widths "
@@ -291,7 +300,10 @@ class SlimmableModel(keras.Model):
         """Position of `width` in the S-Net width list (0 for US-Nets)."""
         if self.widths is None or isinstance(width, dict):
             return len(self.widths) - 1 if self.widths else 0
-        return self.widths.index(self._validate_width(width))
+        width = self._validate_width(width)
+        if width not in self.widths:  # an unlisted width of a shared-BN net
+            return len(self.widths) - 1
+        return self.widths.index(width)
 
     def calibration_key(self, width):
         """The key under which BN statistics of `width` are stored.
@@ -335,7 +347,8 @@ class SlimmableModel(keras.Model):
             and not all(calibrated)
             and not self.exact_without_calibration
             and counts != self.full_channels
-            and self.widths is None
+            and (self.widths is None
+                 or (not self.switchable and width not in self.widths))
         )
         if needs_calibration:
             warnings.warn(

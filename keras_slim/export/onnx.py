@@ -246,7 +246,7 @@ def dynamic_function(model):
     def run(images, width):
         width = tf.clip_by_value(tf.cast(width, tf.float32), low, high)
         index = None
-        if model.widths is not None:
+        if model.switchable:
             # Created inside the trace: a captured eager constant would
             # become an extra graph input in tf2onnx.
             listed = tf.constant(model.widths, tf.float32)
@@ -266,8 +266,8 @@ def to_onnx_dynamic(model, path, opset=17, check_widths=None, tolerance=None):
     (a float32 scalar: feed `np.array(0.5, np.float32)`). Channel counts are
     computed in the graph from the width (same rounding as
     `model.channels_for`), kernels are sliced at run time. The width is
-    clipped to `model.width_range`; an S-Net snaps it to the nearest
-    listed width and selects that width's private BN row.
+    clipped to `model.width_range`; an S-Net (switchable BN) snaps it to
+    the nearest listed width and selects that width's private BN row.
 
     Which models it is exact for: BN uses the MOVING statistics stored in
     the model (calibrated statistics of individual widths are not in the
@@ -373,7 +373,7 @@ def to_onnx_dynamic(model, path, opset=17, check_widths=None, tolerance=None):
         "size_bytes": os.path.getsize(path),
         "exact": bool(
             model.exact_without_calibration
-            or (model.widths is not None and not model.calibrations)
+            or (model.switchable and not model.calibrations)
         ),
         "checks": checks,
     }
