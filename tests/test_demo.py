@@ -1,0 +1,93 @@
+"""The main job (`keras-slim-demo`, `trainers/demo.py`) end to end, in
+subprocesses: digits (the default), a local image folder, and --help."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+
+
+def demo(*flags, returncode=0):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.demo", *flags], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert result.returncode == returncode, result.stderr[-3000:]
+    return result
+
+
+def test_digits_run_writes_everything_it_reports(tmp_path):
+    out = tmp_path / "demo"
+    result = demo(f"--output_dir={out}", "--epochs=3", "--latency_runs=3")
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert step in result.stdout
+    assert "width  channels" in result.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    rows = report["rows"]
+    assert [r["width"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
+    macs = [r["macs"] for r in rows]
+    assert macs == sorted(macs) and macs[0] < macs[-1] / 8
+    assert all(r["accuracy"] >= 0.6 for r in rows), rows
+    assert all(r["latency_median_ms"] > 0 for r in rows)
+    for kind in ("tflite", "onnx"):
+        manifest = json.loads((out / kind / "manifest.json").read_text())
+        exports = manifest["exports"]
+        assert [e["width"] for e in exports] == [0.25, 0.5, 0.75, 1.0]
+        for entry in exports:
+            assert (out / kind / entry["file"]).stat().st_size == (
+                entry["size_bytes"])
+            assert entry["max_abs_diff"] <= 1e-4
+    assert (out / "accuracy_vs_macs.png").read_bytes()[:8] == (
+        b"\x89PNG\r\n\x1a\n")
+
+    # The saved model runs at every width with its calibrated statistics
+    # and reproduces the reported accuracy.
+    from keras_slim import data as data_lib
+
+    model = keras.saving.load_model(out / "model.keras")
+    _, validation, _ = data_lib.load("digits", batch_size=128, seed=0)
+    x, y = (np.concatenate(parts) for parts in zip(*validation))
+    for row in rows:
+        model.set_width(row["width"])
+        predicted = np.argmax(model.predict(x, verbose=0), -1)
+        assert np.mean(predicted == y) == pytest.approx(row["accuracy"],
+                                                        abs=1e-6)
+
+
+def test_folder_dataset(tmp_path):
+    # 3 classes of 16x16 images told apart by colour, with noise.
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for label, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            image = rng.integers(0, 60, (16, 16, 3))
+            image[..., label] += 180
+            tf.io.write_file(str(root / name / f"{i}.png"),
+                             tf.io.encode_png(image.astype(np.uint8)))
+    out = tmp_path / "demo"
+    demo(f"--output_dir={out}", f"--dataset=folder:{root}", "--epochs=2",
+         "--report_widths=0.5,1.0", "--noonnx", "--latency_runs=2")
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"] == f"folder:{root}"
+    assert [r["width"] for r in report["rows"]] == [0.5, 1.0]
+    assert (out / "tflite" / "manifest.json").exists()
+    assert not (out / "onnx").exists()
+
+
+def test_help_lists_the_flags():
+    result = demo("--help", returncode=1)  # absl exits 1 after help
+    for flag in ("--output_dir", "--dataset", "--epochs", "--report_widths",
+                 "--sandwich_size", "--[no]inplace_distillation"):
+        assert f"{flag}:" in result.stdout, flag
