@@ -254,14 +254,13 @@ class SlimmableModel(keras.Model):
         width = width_lib.validate_width(width, self.width_range)
         if self.widths is not None:
             matches = [w for w in self.widths if abs(w - width) < 1e-6]
-            if not matches and not self.switchable:
-                return width
-            if not matches:
+            if matches:
+                width = matches[0]
+            elif self.switchable:
                 raise ValueError(
                     f"This network switches between the widths "
                     f"{self.widths} only (S-Net); got {width}."
                 )
-            width = matches[0]
         return width
 
     def _channels_for_config(self, config):
