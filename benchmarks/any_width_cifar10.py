@@ -328,7 +328,11 @@ def run_method(method, data, args):
 
     if method == "usnet":
         t0 = time.time()
-        calibration = normalize(x_train[: args.calibration_images])
+        # A random subset: the training arrays are sorted by class, so
+        # their first images would all be airplanes (one class's BN
+        # statistics, wrong for the others).
+        chosen = np.random.default_rng(args.seed).permutation(len(x_train))
+        calibration = normalize(x_train[chosen[: args.calibration_images]])
         keras_slim.calibrate_bn(
             model, calibration, widths=list(TEST_WIDTHS), batch_size=500,
             verbose=0,
@@ -481,6 +485,7 @@ def main(argv=None):
         save_atomic(output / "partial.json", {
             "config": run_signature(args), "results": results,
         })
+    results = {m: results[m] for m in args.methods}  # table order
 
     # Cost of one training image-epoch per method, to size the full run.
     # Wall time includes other jobs on the machine; CPU time / 2 is what
