@@ -22,7 +22,7 @@ Outputs (in `--output_dir`): `results.json`, `results.md` and
 Usage:
 
     python benchmarks/any_width_cifar10.py --quick      # < 15 min, 2 cores
-    python benchmarks/any_width_cifar10.py              # full, ~2.3 h
+    python benchmarks/any_width_cifar10.py              # full, ~1.3 h
 
 The data is `shared/data/cifar10-jpeg-train.tar.gz`, extracted once to
 `--cache_dir` (default `~/.cache/keras_slim/cifar10`, outside the repo).
@@ -63,10 +63,10 @@ VAL_PER_CLASS = 500
 # the estimate printed at the end of a --quick run).
 FULL_EPOCHS = 6
 QUICK = {"train_per_class": 500, "val_per_class": 200, "epochs": 3}
-# Seconds per 45k-image training epoch on this 2-core machine, measured as
-# steady-state step times (batch 128) with little other load, 2026-11-23.
-EPOCH_SECONDS = {"snet": 145, "usnet": 145, "awn": 305, "awn_rs": 290,
-                 "reference": 190}
+# Wall seconds per 45k-image training epoch on this 2-core machine, from
+# the full run of 2026-11-27 (idle machine, batch 128).
+EPOCH_SECONDS = {"snet": 138, "usnet": 148, "awn": 183, "awn_rs": 150,
+                 "reference": 113}
 
 
 def parse_args(argv=None):
