@@ -5,6 +5,7 @@ calibration, `strip`, export) goes through `channels_for_width`, so a width
 means the same number of channels everywhere.
 """
 
+import hashlib
 import math
 import numbers
 
@@ -131,24 +132,240 @@ def width_tag(width):
     return f"w{width:.2f}"
 
 
-def channel_counts(base_channels, full_channels, width, divisor=1,
-                   min_channels=None):
-    """Active channel counts of layers with `base_channels` at width 1.0.
+def width_suffix(width):
+    """A file-name-safe tag for a width or configuration: "w0.35"."""
+    if isinstance(width, dict):
+        text = ",".join(f"{k}={int(v)}" for k, v in sorted(width.items()))
+        return "cfg" + hashlib.sha1(text.encode()).hexdigest()[:10]
+    return f"w{float(width):g}"
+
+
+def _round_counts(base, width, full, divisor, min_channels, xp):
+    """The channel rule on arrays (numpy or TensorFlow ops, via `xp`).
+
+    `make_divisible(base * width)`, kept at `base` at width 1.0 and never
+    crossing it: below 1.0 at most `base`, above 1.0 at least `base` and at
+    most `full` (the count at the max width). So width 1.0 is exactly the
+    original network whatever the divisor, and counts never decrease with
+    the width.
+    """
+    counts = make_divisible(base * width, divisor, min_channels)
+    if xp is np:
+        counts = counts.astype("int64")
+        base = np.broadcast_to(np.asarray(base, "float64"), counts.shape)
+        base = base.astype("int64")
+        narrow = np.minimum(counts, base)
+        wide = np.minimum(np.maximum(counts, base), full)
+        return np.where(np.asarray(width) <= 1.0, narrow, wide)
+    base = tf.cast(base, tf.int32)
+    full = tf.cast(full, tf.int32)
+    narrow = tf.minimum(counts, base)
+    wide = tf.minimum(tf.maximum(counts, base), full)
+    return tf.where(width <= 1.0, narrow, wide)
+
+
+def channel_count(base, width, divisor=1, min_channels=None, full=None):
+    """Channels of a layer with `base` channels at width 1.0, at `width`.
+
+    The one rule every path uses (`SlimmableModel`, `slim()`, the zoo's
+    plain networks, `strip`, export): `make_divisible(base * width,
+    divisor, min_channels)`, exactly `base` at width 1.0, at most `base`
+    below it and at most `full` above it.
 
     Args:
-        base_channels: Channels at width 1.0 (numpy array).
-        full_channels: Channels the layers were built with (the cap).
-        width: A Python float, or a numpy array of widths (vectorized).
+        base: Channels at width 1.0.
+        width: A positive Python number.
+        divisor, min_channels: Rounding, as `make_divisible`.
+        full: Cap for widths above 1.0 (the count at the max width).
+            Defaults to no cap.
 
     Returns:
-        An int64 array; with an array `width`, shape `width.shape + base.shape`.
+        A Python int.
+
+    Example:
+
+    >>> channel_count(30, 0.99, divisor=8)  # never more than at width 1.0
+    30
+    >>> channel_count(30, 1.5, divisor=8)
+    48
     """
-    width = np.asarray(width, "float64")
-    base = np.asarray(base_channels, "float64")
-    counts = make_divisible(
-        np.multiply.outer(width, base), divisor, min_channels
+    if full is None:
+        full = np.iinfo("int64").max
+    counts = _round_counts(
+        np.asarray([float(base)]), np.asarray([[float(width)]]),
+        np.asarray([full]), divisor, min_channels, np,
     )
-    return np.minimum(counts, np.asarray(full_channels))
+    return int(counts[0, 0])
+
+
+class ChannelPlan:
+    """How a width becomes a channel count for each channel group.
+
+    A channel group is a set of layers whose outputs must have the same
+    number of channels (tied by `Add`, `Multiply`, ...). An independent
+    group follows the width rule of `channel_count`; a derived group has
+    exactly `numerator / denominator` times the channels of its parent (an
+    expansion layer that keeps the ratio of the official MobileNetV2, a
+    grouped convolution that keeps its channels per group). Used by
+    `SlimmableModel` for Python widths, in-graph (tensor) widths and
+    per-layer configurations alike.
+
+    Args:
+        groups: Group names, in a fixed order.
+        base: dict group -> channels at width 1.0.
+        full: dict group -> channels the layers were built with.
+        divisor: Counts of independent groups are multiples of this.
+        min_channels: Smallest count (default `divisor`).
+        group_divisors: dict group -> a number that group's counts must
+            also be multiples of (a grouped convolution's input must be
+            whole groups).
+        derived: dict group -> `(parent, numerator, denominator)`.
+
+    Example:
+
+    >>> plan = ChannelPlan(["a", "b"], {"a": 16, "b": 96}, {"a": 16, "b": 96},
+    ...                    divisor=8, derived={"b": ("a", 6, 1)})
+    >>> plan.counts(0.5).tolist()
+    [8, 48]
+    """
+
+    def __init__(self, groups, base, full, divisor=1, min_channels=None,
+                 group_divisors=None, derived=None):
+        self.groups = list(groups)
+        self.divisor = int(divisor)
+        self.min_channels = (
+            self.divisor if min_channels is None else int(min_channels)
+        )
+        self.derived = {
+            g: (p, int(n), int(d)) for g, (p, n, d) in (derived or {}).items()
+        }
+        self.group_divisors = {
+            g: int(v) for g, v in (group_divisors or {}).items()
+        }
+        index = {g: i for i, g in enumerate(self.groups)}
+        for group, (parent, _, _) in self.derived.items():
+            if group not in index or parent not in index:
+                raise ValueError(
+                    f"Derived channel group {group!r} -> {parent!r} names an "
+                    f"unknown group; groups are {self.groups}."
+                )
+        self.index = index
+        self.base = np.asarray([float(base[g]) for g in self.groups])
+        self.full = np.asarray([int(full[g]) for g in self.groups], "int64")
+        self.divisors = np.asarray(
+            [math.lcm(self.divisor, self.group_divisors.get(g, 1))
+             for g in self.groups],
+            "int64",
+        )
+        # A group with its own divisor still gets at least `min_channels`,
+        # rounded up to whole multiples of that divisor.
+        self.minimums = np.where(
+            self.divisors == self.divisor,
+            self.min_channels,
+            -(-self.min_channels // self.divisors) * self.divisors,
+        )
+        self._order = self._derivation_order()
+
+    def _derivation_order(self):
+        order, done = [], set()
+
+        def visit(group, path=()):
+            if group in done or group not in self.derived:
+                return
+            if group in path:
+                raise ValueError(f"Channel groups derive from each other: {path}.")
+            visit(self.derived[group][0], path + (group,))
+            done.add(group)
+            order.append(group)
+
+        for group in self.derived:
+            visit(group)
+        return order
+
+    @property
+    def independent_groups(self):
+        """Groups whose count is chosen (not derived from another group)."""
+        return [g for g in self.groups if g not in self.derived]
+
+    def counts(self, width):
+        """Counts per group at a Python width (or a numpy array of widths).
+
+        Returns:
+            An int64 array of shape `np.shape(width) + (len(groups),)`.
+        """
+        width = np.asarray(width, "float64")
+        counts = _round_counts(
+            self.base, width[..., None], self.full, self.divisors,
+            self.minimums, np,
+        )
+        for group in self._order:
+            parent, numerator, denominator = self.derived[group]
+            i, p = self.index[group], self.index[parent]
+            counts[..., i] = counts[..., p] * numerator // denominator
+        return np.minimum(counts, self.full)
+
+    def counts_tensor(self, width):
+        """Counts per group at a width tensor, computed in the graph.
+
+        Returns:
+            An int32 tensor of shape `[len(groups)]`.
+        """
+        width = tf.cast(width, tf.float64)
+        counts = _round_counts(
+            tf.constant(self.base), width, tf.constant(self.full),
+            self.divisors.astype("float64"), self.minimums.astype("float64"),
+            tf,
+        )
+        if self._order:
+            values = tf.unstack(counts)
+            for group in self._order:
+                parent, numerator, denominator = self.derived[group]
+                values[self.index[group]] = (
+                    values[self.index[parent]] * numerator // denominator
+                )
+            counts = tf.stack(values)
+        return tf.minimum(counts, tf.constant(self.full, tf.int32))
+
+    def counts_for_groups(self, chosen):
+        """Counts per group from chosen counts of some groups.
+
+        Groups not in `chosen` keep their full count; derived groups follow
+        their parents (naming one is allowed when it agrees).
+
+        Args:
+            chosen: dict group -> channel count.
+
+        Returns:
+            A list of ints aligned with `groups`.
+
+        Raises:
+            ValueError: for a count that breaks a group's divisibility or
+                disagrees with its parent.
+        """
+        counts = dict(zip(self.groups, self.full.tolist()))
+        for group, count in chosen.items():
+            if group not in self.derived:
+                divisor = self.group_divisors.get(group, 1)
+                if count % divisor:
+                    raise ValueError(
+                        f"Channel group {group!r} needs a multiple of "
+                        f"{divisor} channels (whole groups of a grouped "
+                        f"convolution); got {count}."
+                    )
+                counts[group] = int(count)
+        for group in self._order:
+            parent, numerator, denominator = self.derived[group]
+            counts[group] = counts[parent] * numerator // denominator
+        for group, count in chosen.items():
+            if group in self.derived and counts[group] != count:
+                parent = self.derived[group][0]
+                raise ValueError(
+                    f"Channel group {group!r} has {self.derived[group][1]}/"
+                    f"{self.derived[group][2]} times the channels of "
+                    f"{parent!r} ({counts[parent]}), so {counts[group]}; "
+                    f"the configuration asks for {count}."
+                )
+        return [counts[g] for g in self.groups]
 
 
 def staircase(in_counts, out_counts, out_channels, widths=None,

@@ -49,14 +49,13 @@ def finalize(
 def scaled_channels(channels, width_multiplier, divisor=1, min_channels=None):
     """Channels of a plain network built at `width_multiplier`.
 
-    Uses the same rounding as `keras_slim.slim` uses for a width, so a plain
-    network trained at width 0.25 has exactly the layer sizes of the
-    slimmable network run at 0.25 (the reference networks of the papers).
+    Uses the rule `keras_slim.slim` uses for a width
+    (`keras_slim.width.channel_count`), so a plain network trained at width
+    0.25 has exactly the layer sizes of the slimmable network run at 0.25
+    (the reference networks of the papers).
     """
-    if width_multiplier == 1.0:
-        return int(channels)
-    return width_lib.make_divisible(
-        channels * width_multiplier, divisor, min_channels
+    return width_lib.channel_count(
+        channels, width_multiplier, divisor, min_channels
     )
 
 
