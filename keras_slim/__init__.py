@@ -21,13 +21,17 @@ from keras_slim import data
 from keras_slim import export
 from keras_slim import layers
 from keras_slim import models
+from keras_slim import registry
 from keras_slim import training
+from keras_slim import width
 from keras_slim.calibration import calibrate_bn
 from keras_slim.convert import slim
+from keras_slim.export.latency import profile_latency
 from keras_slim.model import SlimmableModel
-from keras_slim.profile import profile
-from keras_slim.profile import profile_latency
-from keras_slim.strip import strip
+from keras_slim.profiling import profile
+from keras_slim.registry import register_layer
+from keras_slim.stripping import fold_batch_norm
+from keras_slim.stripping import strip
 from keras_slim.width import make_divisible
 
 __version__ = "0.1.0"

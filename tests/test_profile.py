@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import keras_slim
-from keras_slim.profile import profile
-from keras_slim.profile import profile_latency
+from keras_slim.profiling import profile
+from keras_slim.export.latency import profile_latency
 from tests.test_strip import build
 
 L = keras.layers

@@ -15,9 +15,8 @@ import tensorflow as tf
 
 import keras_slim
 from keras_slim.layers import scope
-from keras_slim.strip import fold_batch_norm
-from keras_slim.strip import layout_indices
-from keras_slim.strip import strip
+from keras_slim.stripping import fold_batch_norm
+from keras_slim.stripping import strip
 from tests.testing import assert_close
 
 L = keras.layers
@@ -252,9 +251,12 @@ def test_triangular_mask_is_multiplied_into_the_kernel():
 def test_layout_indices_match_the_in_graph_version():
     layout = {"blocks": [["a", 4], [None, 2], ["b", 3]], "repeat": 3}
     counts = {"a": 2, "b": 1}
-    with scope.active_width(scope.ActiveWidth(channels=counts)):
+    tensors = {g: tf.constant(c) for g, c in counts.items()}
+    with scope.active_width(scope.ActiveWidth(channels=tensors)):
         expected = scope.input_channel_indices(layout, 27).numpy()
-    np.testing.assert_array_equal(layout_indices(layout, counts), expected)
+    numpy_indices = scope.input_channel_indices(layout, 27, counts=counts)
+    assert isinstance(numpy_indices, np.ndarray)
+    np.testing.assert_array_equal(numpy_indices, expected)
 
 
 @pytest.mark.parametrize("kind", ["sequential", "residual", "flatten"])

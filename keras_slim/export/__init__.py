@@ -11,6 +11,7 @@ Example:
 ...                                   widths=[0.25, 0.5, 1.0])
 """
 
+from keras_slim.export.latency import profile_latency
 from keras_slim.export.manifest import ExportVerificationError
 from keras_slim.export.manifest import read_manifest
 from keras_slim.export.onnx import run_onnx

@@ -26,7 +26,8 @@ import keras
 import numpy as np
 
 from keras_slim.model import SlimmableModel
-from keras_slim.strip import width_suffix
+from keras_slim.profiling import profile
+from keras_slim.width import width_suffix
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -194,8 +195,6 @@ def verify(result, what):
 
 def describe(model, width, stripped):
     """Manifest fields of one width: channels, MACs, params."""
-    from keras_slim.profile import profile
-
     counts = profile(stripped)
     entry = {}
     if isinstance(width, dict):

@@ -12,8 +12,9 @@ import tempfile
 
 import numpy as np
 
+from keras_slim import graph
 from keras_slim.export import manifest as mf
-from keras_slim.strip import strip
+from keras_slim.stripping import strip
 
 # tf2onnx 1.17 emits opsets 13..18 with TF 2.21 (it refuses newer ones).
 MIN_OPSET, MAX_OPSET = 13, 18
@@ -183,15 +184,7 @@ def _full_width_depthwise(layer, inputs):
                           tf.int32)
     else:
         indices = tf.range(count)
-    # Where each full-width channel sits in `inputs`; inactive ones point at
-    # an appended zero channel.
-    where = tf.tensor_scatter_nd_update(
-        tf.fill([full], count), indices[:, None], tf.range(count)
-    )
-    padded = tf.gather(
-        tf.concat([inputs, tf.zeros_like(inputs[..., :1])], axis=-1),
-        where, axis=-1,
-    )
+    padded = aw.to_full_width(inputs, indices, full)
     outputs = tf.nn.depthwise_conv2d(
         padded,
         layer.kernel,
@@ -216,7 +209,7 @@ def _onnx_compatible(model):
     from keras_slim.layers.convolution import SlimDepthwiseConv2D
 
     layers = [
-        layer for layer in model.network._flatten_layers(include_self=False)
+        layer for layer in graph.all_layers(model.network)
         if isinstance(layer, SlimDepthwiseConv2D)
     ]
     try:

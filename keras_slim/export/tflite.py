@@ -15,7 +15,8 @@ import tempfile
 import numpy as np
 
 from keras_slim.export import manifest as mf
-from keras_slim.strip import strip
+from keras_slim.stripping import strip
+from keras_slim.width import width_suffix
 
 # Representative samples fed to the int8 calibration.
 _MAX_CALIBRATION_SAMPLES = 200
@@ -208,7 +209,7 @@ def to_tflite(
 
 def signature_key(width):
     """The signature name of a width in a multi-width file: "w0_25"."""
-    from keras_slim.strip import width_suffix
+    from keras_slim.width import width_suffix
 
     return width_suffix(width).replace(".", "_")
 

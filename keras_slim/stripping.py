@@ -10,17 +10,22 @@ width, with no slicing or gather ops left. It is what the exporters convert
 and what `keras_slim.profile` counts.
 """
 
-import hashlib
-
 import keras
 import numpy as np
 
+from keras_slim import graph
+from keras_slim import registry
+from keras_slim.layers import scope as aw
+from keras_slim.layers.channelwise import SlimChannelwise
 from keras_slim.layers.convolution import SlimConv2D
 from keras_slim.layers.convolution import SlimDense
 from keras_slim.layers.convolution import SlimDepthwiseConv2D
+from keras_slim.layers.convolution import SlimSeparableConv2D
+from keras_slim.layers.normalization import SlimLayerNormalization
 from keras_slim.layers.normalization import SwitchableBatchNormalization
 from keras_slim.layers.normalization import _SlimNormalizationBase
 from keras_slim.model import SlimmableModel
+from keras_slim.width import width_suffix
 
 # Config keys of the slim layers that stock layers do not know.
 _SLIM_KEYS = (
@@ -28,6 +33,7 @@ _SLIM_KEYS = (
     "slim_out",
     "channel_group",
     "input_layout",
+    "output_layout",
     "triangular",
     "calibration_keys",
     "num_widths",
@@ -49,30 +55,6 @@ def _stock_config(layer, **overrides):
     return config
 
 
-def layout_indices(layout, counts):
-    """Active input indices of a `Concatenate`/`Flatten` input layout, numpy.
-
-    The numpy twin of `keras_slim.layers.scope.input_channel_indices`: each
-    block `[group, full]` contributes its first `counts[group]` channels
-    (all of them for a fixed block, group None), and the block sequence
-    repeats once per spatial position folded in by a `Flatten`.
-
-    Args:
-        layout: dict with "blocks" (list of `[group, full_channels]`) and
-            "repeat".
-        counts: dict channel group -> active channel count.
-
-    Returns:
-        An int64 array of indices into the full-width input.
-    """
-    masks = []
-    for group, block_full in layout["blocks"]:
-        count = block_full if group is None else counts.get(group, block_full)
-        masks.append(np.arange(block_full) < min(int(count), block_full))
-    mask = np.tile(np.concatenate(masks), int(layout.get("repeat", 1)))
-    return np.flatnonzero(mask)
-
-
 class _Stripper:
     """Replays a slim network's graph with stock layers of one width."""
 
@@ -88,7 +70,9 @@ class _Stripper:
         """Indices of the full-width input channels the stripped input has."""
         channels = int(tensor.shape[-1])
         if layer.input_layout is not None:
-            indices = layout_indices(layer.input_layout, self.counts)
+            indices = aw.input_channel_indices(
+                layer.input_layout, full_in, counts=self.counts
+            )
         else:
             indices = np.arange(channels)
         if len(indices) != channels or channels > full_in:
@@ -99,30 +83,94 @@ class _Stripper:
             )
         return indices
 
-    def _out_channels(self, layer, full_out):
+    def _out_indices(self, layer, full_out):
+        """Indices of the active outputs of a conv/dense layer."""
         if not layer.slim_out:
-            return full_out
+            return np.arange(full_out)
+        if layer.output_layout is not None:
+            return aw.input_channel_indices(
+                layer.output_layout, full_out, counts=self.counts
+            )
         count = self.counts.get(layer.channel_group, full_out)
-        return int(min(count, full_out))
+        return np.arange(min(int(count), full_out))
 
     # --------------------------------------------------------------- layers
     def kernel_layer(self, layer, tensor):
         """SlimConv2D / SlimDense -> Conv2D / Dense with sliced weights."""
         kernel = _numpy(layer.kernel)
         full_in, full_out = kernel.shape[-2], kernel.shape[-1]
+        if getattr(layer, "groups", 1) != 1:
+            return self.grouped_layer(layer, tensor, kernel)
         indices = self._input_indices(layer, tensor, full_in)
-        out = self._out_channels(layer, full_out)
+        out = self._out_indices(layer, full_out)
         if layer.triangular_mask is not None:
             kernel = kernel * _numpy(layer.triangular_mask)
-        kernel = np.take(kernel, indices, axis=-2)[..., :out]
+        kernel = np.take(np.take(kernel, indices, axis=-2), out, axis=-1)
         weights = [kernel]
         if layer.use_bias:
-            weights.append(_numpy(layer.bias)[:out])
+            weights.append(_numpy(layer.bias)[out])
+        out = len(out)
         if isinstance(layer, SlimConv2D):
             new = keras.layers.Conv2D(**_stock_config(layer, filters=out))
         else:
             new = keras.layers.Dense(**_stock_config(layer, units=out))
         return new, weights
+
+    def grouped_layer(self, layer, tensor, kernel):
+        """A grouped SlimConv2D: whole groups, sliced outputs."""
+        per_group = kernel.shape[-2]
+        groups = int(tensor.shape[-1]) // per_group
+        out = len(self._out_indices(layer, kernel.shape[-1]))
+        weights = [kernel[..., :out]]
+        if layer.use_bias:
+            weights.append(_numpy(layer.bias)[:out])
+        config = _stock_config(layer, filters=out, groups=groups)
+        return keras.layers.Conv2D(**config), weights
+
+    def separable_layer(self, layer, tensor):
+        depthwise = _numpy(layer.depthwise_kernel)
+        pointwise = _numpy(layer.pointwise_kernel)
+        full_in, multiplier = depthwise.shape[-2:]
+        indices = self._input_indices(layer, tensor, full_in)
+        rows = (indices[:, None] * multiplier
+                + np.arange(multiplier)[None, :]).reshape(-1)
+        out = self._out_indices(layer, pointwise.shape[-1])
+        weights = [
+            np.take(depthwise, indices, axis=2),
+            np.take(np.take(pointwise, rows, axis=2), out, axis=-1),
+        ]
+        if layer.use_bias:
+            weights.append(_numpy(layer.bias)[out])
+        out = len(out)
+        config = _stock_config(layer, filters=out)
+        return keras.layers.SeparableConv2D(**config), weights
+
+    def layer_norm_layer(self, layer, tensor):
+        indices = self._input_indices(layer, tensor, layer.channels)
+        weights = {}
+        if layer.gamma is not None:
+            weights["gamma"] = _numpy(layer.gamma)[indices]
+        if layer.beta is not None:
+            weights["beta"] = _numpy(layer.beta)[indices]
+        config = _stock_config(layer, axis=-1)
+        return keras.layers.LayerNormalization(**config), weights
+
+    def channelwise_layer(self, layer, tensor):
+        """SlimChannelwise -> the wrapped layer with its weights sliced."""
+        indices = self._input_indices(layer, tensor, layer.channels)
+        inner = layer.layer
+        config = inner.get_config()
+        rule = registry.rule_for(inner)
+        if rule is not None and rule.config_for_channels is not None:
+            config = rule.config_for_channels(config, len(indices))
+        config["name"] = layer.name
+        weights = []
+        for variable in inner.weights:
+            value = _numpy(variable)
+            if value.ndim and value.shape[-1] == layer.channels:
+                value = np.take(value, indices, axis=-1)
+            weights.append(value)
+        return type(inner).from_config(config), weights
 
     def depthwise_layer(self, layer, tensor):
         kernel = _numpy(layer.kernel)
@@ -162,21 +210,21 @@ class _Stripper:
     # ---------------------------------------------------------------- graph
     def call(self, layer, *args, **kwargs):
         """`call_function` of `clone_model`: builds and calls a stock layer."""
-        if isinstance(layer, keras.Sequential):
-            outputs = args[0]
-            for inner in layer.layers:
-                outputs = self.call(inner, outputs)
-            return outputs
-        if isinstance(layer, keras.Model):
-            # A nested functional block: inline it, stripped as well.
-            return self.strip_functional(layer, list(args)).outputs
         tensor = keras.tree.flatten(args)[0]
+        if not isinstance(layer, keras.layers.Layer):
+            return layer(*args, **kwargs)  # a stateless keras.ops operation
         if isinstance(layer, (SlimConv2D, SlimDense)):
             new, weights = self.kernel_layer(layer, tensor)
+        elif isinstance(layer, SlimSeparableConv2D):
+            new, weights = self.separable_layer(layer, tensor)
         elif isinstance(layer, SlimDepthwiseConv2D):
             new, weights = self.depthwise_layer(layer, tensor)
         elif isinstance(layer, _SlimNormalizationBase):
             new, weights = self.bn_layer(layer, tensor)
+        elif isinstance(layer, SlimLayerNormalization):
+            new, weights = self.layer_norm_layer(layer, tensor)
+        elif isinstance(layer, SlimChannelwise):
+            new, weights = self.channelwise_layer(layer, tensor)
         else:
             new = type(layer).from_config(layer.get_config())
             weights = layer.get_weights()
@@ -196,13 +244,6 @@ class _Stripper:
                 ) from None
         return outputs
 
-    def strip_functional(self, network, input_tensors=None):
-        return keras.models.clone_model(
-            network,
-            input_tensors=input_tensors,
-            clone_function=lambda layer: layer,
-            call_function=self.call,
-        )
 
 
 def strip(model, width=None, fold_bn=False, name=None):
@@ -256,7 +297,7 @@ def strip(model, width=None, fold_bn=False, name=None):
     if width is None:
         width = model.width
     stripper = _Stripper(model, width)  # validates the width
-    stripped = stripper.strip_functional(model.network)
+    stripped = graph.replay(model.network, stripper.call)
     if fold_bn:
         stripped = fold_batch_norm(stripped)
     if name is None:
@@ -264,14 +305,6 @@ def strip(model, width=None, fold_bn=False, name=None):
     result = keras.Model(stripped.input, stripped.output, name=name)
     result.bn_sources = dict(stripper.bn_sources)
     return result
-
-
-def width_suffix(width):
-    """A file-name-safe tag for a width or configuration: "w0.35"."""
-    if isinstance(width, dict):
-        text = ",".join(f"{k}={int(v)}" for k, v in sorted(width.items()))
-        return "cfg" + hashlib.sha1(text.encode()).hexdigest()[:10]
-    return f"w{float(width):g}"
 
 
 # ------------------------------------------------------------ BN folding
@@ -282,38 +315,38 @@ _FOLDABLE = (
 )
 
 
-def _graph_nodes(model):
-    return [n for nodes in model._nodes_by_depth.values() for n in nodes]
-
-
 def _foldable_pairs(model):
     """dict conv layer name -> BN layer it can absorb."""
-    consumers = {}
-    for node in _graph_nodes(model):
-        for tensor in node.input_tensors:
+    calls, traced = graph.trace(model)
+    consumers, calls_of, producer = {}, {}, {}
+    for call in calls:
+        calls_of[id(call.layer)] = calls_of.get(id(call.layer), 0) + 1
+        for tensor in call.inputs:
             consumers[id(tensor)] = consumers.get(id(tensor), 0) + 1
-    for tensor in model.outputs:
+        for tensor in call.outputs:
+            producer[id(tensor)] = call.layer
+    for tensor in traced.outputs:
         consumers[id(tensor)] = consumers.get(id(tensor), 0) + 1
     pairs = {}
-    for node in _graph_nodes(model):
-        bn = node.operation
+    for call in calls:
+        bn = call.layer
         if type(bn) is not keras.layers.BatchNormalization:
             continue
-        if len(node.input_tensors) != 1 or len(bn._inbound_nodes) != 1:
+        if len(call.inputs) != 1 or calls_of[id(bn)] != 1:
             continue
-        tensor = node.input_tensors[0]
-        producer = tensor._keras_history.operation
+        tensor = call.inputs[0]
+        conv = producer.get(id(tensor))
         if (
-            not isinstance(producer, _FOLDABLE)
-            or type(producer) not in _FOLDABLE
-            or len(producer._inbound_nodes) != 1
+            type(conv) not in _FOLDABLE
+            or calls_of[id(conv)] != 1
             or consumers.get(id(tensor), 0) != 1
-            or producer.activation not in (None, keras.activations.linear)
+            or conv.activation not in (None, keras.activations.linear)
             or bn.axis not in (-1, len(tensor.shape) - 1)
-            or node.arguments.kwargs.get("training")
+            or call.kwargs.get("training")
+            or (isinstance(conv, keras.layers.Conv2D) and conv.groups != 1)
         ):
             continue
-        pairs[producer.name] = bn
+        pairs[conv.name] = bn
     return pairs
 
 
@@ -354,17 +387,13 @@ def fold_batch_norm(model):
 
     >>> folded = keras_slim.fold_batch_norm(keras_slim.strip(model, 0.5))
     """
-    if isinstance(model, keras.Sequential):
-        model = keras.Model(model.inputs, model.outputs, name=model.name)
-    if not getattr(model, "_nodes_by_depth", None):
-        raise ValueError(
-            "fold_batch_norm() takes a functional or Sequential Keras model "
-            f"with a known input; got {type(model).__name__}."
-        )
+    model = graph.as_functional(model)
     pairs = _foldable_pairs(model)
     absorbed = {bn.name for bn in pairs.values()}
 
     def call(layer, *args, **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer(*args, **kwargs)  # a stateless keras.ops operation
         if isinstance(layer, keras.layers.BatchNormalization) and (
             layer.name in absorbed
         ):
@@ -380,6 +409,4 @@ def fold_batch_norm(model):
         new.set_weights(layer.get_weights())
         return outputs
 
-    return keras.models.clone_model(
-        model, clone_function=lambda layer: layer, call_function=call
-    )
+    return graph.replay(model, call)

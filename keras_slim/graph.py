@@ -1,0 +1,156 @@
+"""Walking the graph of a functional Keras model, with public Keras API.
+
+`keras.models.clone_model(..., call_function=...)` visits every layer and
+operation of a functional model in topological order with its actual
+arguments; `slim()`, `strip()`, `fold_batch_norm()` and `profile()` all
+walk graphs through `replay`, so none of them reads Keras' private node
+bookkeeping.
+"""
+
+import dataclasses
+
+import keras
+
+
+def as_functional(model):
+    """A functional model computing what `model` computes (same layers).
+
+    Raises:
+        ValueError: for a subclassed model or one without a known input.
+    """
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                "This needs a built model with a known input shape: add a "
+                "keras.Input(shape=...) to the Sequential model or build it."
+            )
+        inputs = keras.Input(batch_shape=model.inputs[0].shape)
+        outputs = inputs
+        for layer in model.layers:
+            outputs = layer(outputs)
+        return keras.Model(inputs, outputs, name=model.name)
+    if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
+        raise ValueError(
+            "This takes Sequential and functional Keras models; got a "
+            f"subclassed model ({type(model).__name__}). Rebuild it with the "
+            "functional API."
+        )
+    return model
+
+
+def all_layers(model):
+    """Every layer of a model, the layers of nested models included.
+
+    Example:
+
+    >>> [layer.name for layer in all_layers(model)]
+    """
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
+def replay(model, call_function, input_tensors=None):
+    """Rebuilds `model`'s graph through `call_function`.
+
+    `call_function(layer, *args, **kwargs)` is called for every layer and
+    operation, in topological order, with the new graph's tensors, and
+    returns the outputs; nested Sequential and functional models are
+    expanded into their own layers first (their layers get the calls).
+
+    Args:
+        model: A Sequential or functional model.
+        call_function: As `keras.models.clone_model`'s.
+        input_tensors: Optional new input tensors.
+
+    Returns:
+        The new functional `keras.Model`.
+
+    Example:
+
+    >>> seen = []
+    >>> def record(layer, *args, **kwargs):
+    ...     seen.append(layer.name)
+    ...     return layer(*args, **kwargs)
+    >>> replay(model, record)
+    """
+    expanded = _expand_nested(call_function)
+    return keras.models.clone_model(
+        as_functional(model),
+        input_tensors=input_tensors,
+        clone_function=lambda layer: layer,
+        call_function=expanded,
+    )
+
+
+def _expand_nested(call_function):
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, keras.Sequential):
+            outputs = args[0]
+            # Only `training` applies to every inner layer (not `mask`).
+            inner_kwargs = {
+                k: v for k, v in kwargs.items() if k == "training"
+            }
+            for inner in layer.layers:
+                outputs = call(inner, outputs, **inner_kwargs)
+            return outputs
+        if isinstance(layer, keras.Model) and getattr(layer, "inputs", None):
+            inner = keras.models.clone_model(
+                layer,
+                input_tensors=args[0],
+                clone_function=lambda op: op,
+                call_function=call,
+            )
+            return inner.output
+        return call_function(layer, *args, **kwargs)
+
+    return call
+
+
+@dataclasses.dataclass
+class Call:
+    """One call of a layer or operation in a traced graph."""
+
+    layer: object
+    args: tuple
+    kwargs: dict
+    outputs: list
+
+    @property
+    def inputs(self):
+        """The KerasTensors among the arguments, in order."""
+        return [
+            t for t in keras.tree.flatten((self.args, self.kwargs))
+            if isinstance(t, keras.KerasTensor)
+        ]
+
+
+def trace(model, input_tensors=None):
+    """Every call of a model's graph, in topological order.
+
+    Args:
+        model: A Sequential or functional model (nested models are
+            expanded).
+        input_tensors: Optional new inputs (e.g. another image size).
+
+    Returns:
+        `(calls, traced)`: a list of `Call` and the traced functional model
+        whose tensors the calls refer to (`traced.outputs` are the model's
+        outputs).
+
+    Example:
+
+    >>> calls, traced = trace(model)
+    >>> [type(c.layer).__name__ for c in calls][:3]
+    ['Conv2D', 'BatchNormalization', 'ReLU']
+    """
+    calls = []
+
+    def record(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        calls.append(Call(layer, args, kwargs, keras.tree.flatten(outputs)))
+        return outputs
+
+    traced = replay(model, record, input_tensors=input_tensors)
+    return calls, traced
