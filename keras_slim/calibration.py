@@ -75,8 +75,15 @@ def calibrate_bn(
     statistics and accumulates the exact mean and variance of its active
     channels over all examples (not an exponential moving average). The
     results are stored in the model, keyed by channel configuration, used
-    by `model.set_width`, and saved with `model.save`. Layers' `trainable`
-    flags do not matter.
+    by `model.set_width`, and saved with `model.save`.
+
+    Frozen layers (`trainable=False`, e.g. a pretrained backbone) are
+    calibrated too: at a narrower width their inputs change like any
+    other layer's, so the statistics they were frozen with hold for the
+    full width only. Calibration never touches the moving statistics or
+    any trained weight (it stores separate per-width statistics), and
+    during training a frozen BN keeps using its moving statistics, as in
+    Keras; only inference at a calibrated width uses the new ones.
 
     Args:
         model: A `keras_slim.SlimmableModel`.
@@ -94,7 +101,8 @@ def calibrate_bn(
         The list of calibration keys, aligned with `widths`.
 
     Raises:
-        ValueError: for an invalid width or configuration, or empty data.
+        ValueError: for an invalid width or configuration, empty data, or
+            data whose statistics are not finite (nothing is stored then).
 
     Example:
 
@@ -147,7 +155,7 @@ def calibrate_bn(
         collected_layers[:] = [m[0] for m in moments]
         return [m[1:] for m in moments]
 
-    keys = []
+    checked = []
     seen = 0
     for width, counts, index, key in plans:
         accumulators = {}
@@ -172,13 +180,27 @@ def calibrate_bn(
                 "The calibration dataset yielded no batches; pass data with "
                 "at least one example."
             )
+        statistics = []
         for layer, moments in accumulators.values():
-            layer.store_calibration(key, *moments.full_length(layer.channels))
+            mean, variance = moments.full_length(layer.channels)
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))):
+                raise ValueError(
+                    f"calibrate_bn: the statistics of layer '{layer.name}' at "
+                    f"width {width!r} are not finite (NaN or inf): the "
+                    "calibration data, or the activations it produces, "
+                    "contain NaN or inf. Nothing was stored; the model keeps "
+                    "its previous statistics."
+                )
+            statistics.append((layer, mean, variance))
+        checked.append((width, key, statistics))
+    # Only now, with every width's statistics checked, store them.
+    for width, key, statistics in checked:
+        for layer, mean, variance in statistics:
+            layer.store_calibration(key, mean, variance)
         model.calibrations[key] = (
             {"width": float(width)} if not isinstance(width, dict)
             else {"config": dict(width)}
         )
-        keys.append(key)
     # Re-select the current width so freshly stored statistics take effect.
     model.set_width(model.width)
-    return keys
+    return [key for _, key, _ in checked]

@@ -1,106 +1,594 @@
-"""`slim()`: turn an existing Keras model into a `SlimmableModel`."""
+"""`slim()`: turn an existing Keras model into a `SlimmableModel`.
+
+Two passes over the model's graph (`keras_slim.graph`):
+
+1. `_Analysis` follows the channels of every tensor of the original model
+   as a *layout*: the channel groups it is made of (`[group, channels]`
+   blocks; one block per concatenated input), repeated once per spatial
+   position after a `Flatten`. Element-wise layers tie the groups of their
+   inputs; groups are only final once the whole graph has been seen (a
+   concatenation added to a convolution's output splits that output).
+2. `_Builder` replays the graph with slimmable layers built at the max
+   width and copies the original weights to where each original channel
+   sits in the wider tensors (its *origin*): with a max width above 1.0
+   the blocks of a concatenation or a flattened tensor are wider than the
+   original ones, so a leading-slice copy would put weights in the wrong
+   rows. That is what keeps width 1.0 equal to the original model.
+"""
 
 import math
 
 import keras
 import numpy as np
 
+from keras_slim import graph
+from keras_slim import registry
 from keras_slim import width as width_lib
+from keras_slim.layers.channelwise import SlimChannelwise
 from keras_slim.layers.convolution import SlimConv2D
 from keras_slim.layers.convolution import SlimDense
 from keras_slim.layers.convolution import SlimDepthwiseConv2D
+from keras_slim.layers.convolution import SlimSeparableConv2D
 from keras_slim.layers.normalization import SlimBatchNormalization
+from keras_slim.layers.normalization import SlimLayerNormalization
 from keras_slim.layers.normalization import SwitchableBatchNormalization
 from keras_slim.model import SlimmableModel
 
-# Layers that do not mix channels: the active channels pass through them.
-_CHANNELWISE = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Softmax,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Cropping2D,
-    keras.layers.UpSampling2D,
-    keras.layers.Identity,
-    keras.layers.ActivityRegularization,
-)
-
 _SUPPORTED = (
-    "Conv2D, DepthwiseConv2D, Dense, BatchNormalization, Add, Concatenate, "
-    "Flatten, activations, dropout, pooling and padding layers"
+    "Conv2D (also grouped and depthwise as groups=channels), "
+    "DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, "
+    "LayerNormalization, Concatenate, Flatten, channel-preserving Reshape, "
+    "and element-wise layers and keras.ops (activations, pooling, padding, "
+    "dropout, Add, Multiply, ...)"
+)
+# Layers whose outputs are a network's predictions when nothing but
+# element-wise layers follows them: never slimmed.
+_OUTPUT_KERNELS = (
+    keras.layers.Conv2D, keras.layers.Dense, keras.layers.SeparableConv2D
 )
 
 
-class _Groups:
-    """Union-find over channel groups tied by `Add`."""
+def _output_kernels(calls, traced):
+    """Names of conv/dense layers whose outputs are the model's outputs."""
+    producer = {id(t): call for call in calls for t in call.outputs}
+    names = set()
+    pending = list(traced.outputs)
+    while pending:
+        call = producer.get(id(pending.pop()))
+        if call is None:  # a model input
+            continue
+        if isinstance(call.layer, _OUTPUT_KERNELS):
+            names.add(call.layer.name)
+            continue
+        pending.extend(call.inputs)
+    return names
 
-    def __init__(self):
-        self.parent = {}
 
-    def add(self, group):
-        self.parent.setdefault(group, group)
+def _layout_of(tensor_layouts, tensor):
+    """The layout of a tensor: a model input has fixed channels."""
+    return tensor_layouts.get(id(tensor)) or _Layout([[None, tensor.shape[-1]]])
+
+
+class _Layout:
+    """Channel blocks `[group, channels]` of a tensor, repeated `repeat`
+    times (spatial positions folded in by a `Flatten`)."""
+
+    def __init__(self, blocks, repeat=1):
+        self.blocks = [[g, int(n)] for g, n in blocks]
+        self.repeat = int(repeat)
+
+    @property
+    def slimmed(self):
+        return any(g is not None for g, _ in self.blocks)
+
+    @property
+    def channels(self):
+        return sum(n for _, n in self.blocks) * self.repeat
+
+
+class _Analysis:
+    """Which channel group every channel of the original model belongs to.
+
+    Walks the original graph (no new weights) and records each tensor's
+    layout in original channel counts. Element-wise layers tie the groups of
+    their inputs; when one input is a concatenation and another a single
+    convolution's output (NASNet, Inception-ResNet), the convolution's group
+    is split at the concatenation's block boundaries, so that each part
+    follows its own concatenated group. Groups are only final after the whole
+    walk, which is why `slim()` builds the new layers in a second pass.
+    """
+
+    def __init__(self, output_kernels, fixed_layers, keep_ratio):
+        self.output_kernels = output_kernels
+        self.fixed_layers = fixed_layers
+        self.keep_ratio = keep_ratio
+        self.parent = {}  # union-find over leaf groups
+        self.size = {}  # group -> channels in the original model
+        self.parts = {}  # split root -> [(part, channels), ...]
+        self.derived = {}  # group -> (parent, numerator, denominator)
+        self.divisors = {}  # group -> divisor
+        self.layouts = {}  # id(KerasTensor of the trace) -> _Layout
+        self.plans = []  # per call: (layer, kind, input layouts, output)
+        self.kernel_names = set()
+
+    # ------------------------------------------------------- groups
+    def new_group(self, name, size):
+        self.parent[name] = name
+        self.size[name] = int(size)
+        return name
 
     def find(self, group):
+        if group is None:
+            return None
         while self.parent[group] != group:
             group = self.parent[group]
         return group
 
-    def union(self, a, b):
-        a, b = self.find(a), self.find(b)
-        if a != b:
-            self.parent[b] = a
+    def expand(self, blocks):
+        """Blocks with every group replaced by its final leaf groups."""
+        out = []
+        for group, size in blocks:
+            root = self.find(group)
+            if root in self.parts:
+                out += self.expand(self.parts[root])
+            else:
+                out.append([root, size])
+        return out
 
-
-def _flat(args):
-    return list(keras.tree.flatten(args))
-
-
-def _classifier_layers(model):
-    """Layers whose outputs are the model's outputs (never slimmed)."""
-    names = set()
-    pending = list(model.outputs)
-    while pending:
-        tensor = pending.pop()
-        history = tensor._keras_history
-        layer = history.operation
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            names.add(layer.name)
-            continue
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        node = layer._inbound_nodes[history.node_index]
-        pending.extend(node.input_tensors)
-    return names
-
-
-def _as_functional(model):
-    if isinstance(model, keras.Sequential):
-        if not model.built or not model.inputs:
+    def split(self, group, cuts):
+        """Splits a leaf group at the offsets `cuts` (0 < cut < size)."""
+        if group in self.derived or any(
+            self.find(p) == group for p, _, _ in self.derived.values()
+        ):
             raise ValueError(
-                "slim() needs a built model with a known input shape: add an "
-                "keras.Input(shape=...) to the Sequential model or build it."
+                f"Channel group '{group}' follows (or leads) another layer's "
+                "width and cannot also be split across a concatenation."
             )
-        inputs = keras.Input(batch_shape=model.inputs[0].shape)
-        outputs = inputs
-        for layer in model.layers:
-            outputs = layer(outputs)
-        return keras.Model(inputs, outputs, name=model.name)
-    if not hasattr(model, "inputs") or not model.inputs:
-        raise ValueError(
-            "slim() converts Sequential and functional models; got a "
-            f"subclassed model ({type(model).__name__}). Rebuild it with the "
-            "functional API."
+        bounds = [0] + sorted(cuts) + [self.size[group]]
+        self.parts[group] = [
+            (self.new_group(f"{group}/{a}", b - a), b - a)
+            for a, b in zip(bounds, bounds[1:])
+        ]
+
+    def tie(self, layer, first, other):
+        """Ties two layouts of the same channels, block by block."""
+        if first.repeat != other.repeat:
+            raise _unsupported(layer, "its inputs are flattened differently")
+        while True:
+            a, b = self.expand(first.blocks), self.expand(other.blocks)
+            cuts_a, cuts_b = _offsets(a), _offsets(b)
+            if cuts_a[-1] != cuts_b[-1]:
+                raise _unsupported(
+                    layer, "its inputs have different channel counts"
+                )
+            if cuts_a == cuts_b:
+                break
+            progress = False
+            cuts = set(cuts_a) | set(cuts_b)
+            for blocks, offsets in ((a, cuts_a), (b, cuts_b)):
+                for (group, _), start, end in zip(blocks, offsets,
+                                                  offsets[1:]):
+                    inner = sorted(c - start for c in cuts if start < c < end)
+                    if inner and group is not None:
+                        self.split(group, inner)
+                        progress = True
+            if not progress:  # a fixed-width block would have to be split
+                raise _unsupported(
+                    layer, "it combines slimmed channels with fixed-width "
+                    "channels"
+                )
+        for (ga, _), (gb, _) in zip(a, b):
+            if (ga is None) != (gb is None):
+                raise _unsupported(
+                    layer, "it combines slimmed channels with fixed-width "
+                    "channels"
+                )
+            if ga is not None and ga != gb:
+                self.parent[self.find(gb)] = self.find(ga)
+
+    # ------------------------------------------------------- the walk
+    def run(self, calls):
+        for call in calls:
+            layer = call.layer
+            ins = [_layout_of(self.layouts, t) for t in call.inputs]
+            kind = _kind(layer, ins, call)
+            out = getattr(self, kind)(layer, ins, call)
+            if out is None:  # nothing slimmed: fixed channels
+                outs = [_Layout([[None, t.shape[-1]]]) for t in call.outputs]
+            else:
+                outs = [out] * len(call.outputs)
+            for tensor, layout in zip(call.outputs, outs):
+                self.layouts[id(tensor)] = layout
+            self.plans.append((layer, kind, ins, outs[0] if outs else None))
+
+    def clone(self, layer, ins, call):
+        return None
+
+    def kernel(self, layer, ins, call):
+        config = layer.get_config()
+        filters = config.get("filters", config.get("units"))
+        name = layer.name
+        self.kernel_names.add(name)
+        if name in self.output_kernels or name in self.fixed_layers:
+            return _Layout([[None, filters]])
+        if name in self.keep_ratio:
+            blocks = self.expand(ins[0].blocks)
+            if len(blocks) != 1 or blocks[0][0] is None or ins[0].repeat != 1:
+                raise _unsupported(
+                    layer, "keep_ratio needs a single slimmed input block (no "
+                    "Concatenate or Flatten before it)"
+                )
+            parent, channels = blocks[0]
+            ratio = math.gcd(filters, channels)
+            self.new_group(name, filters)
+            self.derived[name] = (parent, filters // ratio, channels // ratio)
+            self.add_divisor(parent, channels // ratio)
+            return _Layout([[name, filters]])
+        return _Layout([[self.new_group(name, filters), filters]])
+
+    def depthwise(self, layer, ins, call):
+        multiplier = _depth_multiplier(layer)
+        if not ins[0].slimmed:
+            return None
+        if multiplier != 1:
+            raise _unsupported(
+                layer, "depth_multiplier must be 1 on slimmed channels"
+            )
+        return ins[0]
+
+    def grouped(self, layer, ins, call):
+        if not ins[0].slimmed:
+            return None
+        blocks = self.expand(ins[0].blocks)
+        if len(blocks) != 1 or ins[0].repeat != 1:
+            raise _unsupported(
+                layer, "a grouped convolution needs a single input block (no "
+                "Concatenate or Flatten before it)"
+            )
+        if layer.name in self.output_kernels or layer.name in (
+            self.fixed_layers
+        ):
+            raise _unsupported(
+                layer, "a grouped convolution on slimmed channels cannot "
+                "keep a fixed output count"
+            )
+        self.kernel_names.add(layer.name)
+        parent, channels = blocks[0]
+        per_in = channels // layer.groups
+        per_out = layer.filters // layer.groups
+        name = self.new_group(layer.name, layer.filters)
+        if per_in == per_out:
+            self.parent[name] = self.find(parent)
+        else:
+            self.derived[name] = (parent, per_out, per_in)
+        self.add_divisor(parent, per_in)
+        return _Layout([[name, layer.filters]])
+
+    def same(self, layer, ins, call):
+        return ins[0]
+
+    # Layers that keep their input's channels as they are.
+    batch_norm = layer_norm = reshape = per_channel = same
+
+    def concatenate(self, layer, ins, call):
+        if any(layout.repeat != 1 for layout in ins):
+            raise _unsupported(layer, "its inputs were flattened")
+        return _Layout([b for layout in ins for b in layout.blocks])
+
+    def flatten(self, layer, ins, call):
+        positions = int(np.prod(call.inputs[0].shape[1:-1]))
+        return _Layout(ins[0].blocks, ins[0].repeat * positions)
+
+    def elementwise(self, layer, ins, call):
+        for layout, tensor in zip(ins, call.inputs):
+            if not layout.slimmed and int(tensor.shape[-1]) != 1:
+                raise _unsupported(
+                    layer, "it combines slimmed channels with fixed-width "
+                    "channels"
+                )
+        slimmed = [layout for layout in ins if layout.slimmed]
+        for other in slimmed[1:]:
+            self.tie(layer, slimmed[0], other)
+        return slimmed[0]
+
+    def add_divisor(self, group, divisor):
+        self.divisors[group] = math.lcm(self.divisors.get(group, 1), divisor)
+
+    # ------------------------------------------------------- results
+    def leaf_groups(self):
+        """`(base, derived, divisors)` keyed by final leaf groups."""
+        leaves = {self.find(g) for g in self.parent}
+        leaves = {g for g in leaves if g not in self.parts}
+        base = {g: self.size[g] for g in leaves}
+        derived = {}
+        for group, (parent, numerator, denominator) in self.derived.items():
+            parent = self.find(parent)
+            if parent in self.parts or self.find(group) in self.parts:
+                raise ValueError(
+                    f"Channel group '{group}' follows '{parent}', which is "
+                    "split across a concatenation; slim() cannot keep both."
+                )
+            entry = (parent, numerator, denominator)
+            if derived.setdefault(self.find(group), entry) != entry:
+                raise ValueError(
+                    f"Channel group '{self.find(group)}' would follow two "
+                    "different layers' widths; tie it to one of them only."
+                )
+        divisors = {}
+        for group, divisor in self.divisors.items():
+            for leaf, _ in self.expand([[group, 0]]):
+                divisors[leaf] = math.lcm(divisors.get(leaf, 1), divisor)
+        return base, derived, divisors
+
+
+def _offsets(blocks):
+    offsets = [0]
+    for _, size in blocks:
+        offsets.append(offsets[-1] + size)
+    return offsets
+
+
+def _unsupported(layer, why):
+    return ValueError(
+        f"Layer '{layer.name}' ({type(layer).__name__}) cannot be "
+        f"slimmed: {why}. slim() supports {_SUPPORTED}; layers before "
+        "the first convolution (fixed input channels) may be anything. "
+        "For a layer of your own, declare how it treats channels with "
+        "keras_slim.register_layer(its class, 'elementwise' or "
+        "'per_channel'), or replace it."
+    )
+
+
+def _depth_multiplier(layer):
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return layer.depth_multiplier
+    return layer.filters // layer.groups  # Conv2D(groups=channels)
+
+
+def _kind(layer, ins, call):
+    """What `slim()` does with a layer: the name of its handler."""
+    slimmed = any(layout.slimmed for layout in ins)
+    cls = type(layer)
+    if cls is keras.layers.Conv2D and layer.groups != 1:
+        channels = int(call.inputs[0].shape[-1])
+        return "depthwise" if layer.groups == channels else "grouped"
+    if cls in (keras.layers.Conv2D, keras.layers.Dense,
+               keras.layers.SeparableConv2D):
+        return "kernel"
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        raise _unsupported(
+            layer, "only the stock Conv2D, SeparableConv2D and Dense "
+            "classes (a subclass may compute something else)"
         )
-    return model
+    if cls is keras.layers.DepthwiseConv2D:
+        return "depthwise"
+    if not slimmed:
+        return "clone"
+    if cls is keras.layers.BatchNormalization:
+        if layer.axis not in (-1, len(call.inputs[0].shape) - 1):
+            raise _unsupported(layer, "BN must normalise the last axis")
+        return "batch_norm"
+    if cls is keras.layers.LayerNormalization:
+        axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [
+            layer.axis]
+        if list(axis) not in ([-1], [len(call.inputs[0].shape) - 1]):
+            raise _unsupported(
+                layer, "LayerNormalization must normalise the last "
+                "(channels) axis alone"
+            )
+        return "layer_norm"
+    if isinstance(layer, keras.layers.Concatenate):
+        if layer.axis not in (-1, len(call.inputs[0].shape) - 1):
+            raise _unsupported(layer, "only channel-axis concatenation")
+        return "concatenate"
+    if isinstance(layer, keras.layers.Flatten):
+        return "flatten"
+    if isinstance(layer, keras.layers.Reshape):
+        target = tuple(layer.target_shape)
+        spatial = tuple(call.inputs[0].shape[1:-1])
+        if not (
+            ins[0].repeat == 1
+            and target
+            and target[-1] in (ins[0].channels, -1)
+            and (-1 in target[:-1]
+                 or int(np.prod(target[:-1])) == int(np.prod(spatial)))
+        ):
+            raise _unsupported(
+                layer, "a Reshape of slimmed channels must keep them on the "
+                "last axis (e.g. (C,) -> (1, 1, C))"
+            )
+        return "reshape"
+    rule = registry.rule_for(layer)
+    if rule is None:
+        raise _unsupported(layer, "it may change or mix channels")
+    if rule.kind == registry.PER_CHANNEL:
+        return "per_channel"
+    for value in keras.tree.flatten((call.args, call.kwargs)):
+        if (not isinstance(value, keras.KerasTensor)
+                and hasattr(value, "shape") and np.size(value) > 1):
+            raise _unsupported(
+                layer, "it combines slimmed channels with a constant array "
+                f"of shape {tuple(value.shape)}"
+            )
+    return "elementwise"
+
+
+class _Builder:
+    """Replays the graph with slimmable layers, from an `_Analysis`."""
+
+    def __init__(self, analysis, *, max_width, widths, divisor, min_channels,
+                 triangular, switchable_bn, bn_momentum, synchronized_bn):
+        self.analysis = analysis
+        self.widths = widths
+        self.triangular = triangular
+        self.switchable_bn = switchable_bn
+        self.bn_momentum = bn_momentum
+        self.synchronized_bn = synchronized_bn
+        self.base, self.derived, self.divisors = analysis.leaf_groups()
+        self.full = _full_channels(
+            self.base, self.derived, self.divisors, max_width, divisor,
+            min_channels,
+        )
+        self.step = 0
+        self.created = {}  # original layer name -> new layer
+        # (original layer, new layer, input origin[, output origin])
+        self.copies = []
+        self.input_groups = {}  # triangular layer name -> its input group
+
+    def layout(self, layout):
+        """`(blocks with full counts, origin, input_layout or None)`."""
+        blocks = [
+            [g, self.full[g] if g is not None else n]
+            for g, n in self.analysis.expand(layout.blocks)
+        ]
+        sizes = self.analysis.expand(layout.blocks)
+        width = sum(full for _, full in blocks)
+        origin = np.concatenate([
+            np.concatenate([
+                offset + np.arange(size)
+                for (_, size), offset in zip(sizes, _offsets(blocks)[:-1])
+            ]) + r * width
+            for r in range(layout.repeat)
+        ]) if blocks else np.zeros(0, "int64")
+        prefix = layout.repeat == 1 and len(blocks) == 1
+        spec = None if prefix else {"blocks": blocks, "repeat": layout.repeat}
+        return blocks, origin.astype("int64"), spec
+
+    def call(self, layer, *args, **kwargs):
+        """`call_function` of the replay: converts and calls one layer."""
+        original, kind, ins, out = self.analysis.plans[self.step]
+        self.step += 1
+        if original is not layer:
+            raise RuntimeError(
+                "slim(): the graph was visited in a different order twice "
+                f"({original.name} vs {layer.name})."
+            )
+        if not isinstance(layer, keras.layers.Layer):
+            return layer(*args, **kwargs)  # a stateless keras.ops operation
+        if layer.name in self.created:
+            return self.created[layer.name](*args, **kwargs)
+        new = getattr(self, kind)(layer, ins, out)
+        self.created[layer.name] = new
+        return new(*args, **kwargs)
+
+    def clone(self, layer, ins, out):
+        new = type(layer).from_config(layer.get_config())
+        self.copies.append((layer, new, None))
+        return new
+
+    flatten = concatenate = elementwise = clone
+
+    def reshape(self, layer, ins, out):
+        target = tuple(layer.target_shape)
+        config = dict(layer.get_config(), target_shape=target[:-1] + (-1,))
+        return type(layer).from_config(config)
+
+    def kernel(self, layer, ins, out):
+        config = layer.get_config()
+        _, origin, input_layout = self.layout(ins[0])
+        out_blocks, out_origin, _ = self.layout(out)
+        slim_out = out.slimmed
+        filters = sum(full for _, full in out_blocks)
+        kwargs = dict(
+            slim_in=ins[0].slimmed,
+            slim_out=slim_out,
+            channel_group=out_blocks[0][0] if len(out_blocks) == 1 else None,
+            input_layout=input_layout,
+            output_layout=(
+                {"blocks": out_blocks} if slim_out and len(out_blocks) > 1
+                else None
+            ),
+        )
+        tri = (bool(self.triangular) and ins[0].slimmed and slim_out
+               and input_layout is None and kwargs["output_layout"] is None
+               and type(layer) is not keras.layers.SeparableConv2D)
+        if tri:
+            self.input_groups[layer.name] = self.analysis.expand(
+                ins[0].blocks)[0][0]
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            new = SlimSeparableConv2D(**dict(config, filters=filters),
+                                      **kwargs)
+        elif isinstance(layer, keras.layers.Conv2D):
+            new = SlimConv2D(**dict(config, filters=filters), triangular=tri,
+                             **kwargs)
+        else:
+            new = SlimDense(**dict(config, units=filters), triangular=tri,
+                            **kwargs)
+        self.copies.append((layer, new, origin, out_origin))
+        return new
+
+    def grouped(self, layer, ins, out):
+        if not ins[0].slimmed:
+            return self.clone(layer, ins, out)
+        (group, full), = self.layout(out)[0]
+        (_, in_full), = self.layout(ins[0])[0]
+        config = dict(layer.get_config(), filters=full,
+                      groups=in_full * layer.groups // ins[0].channels)
+        new = SlimConv2D(**config, slim_in=True, slim_out=True,
+                         channel_group=group)
+        self.copies.append((layer, new, None))
+        return new
+
+    def depthwise(self, layer, ins, out):
+        _, origin, input_layout = self.layout(ins[0])
+        config = layer.get_config()
+        if type(layer) is keras.layers.Conv2D:
+            # Depthwise written as a grouped convolution (ConvNeXt).
+            config = {
+                k: v for k, v in config.items()
+                if k not in ("filters", "groups", "kernel_initializer",
+                             "kernel_regularizer", "kernel_constraint")
+            }
+            config["depth_multiplier"] = layer.filters // layer.groups
+            origin = ("grouped", origin)
+        new = SlimDepthwiseConv2D(**config, input_layout=input_layout)
+        self.copies.append((layer, new, origin))
+        return new
+
+    def batch_norm(self, layer, ins, out):
+        _, origin, input_layout = self.layout(ins[0])
+        config = dict(layer.get_config(), axis=-1)
+        if self.bn_momentum is not None:
+            config["momentum"] = self.bn_momentum
+        if self.synchronized_bn is not None:
+            config["synchronized"] = self.synchronized_bn
+        if self.switchable_bn:
+            new = SwitchableBatchNormalization(
+                num_widths=len(self.widths), input_layout=input_layout,
+                **config,
+            )
+        else:
+            new = SlimBatchNormalization(input_layout=input_layout, **config)
+        self.copies.append((layer, new, origin))
+        return new
+
+    def layer_norm(self, layer, ins, out):
+        _, origin, input_layout = self.layout(ins[0])
+        config = dict(layer.get_config(), axis=-1)
+        new = SlimLayerNormalization(input_layout=input_layout, **config)
+        self.copies.append((layer, new, origin))
+        return new
+
+    def per_channel(self, layer, ins, out):
+        blocks, origin, input_layout = self.layout(ins[0])
+        config = layer.get_config()
+        rule = registry.rule_for(layer)
+        if rule.config_for_channels is not None:
+            width = sum(full for _, full in blocks) * ins[0].repeat
+            config = rule.config_for_channels(config, width)
+        new = SlimChannelwise(type(layer).from_config(config),
+                              input_layout=input_layout, name=layer.name)
+        self.copies.append((layer, new, origin))
+        return new
+
+
+def _full_channels(base, derived, divisors, max_width, divisor, min_channels):
+    """Channels each leaf group is built with: its count at the max width."""
+    plan = width_lib.ChannelPlan(
+        list(base), base, {g: 1 << 30 for g in base}, divisor=divisor,
+        min_channels=min_channels, group_divisors=divisors, derived=derived,
+    )
+    return dict(zip(plan.groups, plan.counts(max_width).tolist()))
 
 
 def slim(
@@ -113,18 +601,29 @@ def slim(
     switchable_bn=None,
     bn_momentum=None,
     synchronized_bn=None,
+    fixed_layers=(),
+    keep_ratio=(),
 ):
     """Turns a Keras model into a `SlimmableModel`, keeping its weights.
 
-    Every `Conv2D`, `DepthwiseConv2D`, `Dense` and `BatchNormalization` is
-    replaced by its `keras_slim.layers` counterpart, built at the max width,
-    with the original weights in the leading slice (so width 1.0 computes
-    what the original model computed). The model's input channels and its
-    outputs are never slimmed; channels joined by `Add` are tied to one
-    count; `Concatenate` and `Flatten` are followed exactly.
+    Every `Conv2D`, `DepthwiseConv2D`, `SeparableConv2D`, `Dense`,
+    `BatchNormalization` and `LayerNormalization` is replaced by its
+    `keras_slim.layers` counterpart, built at the max width, with the
+    original weights at the positions of the original channels, so width
+    1.0 computes what the original model computed (for every max width).
+    The model's input channels and its outputs are never slimmed. Channels
+    combined by element-wise layers (`Add`, `Multiply`, element-wise
+    `keras.ops`, squeeze-and-excitation) are tied to one count;
+    `Concatenate`, `Flatten` and channel-preserving `Reshape` are followed
+    exactly. How other layers treat channels is declared with
+    `keras_slim.register_layer` (see `keras_slim.registry`).
+
+    Frozen layers stay frozen: a `BatchNormalization` with
+    `trainable=False` runs in inference mode during training, as in Keras.
 
     Args:
-        model: A built Sequential or functional Keras model.
+        model: A built Sequential or functional Keras model (nested models
+            are expanded).
         width_range: `(min_width, max_width)` for a universally slimmable
             network (US-Net); max may exceed 1.0.
         widths: A fixed list of widths to train instead (S-Net). With
@@ -141,12 +640,20 @@ def slim(
         bn_momentum: Override the BN momentum (Keras' default 0.99 adapts
             slowly on small data; the papers use 0.9).
         synchronized_bn: Override BN's cross-replica synchronization.
+        fixed_layers: Names of conv/dense layers kept at their full channel
+            count at every width (the official US-MobileNetV2 keeps its
+            1280-channel last convolution).
+        keep_ratio: Names of conv/dense layers whose output channels keep
+            their ratio to their input channels at every width (the
+            official US-MobileNetV2 rounds an expansion layer as
+            `6 * make_divisible(C * w)`, not `make_divisible(6 * C * w)`).
 
     Returns:
         A `keras_slim.SlimmableModel`.
 
     Raises:
-        ValueError: for a layer that cannot be slimmed, naming it.
+        ValueError: for a layer that cannot be slimmed, naming it, or an
+            unknown name in `fixed_layers` / `keep_ratio`.
 
     Example:
 
@@ -165,7 +672,6 @@ def slim(
         )
         width_range = (widths[0], widths[-1])
     width_range = width_lib.validate_width_range(width_range)
-    max_width = width_range[1]
     if switchable_bn is None:
         switchable_bn = widths is not None and not triangular
     if switchable_bn and widths is None:
@@ -173,196 +679,60 @@ def slim(
             "switchable_bn=True needs a fixed `widths` list (S-Net): private "
             "BN statistics exist only for listed widths."
         )
-    functional = _as_functional(model)
-    classifiers = _classifier_layers(functional)
-    groups = _Groups()
-    base_channels = {}
-    layouts = {}  # id(KerasTensor) -> list of [group or None, channels]
-    repeats = {}  # id(KerasTensor) -> spatial positions folded in by Flatten
-    created = {}  # original name -> new layer
-    input_groups = {}  # triangular layer name -> its input group
-
-    def layout_of(tensor):
-        if id(tensor) not in layouts:  # a model input: fixed channels
-            layouts[id(tensor)] = [[None, int(tensor.shape[-1])]]
-            repeats[id(tensor)] = 1
-        return layouts[id(tensor)], repeats[id(tensor)]
-
-    def slimmed(layout):
-        return any(group is not None for group, _ in layout)
-
-    def input_layout(layout, repeat):
-        if repeat == 1 and len(layout) == 1:
-            return None  # the active channels are a prefix: slice, no gather
-        return {"blocks": [list(b) for b in layout], "repeat": repeat}
-
-    def unsupported(layer, why):
-        return ValueError(
-            f"Layer '{layer.name}' ({type(layer).__name__}) cannot be "
-            f"slimmed: {why}. slim() supports {_SUPPORTED}; layers before "
-            "the first convolution (fixed input channels) may be anything. "
-            "Replace the layer or rebuild that part of the model."
-        )
-
-    def channels_at_max(filters):
-        if max_width == 1.0:
-            return filters
-        return width_lib.make_divisible(
-            filters * max_width, divisor, min_channels
-        )
-
-    def call_function(layer, *args, **kwargs):
-        inputs = _flat(args)
-        in_layouts = [layout_of(t) for t in inputs]
-        layout, repeat = in_layouts[0]
-        config = layer.get_config()
-        out_layout, out_repeat = layout, repeat
-        is_slimmed = any(slimmed(lay) for lay, _ in in_layouts)
-
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            if isinstance(layer, keras.layers.Conv2D) and (
-                type(layer) is not keras.layers.Conv2D or layer.groups != 1
-            ):
-                raise unsupported(layer, "only plain Conv2D with groups=1")
-            filters = config.get("filters", config.get("units"))
-            slim_out = layer.name not in classifiers
-            group = layer.name if slim_out else None
-            if slim_out:
-                groups.add(group)
-                base_channels[group] = filters
-                filters = channels_at_max(filters)
-            tri = bool(triangular) and is_slimmed and slim_out
-            if tri and (repeat != 1 or len(layout) != 1):
-                tri = False  # Concatenate/Flatten inputs stay dense
-            if tri:
-                input_groups[layer.name] = layout[0][0]
-            slim_kwargs = dict(
-                slim_in=is_slimmed,
-                slim_out=slim_out,
-                channel_group=group,
-                input_layout=input_layout(layout, repeat),
-                triangular=tri,
-            )
-            if isinstance(layer, keras.layers.Conv2D):
-                config["filters"] = filters
-                new = SlimConv2D(**config, **slim_kwargs)
-            else:
-                config["units"] = filters
-                new = SlimDense(**config, **slim_kwargs)
-            out_layout = [[group, filters]]
-            out_repeat = 1
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            if is_slimmed and layer.depth_multiplier != 1:
-                raise unsupported(
-                    layer, "depth_multiplier must be 1 on slimmed channels"
-                )
-            new = SlimDepthwiseConv2D(
-                **config, input_layout=input_layout(layout, repeat)
-            )
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            if config["axis"] not in (-1, len(inputs[0].shape) - 1):
-                raise unsupported(layer, "BN must normalise the last axis")
-            config["axis"] = -1
-            if bn_momentum is not None:
-                config["momentum"] = bn_momentum
-            if synchronized_bn is not None:
-                config["synchronized"] = synchronized_bn
-            if switchable_bn:
-                new = SwitchableBatchNormalization(
-                    num_widths=len(widths),
-                    input_layout=input_layout(layout, repeat),
-                    **config,
-                )
-            else:
-                new = SlimBatchNormalization(
-                    input_layout=input_layout(layout, repeat), **config
-                )
-        elif isinstance(layer, keras.layers.Add):
-            blocks = [lay for lay, _ in in_layouts]
-            if any(len(b) != 1 for b in blocks) or any(
-                r != 1 for _, r in in_layouts
-            ):
-                raise unsupported(layer, "its inputs must each be one block")
-            tied = [b[0][0] for b in blocks]
-            if is_slimmed and None in tied:
-                raise unsupported(
-                    layer, "it adds slimmed channels to fixed-width channels"
-                )
-            for other in tied[1:]:
-                if other is not None:
-                    groups.union(tied[0], other)
-            new = layer.__class__.from_config(config)
-        elif isinstance(layer, keras.layers.Concatenate):
-            if layer.axis not in (-1, len(inputs[0].shape) - 1):
-                raise unsupported(layer, "only channel-axis concatenation")
-            if any(r != 1 for _, r in in_layouts):
-                raise unsupported(layer, "its inputs were flattened")
-            out_layout = [b for lay, _ in in_layouts for b in lay]
-            new = layer.__class__.from_config(config)
-        elif isinstance(layer, keras.layers.Flatten):
-            positions = int(np.prod(inputs[0].shape[1:-1]))
-            out_repeat = repeat * positions
-            new = layer.__class__.from_config(config)
-        elif isinstance(layer, _CHANNELWISE) or not is_slimmed:
-            new = layer.__class__.from_config(config)
-            if not is_slimmed:
-                output = new(*args, **kwargs)
-                for t in _flat(output):
-                    layouts[id(t)] = [[None, int(t.shape[-1])]]
-                    repeats[id(t)] = 1
-                created[layer.name] = new
-                return output
-        else:
-            raise unsupported(layer, "it changes or mixes channels")
-
-        output = new(*args, **kwargs)
-        for t in _flat(output):
-            layouts[id(t)] = out_layout
-            repeats[id(t)] = out_repeat
-        created[layer.name] = new
-        return output
-
-    network = keras.models.clone_model(
-        functional, clone_function=lambda layer: layer,
-        call_function=call_function,
-    )
-
-    # Tie groups joined by Add: every layer names its group's root.
-    def root(group):
-        return None if group is None else groups.find(group)
-
-    for new in created.values():
-        if getattr(new, "channel_group", None) is not None and new.slim_out:
-            new.channel_group = root(new.channel_group)
-        if getattr(new, "input_layout", None):
-            for block in new.input_layout["blocks"]:
-                block[0] = root(block[0])
-    tied_base = {}
-    for group, channels in base_channels.items():
-        tied_base.setdefault(root(group), channels)
-        if tied_base[root(group)] != channels:
+    functional = graph.as_functional(model)
+    fixed_layers = _names(fixed_layers, "fixed_layers")
+    keep_ratio = _names(keep_ratio, "keep_ratio")
+    calls, traced = graph.trace(functional)
+    output_kernels = _output_kernels(calls, traced)
+    analysis = _Analysis(output_kernels, fixed_layers, keep_ratio)
+    analysis.run(calls)
+    for option, names in (("fixed_layers", fixed_layers),
+                          ("keep_ratio", keep_ratio)):
+        unknown = sorted(set(names) - analysis.kernel_names)
+        if unknown:
             raise ValueError(
-                f"Layers tied by Add have different channel counts "
-                f"({tied_base[root(group)]} and {channels}); the original "
-                "model cannot have computed that sum."
+                f"`{option}` names {unknown}, which are not Conv2D, "
+                "SeparableConv2D or Dense layers of the model."
             )
-
-    _copy_weights(functional, created)
+    builder = _Builder(
+        analysis,
+        max_width=width_range[1],
+        widths=widths,
+        divisor=divisor,
+        min_channels=min_channels,
+        triangular=triangular,
+        switchable_bn=switchable_bn,
+        bn_momentum=bn_momentum,
+        synchronized_bn=synchronized_bn,
+    )
+    network = graph.replay(functional, builder.call)
+    for copy in builder.copies:
+        _copy_weights(*copy)
     slim_model = SlimmableModel(
         network,
         width_range=width_range,
         widths=widths,
         divisor=divisor,
         min_channels=min_channels,
-        outputs_logits=_outputs_logits(functional),
-        base_channels=tied_base,
+        outputs_logits=_outputs_logits(functional, output_kernels),
+        base_channels=builder.base,
+        derived_groups=builder.derived,
+        group_divisors=builder.divisors,
         name=f"slim_{model.name}",
     )
     if triangular:
-        set_staircases(slim_model, {
-            name: root(group) for name, group in input_groups.items()
-        })
+        set_staircases(slim_model, builder.input_groups)
     return slim_model
+
+
+def _names(names, option):
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"`{option}` must be a list of layer names; got "
+                         f"{names!r}.")
+    return names
 
 
 def set_staircases(model, input_groups):
@@ -373,21 +743,11 @@ def set_staircases(model, input_groups):
         input_groups: dict triangular layer name -> channel group of its
             input.
     """
-    index = {g: i for i, g in enumerate(model.channel_groups)}
+    plan = model.channel_plan
 
     def counts_fn(group):
-        i = index[group]
-
-        def counts(widths):
-            return width_lib.channel_counts(
-                model._base_channels[i : i + 1],
-                model.full_channels[i : i + 1],
-                widths,
-                model.divisor,
-                model.min_channels,
-            )[..., 0]
-
-        return counts
+        i = plan.index[group]
+        return lambda widths: plan.counts(widths)[..., i]
 
     for name, in_group in input_groups.items():
         layer = model.get_layer(name)
@@ -404,9 +764,10 @@ def set_staircases(model, input_groups):
         layer.set_staircase(limits)
 
 
-def _outputs_logits(model):
-    for name in _classifier_layers(model):
-        activation = getattr(model.get_layer(name), "activation", None)
+def _outputs_logits(model, output_kernels):
+    layers = {layer.name: layer for layer in graph.all_layers(model)}
+    for name in output_kernels:
+        activation = getattr(layers.get(name), "activation", None)
         if activation is not None and activation.__name__ == "softmax":
             return False
     last = model.layers[-1]
@@ -416,30 +777,98 @@ def _outputs_logits(model):
     )
 
 
-def _copy_weights(original, created):
-    """Copies each original layer's weights into the leading slices."""
-    for layer in original.layers:
-        new = created.get(layer.name)
-        if new is None:
-            continue
-        if isinstance(new, (SlimBatchNormalization, SwitchableBatchNormalization)):
-            sources = {
-                "gamma": getattr(layer, "gamma", None),
-                "beta": getattr(layer, "beta", None),
-                "moving_mean": layer.moving_mean,
-                "moving_variance": layer.moving_variance,
-            }
-            for name, source in sources.items():
-                if source is None:
-                    continue
-                target = getattr(new, name)
-                value = np.array(target.numpy())
-                src = np.asarray(source.numpy())
-                value[..., : src.shape[-1]] = src
-                target.assign(value)
-            continue
-        for source, target in zip(layer.weights, new.weights):
-            src = np.asarray(source.numpy())
-            value = np.array(target.numpy())
-            value[tuple(slice(0, n) for n in src.shape)] = src
+# ---------------------------------------------------------- weight copies
+def _numpy(variable):
+    return np.array(keras.ops.convert_to_numpy(variable))
+
+
+def _place(target, source, positions=None):
+    """Copies `source` into `target` at the original channels' positions.
+
+    `positions` maps an axis of `source` to the indices of `target` its
+    entries go to; every other axis is a leading slice. Returns the value.
+    """
+    value = _numpy(target)
+    index = [np.arange(n) for n in source.shape]
+    for axis, where in (positions or {}).items():
+        index[axis] = np.asarray(where)
+    value[np.ix_(*index)] = source
+    return value
+
+
+def _copy_weights(original, new, origin, out_origin=None):
+    """Copies `original`'s weights into the layer that replaces it.
+
+    `origin` (and for conv/dense layers `out_origin`) give where each
+    original input (output) channel sits in the new layer; None is a
+    leading slice.
+    """
+    if isinstance(origin, tuple):  # a grouped conv turned depthwise
+        origin = origin[1]
+        kernel = _numpy(original.kernel)
+        channels = len(origin)
+        kernel = kernel.reshape(kernel.shape[:2] + (channels, -1))
+        new.kernel.assign(_place(new.kernel, kernel, {2: origin}))
+        if original.use_bias:
+            _assign_bias(new, _numpy(original.bias), origin)
+        return
+    outputs = {} if out_origin is None else {-1: out_origin}
+    if isinstance(new, (SlimConv2D, SlimDense)):
+        kernel = _numpy(original.kernel)
+        if getattr(new, "groups", 1) != 1:
+            new.kernel.assign(_place(new.kernel, kernel))
+        else:
+            new.kernel.assign(_place(new.kernel, kernel,
+                                     {-2: origin, **outputs}))
+        if original.use_bias:
+            new.bias.assign(_place(new.bias, _numpy(original.bias),
+                                   {0: out_origin} if outputs else None))
+    elif isinstance(new, SlimSeparableConv2D):
+        depthwise = _numpy(original.depthwise_kernel)
+        multiplier = depthwise.shape[-1]
+        new.depthwise_kernel.assign(
+            _place(new.depthwise_kernel, depthwise, {2: origin})
+        )
+        rows = (origin[:, None] * multiplier
+                + np.arange(multiplier)[None, :]).reshape(-1)
+        new.pointwise_kernel.assign(_place(
+            new.pointwise_kernel, _numpy(original.pointwise_kernel),
+            {2: rows, **outputs},
+        ))
+        if original.use_bias:
+            new.bias.assign(_place(new.bias, _numpy(original.bias),
+                                   {0: out_origin} if outputs else None))
+    elif isinstance(new, SlimDepthwiseConv2D):
+        new.kernel.assign(_place(new.kernel, _numpy(original.kernel),
+                                 {2: origin}))
+        if original.use_bias:
+            _assign_bias(new, _numpy(original.bias), origin)
+    elif isinstance(new, (SlimBatchNormalization, SwitchableBatchNormalization,
+                          SlimLayerNormalization)):
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            source = getattr(original, name, None)
+            target = getattr(new, name, None)
+            if source is None or target is None:
+                continue
+            value = _numpy(target)
+            value[..., origin] = _numpy(source)  # every row of an S-Net BN
             target.assign(value)
+    elif isinstance(new, SlimChannelwise):
+        for source, target in zip(original.weights, new.layer.weights):
+            source = _numpy(source)
+            if source.ndim and source.shape[-1] == len(origin):
+                target.assign(_place(target, source,
+                                     {source.ndim - 1: origin}))
+            else:
+                target.assign(source)
+    else:
+        for source, target in zip(original.weights, new.weights):
+            target.assign(_numpy(source))
+
+
+def _assign_bias(layer, bias, origin):
+    """A depthwise bias, `(channels * multiplier,)`, at the origin channels."""
+    full = layer.kernel.shape[-2]
+    value = _numpy(layer.bias).reshape(full, -1)
+    value[origin] = bias.reshape(len(origin), -1)
+    layer.bias.assign(value.reshape(-1))

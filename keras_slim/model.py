@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_slim import graph
 from keras_slim import width as width_lib
 from keras_slim.layers import scope as aw
 from keras_slim.layers.convolution import SlimKernelMixin
@@ -82,7 +83,14 @@ class SlimmableModel(keras.Model):
             distillation); False when it ends in a softmax.
         base_channels: dict channel group -> channels at width 1.0.
             Defaults to the built channels divided by the max width.
+        derived_groups: dict channel group -> `(parent, numerator,
+            denominator)`: groups whose count is that fraction of their
+            parent's (see `keras_slim.width.ChannelPlan`).
+        group_divisors: dict channel group -> divisor, for groups whose
+            counts must be multiples of something else than `divisor`.
         calibrations: Internal: descriptions of stored BN calibrations.
+        width: The width to start at (default: the max width); a saved
+            model records the width it was saved at here.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -109,7 +117,10 @@ class SlimmableModel(keras.Model):
         min_channels=None,
         outputs_logits=True,
         base_channels=None,
+        derived_groups=None,
+        group_divisors=None,
         calibrations=None,
+        width=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -140,6 +151,13 @@ class SlimmableModel(keras.Model):
         self.base_channels = {
             str(g): float(c) for g, c in (base_channels or {}).items()
         }
+        self.derived_groups = {
+            str(g): [str(p), int(n), int(d)]
+            for g, (p, n, d) in (derived_groups or {}).items()
+        }
+        self.group_divisors = {
+            str(g): int(v) for g, v in (group_divisors or {}).items()
+        }
 
         self._find_slim_layers()
         # The width used by predict/evaluate/export, as variables so that a
@@ -165,20 +183,29 @@ class SlimmableModel(keras.Model):
         self.width_seed = 0
         self._width_metrics = {}
         self.built = True
+        if width is not None:
+            # A loaded model: its variables hold this width's channels.
+            self.set_width(width)
 
     # ---------------------------------------------------------------- layers
     def _find_slim_layers(self):
         groups = {}
         self.bn_layers = []
-        for layer in self.network._flatten_layers(include_self=False):
+        self._group_of_layer = {}
+        kernels = []
+        for layer in graph.all_layers(self.network):
+            if isinstance(layer, SlimKernelMixin):
+                kernels.append(layer)
             if isinstance(layer, SlimKernelMixin) and layer.slim_out:
-                full = layer.filters if hasattr(layer, "filters") else layer.units
-                if groups.setdefault(layer.channel_group, full) != full:
-                    raise ValueError(
-                        f"Channel group '{layer.channel_group}' ties layers "
-                        f"with different channel counts ({groups[layer.channel_group]} "
-                        f"and {full}, at layer '{layer.name}')."
-                    )
+                for group, full in layer.output_groups.items():
+                    if groups.setdefault(group, full) != full:
+                        raise ValueError(
+                            f"Channel group '{group}' ties layers with "
+                            f"different channel counts ({groups[group]} and "
+                            f"{full}, at layer '{layer.name}')."
+                        )
+                if layer.output_layout is None:
+                    self._group_of_layer[layer.name] = layer.channel_group
             if isinstance(layer, _SlimNormalizationBase):
                 self.bn_layers.append(layer)
                 if isinstance(layer, SwitchableBatchNormalization):
@@ -192,18 +219,18 @@ class SlimmableModel(keras.Model):
         self.channel_groups = list(groups)
         self.full_channels = [groups[g] for g in self.channel_groups]
         # Channels at width 1.0; layers are built at the max width.
-        self._base_channels = np.asarray(
-            [
-                self.base_channels.get(g, full / self.width_range[1])
-                for g, full in zip(self.channel_groups, self.full_channels)
-            ],
-            "float64",
+        self.channel_plan = width_lib.ChannelPlan(
+            self.channel_groups,
+            base={
+                g: self.base_channels.get(g, full / self.width_range[1])
+                for g, full in groups.items()
+            },
+            full=groups,
+            divisor=self.divisor,
+            min_channels=self.min_channels,
+            group_divisors=self.group_divisors,
+            derived={g: tuple(v) for g, v in self.derived_groups.items()},
         )
-        self._group_of_layer = {
-            layer.name: layer.channel_group
-            for layer in self.network._flatten_layers(include_self=False)
-            if isinstance(layer, SlimKernelMixin) and layer.slim_out
-        }
         # Private BN rows exist for the listed widths only; with a shared BN
         # the `widths` are just the ones trained, and any width in the range
         # runs (exactly, for triangular networks).
@@ -213,13 +240,9 @@ class SlimmableModel(keras.Model):
         )
         self.exact_without_calibration = all(
             layer.triangular
-            for layer in self.network._flatten_layers(include_self=False)
-            if isinstance(layer, SlimKernelMixin) and layer.slim_in
-            and layer.slim_out
-        ) and not any(
-            isinstance(layer, SwitchableBatchNormalization)
-            for layer in self.bn_layers
-        )
+            for layer in kernels
+            if layer.slim_in and layer.slim_out
+        ) and not self.switchable
 
     def get_layer(self, name=None, index=None):
         """Looks a layer up in the wrapped network."""
@@ -245,10 +268,7 @@ class SlimmableModel(keras.Model):
         if isinstance(width, dict):
             return self._channels_for_config(width)
         width = self._validate_width(width)
-        return width_lib.channel_counts(
-            self._base_channels, self.full_channels, width, self.divisor,
-            self.min_channels,
-        ).tolist()
+        return self.channel_plan.counts(width).tolist()
 
     def _validate_width(self, width):
         width = width_lib.validate_width(width, self.width_range)
@@ -264,7 +284,6 @@ class SlimmableModel(keras.Model):
         return width
 
     def _channels_for_config(self, config):
-        counts = dict(zip(self.channel_groups, self.full_channels))
         chosen = {}
         for name, channels in config.items():
             if name not in self._group_of_layer:
@@ -292,8 +311,9 @@ class SlimmableModel(keras.Model):
                     f"got {chosen[group][1]} and {channels}."
                 )
             chosen[group] = (name, int(channels))
-            counts[group] = int(channels)
-        return [counts[g] for g in self.channel_groups]
+        return self.channel_plan.counts_for_groups(
+            {group: count for group, (_, count) in chosen.items()}
+        )
 
     def width_index(self, width):
         """Position of `width` in the S-Net width list (0 for US-Nets)."""
@@ -377,19 +397,38 @@ class SlimmableModel(keras.Model):
                 width_index = self.width_index(width)
             return aw.ActiveWidth(channels, width_index, **kwargs)
         else:
-            counts = width_lib.make_divisible(
-                self._base_channels * tf.cast(width, tf.float64),
-                self.divisor,
-                self.min_channels,
-            )
-            counts = tf.minimum(counts, self.full_channels)
+            counts = self.channel_plan.counts_tensor(width)
         counts = tf.convert_to_tensor(counts)
         channels = {g: counts[i] for i, g in enumerate(self.channel_groups)}
         return aw.ActiveWidth(channels, width_index, **kwargs)
 
     def call(self, inputs, training=None, width=None):
+        self._check_inputs(inputs)
         with aw.active_width(self._state(width)):
             return self.network(inputs, training=training)
+
+    def _check_inputs(self, inputs):
+        # A functional model silently adds a trailing axis to an input one
+        # rank short ((2, 8, 8) for (None, 8, 8, 1)); a convolution would
+        # refuse it, and so do we.
+        expected = self.network.inputs
+        flat = keras.tree.flatten(inputs)
+        if len(flat) != len(expected):
+            raise ValueError(
+                f"Model '{self.name}' takes {len(expected)} input(s); got "
+                f"{len(flat)}."
+            )
+        for tensor, spec in zip(flat, expected):
+            shape = tuple(getattr(tensor, "shape", np.shape(tensor)))
+            want = tuple(spec.shape)
+            if len(shape) != len(want) or any(
+                w is not None and s is not None and int(s) != int(w)
+                for s, w in zip(shape[1:], want[1:])
+            ):
+                raise ValueError(
+                    f"Model '{self.name}' expects inputs of shape "
+                    f"{want} (None = any size); got shape {shape}."
+                )
 
     # -------------------------------------------------------------- training
     def compile(
@@ -429,6 +468,17 @@ class SlimmableModel(keras.Model):
             raise ValueError(
                 "sandwich_size must be >= 2 (max and min width); got "
                 f"{sandwich_size}."
+            )
+        random_widths = self.widths is None and int(sandwich_size) > 2
+        if per_replica_widths and random_widths and any(
+            layer.synchronized for layer in self.bn_layers
+        ):
+            raise ValueError(
+                "per_replica_widths=True cannot be combined with synchronized "
+                "BatchNormalization: with per-replica random widths the "
+                "replicas' BN layers have different channel counts, so there "
+                "are no common batch statistics to synchronize. Turn one of "
+                "them off."
             )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self.sandwich_size = int(sandwich_size)
@@ -586,7 +636,10 @@ class SlimmableModel(keras.Model):
             "min_channels": self.min_channels,
             "outputs_logits": self.outputs_logits,
             "base_channels": self.base_channels,
+            "derived_groups": self.derived_groups,
+            "group_divisors": self.group_divisors,
             "calibrations": self.calibrations,
+            "width": self._current_width,
         }
 
     @classmethod
@@ -596,3 +649,4 @@ class SlimmableModel(keras.Model):
             config.pop("network"), custom_objects=custom_objects
         )
         return cls(network, **config)
+

@@ -92,10 +92,10 @@ def test_sliced_network_equals_a_natively_built_narrow_network():
 def test_unsupported_layer_error_names_the_layer():
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3)(inputs)
-    x = keras.layers.LayerNormalization(name="ln")(x)
+    x = keras.layers.Permute((3, 1, 2), name="swap")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     base = keras.Model(inputs, keras.layers.Dense(2)(x))
-    with pytest.raises(ValueError, match="'ln' .*LayerNormalization"):
+    with pytest.raises(ValueError, match="'swap' .*Permute.*register_layer"):
         keras_slim.slim(base)
 
 
@@ -167,7 +167,7 @@ def test_channel_rounding_is_robust():
 
 def test_input_with_wrong_channel_count_is_an_error():
     model = keras_slim.slim(small_cnn())
-    with pytest.raises(ValueError, match="exactly 1 channels|expected axis"):
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(None, 8, 8, 1\)"):
         model(np.ones((1, 8, 8, 3), "float32"))
 
 

@@ -2,8 +2,11 @@
 
 from keras_slim.layers.scope import ActiveWidth
 from keras_slim.layers.scope import active_width
+from keras_slim.layers.channelwise import SlimChannelwise
 from keras_slim.layers.convolution import SlimConv2D
 from keras_slim.layers.convolution import SlimDense
 from keras_slim.layers.convolution import SlimDepthwiseConv2D
+from keras_slim.layers.convolution import SlimSeparableConv2D
 from keras_slim.layers.normalization import SlimBatchNormalization
+from keras_slim.layers.normalization import SlimLayerNormalization
 from keras_slim.layers.normalization import SwitchableBatchNormalization

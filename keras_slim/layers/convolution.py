@@ -59,17 +59,27 @@ class SlimKernelMixin:
     """Shared logic of layers whose kernel is `(..., in, out)`."""
 
     def _init_slim(
-        self, slim_in, slim_out, channel_group, input_layout, triangular
+        self, slim_in, slim_out, channel_group, input_layout, triangular,
+        output_layout=None,
     ):
         self.slim_in = bool(slim_in)
         self.slim_out = bool(slim_out)
         self.channel_group = channel_group or self.name
         self.input_layout = _check_input_layout(input_layout)
+        self.output_layout = _check_input_layout(output_layout)
         self.triangular = bool(triangular)
-        if self.triangular and self.input_layout is not None:
+        if self.triangular and (
+            self.input_layout is not None or self.output_layout is not None
+        ):
             raise ValueError(
-                f"Layer '{self.name}': triangular=True needs its input to be a "
-                "single slimmable block (no Concatenate or Flatten before it)."
+                f"Layer '{self.name}': triangular=True needs its input and "
+                "output to be single slimmable blocks (no Concatenate or "
+                "Flatten before it, no concatenation it is added to)."
+            )
+        if self.output_layout is not None and getattr(self, "groups", 1) != 1:
+            raise ValueError(
+                f"Layer '{self.name}': a grouped convolution cannot have an "
+                "output layout."
             )
 
     def _build_mask(self, in_channels, out_channels):
@@ -111,16 +121,40 @@ class SlimKernelMixin:
             "slim_out": self.slim_out,
             "channel_group": self.channel_group,
             "input_layout": self.input_layout,
+            "output_layout": self.output_layout,
             "triangular": self.triangular,
         }
 
-    def _active_out(self, full_out):
+    @property
+    def output_groups(self):
+        """`{group: full channels}` of the channel groups this layer makes."""
         if not self.slim_out:
-            return full_out
-        return aw.active_channels(self.channel_group, full_out)
+            return {}
+        full = self.filters if hasattr(self, "filters") else self.units
+        if self.output_layout is None:
+            return {self.channel_group: full}
+        return {
+            group: count for group, count in self.output_layout["blocks"]
+            if group is not None
+        }
+
+    def _active_out(self, full_out):
+        """`(count, indices)` of the active outputs; indices None = prefix."""
+        if not self.slim_out:
+            return full_out, None
+        if self.output_layout is not None:
+            # Outputs tied to a concatenation (e.g. NASNet's and
+            # Inception-ResNet's residual branches): one block per
+            # concatenated group, each keeping its own active prefix.
+            indices = aw.input_channel_indices(self.output_layout, full_out)
+            count = (len(indices) if isinstance(indices, np.ndarray)
+                     else tf.size(indices))
+            return count, indices
+        return aw.active_channels(self.channel_group, full_out), None
 
     def _check_inputs(self, inputs, full_in):
         in_channels = inputs.shape[-1]
+        full_in = full_in * getattr(self, "groups", 1)
         if in_channels is None:
             return ops.shape(inputs)[-1]
         if not self.slim_in and in_channels != full_in:
@@ -139,12 +173,22 @@ class SlimKernelMixin:
     def _slice_kernel(self, inputs, kernel, full_in, full_out):
         """Returns `(kernel, out_channels)` for the active width."""
         in_channels = self._check_inputs(inputs, full_in)
-        out_channels = self._active_out(full_out)
+        out_channels, out_indices = self._active_out(full_out)
         mask = self.triangular_mask
-        if self.input_layout is not None:
+        if getattr(self, "groups", 1) != 1:
+            # A grouped kernel is (..., in per group, out): fewer input
+            # channels are fewer whole groups, which the convolution infers
+            # from the input; only the outputs are sliced.
+            if not _is_static(out_channels, full_out):
+                kernel = kernel[..., :out_channels]
+        elif self.input_layout is not None:
             indices = aw.input_channel_indices(self.input_layout, full_in)
             kernel = tf.gather(kernel, indices, axis=kernel.ndim - 2)
-            kernel = kernel[..., :out_channels]
+            if out_indices is None:
+                kernel = kernel[..., :out_channels]
+        elif out_indices is not None:
+            spatial = (slice(None),) * (len(kernel.shape) - 2)
+            kernel = kernel[spatial + (slice(None, in_channels),)]
         elif not (_is_static(in_channels, full_in) and _is_static(out_channels, full_out)):
             # Two slices keep a static input count static: Keras' TF conv
             # runs an XLA-compiled op (which tf2onnx cannot convert) when
@@ -156,13 +200,22 @@ class SlimKernelMixin:
             kernel = kernel[..., :out_channels]
             if mask is not None:
                 mask = mask[:in_channels][:, :out_channels]
+        if out_indices is not None:
+            kernel = tf.gather(kernel, out_indices, axis=kernel.ndim - 1)
         if mask is not None:
             kernel = kernel * ops.cast(mask, kernel.dtype)
-        return kernel, out_channels
+        return kernel, (out_channels, out_indices)
 
-    def _add_bias_and_activate(self, outputs, out_channels):
+    def _add_bias_and_activate(self, outputs, selection):
+        out_channels, out_indices = selection
         if self.use_bias:
-            outputs = ops.add(outputs, self.bias[:out_channels])
+            if out_indices is not None:
+                bias = tf.gather(self.bias, out_indices)
+            elif _is_static(out_channels, self.bias.shape[0]):
+                bias = self.bias
+            else:
+                bias = self.bias[:out_channels]
+            outputs = ops.add(outputs, bias)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
@@ -190,10 +243,15 @@ class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
             group. Defaults to the layer name.
         input_layout: For inputs assembled by `Concatenate`: which channel
             groups the input is made of (see `active_width`).
+        output_layout: Instead of `channel_group`, the channel groups the
+            outputs are made of, when they are added to a concatenation.
         triangular: Any-Width Networks: output channel `j` only reads input
             channels that are active whenever `j` is, so activations do not
             depend on the width.
-        **kwargs: Passed to `keras.layers.Conv2D`.
+        **kwargs: Passed to `keras.layers.Conv2D`. With `groups > 1` the
+            channels per group stay fixed: a narrower input is fewer whole
+            groups, and the output keeps `filters / groups` channels per
+            active group.
 
     Call arguments:
         inputs: A 4D tensor, channels last, with at most the build-time
@@ -221,14 +279,15 @@ class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
         channel_group=None,
         input_layout=None,
         triangular=False,
+        output_layout=None,
         **kwargs,
     ):
         super().__init__(filters, kernel_size, **kwargs)
-        if self.groups != 1:
+        if self.groups != 1 and (triangular or input_layout is not None):
             raise ValueError(
-                f"SlimConv2D '{self.name}': grouped convolutions "
-                f"(groups={self.groups}) are not supported; use "
-                "SlimDepthwiseConv2D for depthwise convolutions."
+                f"SlimConv2D '{self.name}': a grouped convolution (groups="
+                f"{self.groups}) cannot be triangular or read a Concatenate/"
+                "Flatten input layout."
             )
         if self.data_format != "channels_last":
             raise ValueError(
@@ -236,7 +295,8 @@ class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
                 f"'channels_last' only; got '{self.data_format}'."
             )
         self._init_slim(
-            slim_in, slim_out, channel_group, input_layout, triangular
+            slim_in, slim_out, channel_group, input_layout, triangular,
+            output_layout,
         )
 
     def build(self, input_shape):
@@ -283,11 +343,13 @@ class SlimDense(SlimKernelMixin, keras.layers.Dense):
         channel_group=None,
         input_layout=None,
         triangular=False,
+        output_layout=None,
         **kwargs,
     ):
         super().__init__(units, **kwargs)
         self._init_slim(
-            slim_in, slim_out, channel_group, input_layout, triangular
+            slim_in, slim_out, channel_group, input_layout, triangular,
+            output_layout,
         )
 
     def build(self, input_shape):
@@ -377,3 +439,89 @@ class SlimDepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
     def get_config(self):
         return {**super().get_config(), "input_layout": self.input_layout}
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class SlimSeparableConv2D(SlimKernelMixin, keras.layers.SeparableConv2D):
+    """Depthwise-separable convolution with a slimmable input and output.
+
+    The depthwise filters follow the incoming channels (as
+    `SlimDepthwiseConv2D`); the pointwise kernel is sliced like a
+    `SlimConv2D` kernel: its inputs are the depthwise outputs, its outputs
+    follow the active width of `channel_group`.
+
+    Args:
+        filters: Output channels at full width.
+        kernel_size, strides, padding, depth_multiplier, ...: as
+            `keras.layers.SeparableConv2D`. `depth_multiplier` must be 1
+            when the inputs are slimmed.
+        slim_in, slim_out, channel_group, input_layout: See `SlimConv2D`.
+        **kwargs: Passed to `keras.layers.SeparableConv2D`.
+
+    Example:
+
+    >>> layer = SlimSeparableConv2D(32, 3, padding="same", channel_group="s")
+    >>> y = layer(np.zeros((1, 8, 8, 16)))  # builds the full kernels
+    >>> from keras_slim.layers import scope as aw
+    >>> with aw.active_width(aw.ActiveWidth(channels={"s": 8})):
+    ...     y = layer(np.zeros((1, 8, 8, 4)))  # 4 -> 8 channels
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        slim_in=True,
+        slim_out=True,
+        channel_group=None,
+        input_layout=None,
+        output_layout=None,
+        **kwargs,
+    ):
+        kwargs.pop("triangular", None)
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError(
+                f"SlimSeparableConv2D '{self.name}' supports data_format="
+                f"'channels_last' only; got '{self.data_format}'."
+            )
+        if slim_in and self.depth_multiplier != 1:
+            raise ValueError(
+                f"SlimSeparableConv2D '{self.name}': slimmed inputs need "
+                f"depth_multiplier=1; got {self.depth_multiplier}."
+            )
+        self._init_slim(slim_in, slim_out, channel_group, input_layout, False,
+                        output_layout)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+        self.triangular_mask = None
+
+    def call(self, inputs):
+        full_in = self.depthwise_kernel.shape[-2]
+        depthwise = self.depthwise_kernel
+        in_channels = self._check_inputs(inputs, full_in)
+        if self.input_layout is not None:
+            indices = aw.input_channel_indices(self.input_layout, full_in)
+            depthwise = tf.gather(depthwise, indices, axis=2)
+        elif not _is_static(in_channels, full_in):
+            depthwise = depthwise[:, :, :in_channels, :]
+        pointwise, out_channels = self._slice_kernel(
+            inputs, self.pointwise_kernel, full_in, self.filters
+        )
+        outputs = ops.separable_conv(
+            inputs,
+            depthwise,
+            pointwise,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._add_bias_and_activate(outputs, out_channels)
+
+    def get_config(self):
+        config = {**super().get_config(), **self._slim_config()}
+        config.pop("triangular")
+        return config

@@ -212,17 +212,25 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
         state = aw.current()
         collect = state is not None and state.collect_moments is not None
         gamma, beta, moving_mean, moving_variance = self._rows()
-        if training or collect:
+        # As Keras' BatchNormalization: a frozen layer (trainable=False)
+        # runs in inference mode even when called with training=True.
+        if (training and self.trainable) or collect:
             mean, variance, n = self._moments(inputs)
             if collect:
-                active = tf.range(count) if indices is None else indices
+                active = (
+                    tf.range(count) if indices is None
+                    else tf.convert_to_tensor(indices)
+                )
                 state.collect_moments.append(
                     (self, mean, variance, n, active)
                 )
-            elif self.trainable and (
-                state is None or state.update_moving_stats
-            ):
+            elif state is None or state.update_moving_stats:
                 self._update_moving(mean, variance, n, indices)
+        elif training:
+            # Frozen during training: the moving statistics, at every
+            # training width (calibrated ones belong to `set_width`'s width).
+            mean = self._take(moving_mean, count, indices)
+            variance = self._take(moving_variance, count, indices)
         else:
             calibrated = ops.cast(self.use_calibrated, "bool")
             mean = self._take(
@@ -391,3 +399,78 @@ class SwitchableBatchNormalization(_SlimNormalizationBase):
 
     def get_config(self):
         return {**super().get_config(), "num_widths": self.num_widths}
+
+
+def _take_channels(values, count, indices, full):
+    """The active entries of a per-channel vector: a prefix or a gather."""
+    if values is None:
+        return None
+    if indices is not None:
+        return tf.gather(values, indices, axis=-1)
+    if isinstance(count, int) and count == full:
+        return values
+    return values[:count]
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class SlimLayerNormalization(keras.layers.LayerNormalization):
+    """Layer normalization over the active channels.
+
+    Normalises each position over the channels the active width keeps (not
+    over the full width padded with zeros), with the leading slice of gamma
+    and beta: the slimmable counterpart of a channels-last
+    `keras.layers.LayerNormalization` (ConvNeXt).
+
+    Args:
+        input_layout: See `SlimConv2D` (inputs assembled by `Concatenate`).
+        **kwargs: As `keras.layers.LayerNormalization`, normalising the last
+            axis only.
+
+    Example:
+
+    >>> ln = SlimLayerNormalization(epsilon=1e-6)
+    >>> y = ln(np.random.rand(2, 4, 4, 32))  # builds 32 gammas
+    >>> y = ln(np.random.rand(2, 4, 4, 12))  # normalises over 12 channels
+    """
+
+    def __init__(self, input_layout=None, **kwargs):
+        super().__init__(**kwargs)
+        axis = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
+        if list(axis) != [-1]:
+            raise ValueError(
+                f"SlimLayerNormalization '{self.name}' normalises the last "
+                f"(channels) axis only; got axis={self.axis}."
+            )
+        self.input_layout = _check_input_layout(input_layout)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.channels = int(input_shape[-1])
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def call(self, inputs):
+        count = inputs.shape[-1]
+        if count is None:
+            count = ops.shape(inputs)[-1]
+        elif count > self.channels:
+            raise ValueError(
+                f"Layer '{self.name}' was built for at most {self.channels} "
+                f"channels; got input shape {tuple(inputs.shape)}."
+            )
+        indices = None
+        if self.input_layout is not None:
+            indices = aw.input_channel_indices(self.input_layout, self.channels)
+        outputs = ops.layer_normalization(
+            inputs,
+            _take_channels(self.gamma, count, indices, self.channels),
+            _take_channels(self.beta, count, indices, self.channels),
+            # A positive axis: with [-1] Keras reshapes gamma to the static
+            # input shape, which has no channel count at a run-time width.
+            [len(inputs.shape) - 1],
+            self.epsilon,
+            rms_scaling=self.rms_scaling,
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "input_layout": self.input_layout}

@@ -13,6 +13,7 @@ its own thread, and each replica opens its own scope.
 import contextlib
 import threading
 
+import numpy as np
 import tensorflow as tf
 
 _STATE = threading.local()
@@ -82,7 +83,7 @@ def active_channels(group, full):
     return state.channels.get(group, full)
 
 
-def input_channel_indices(layout, full):
+def input_channel_indices(layout, full, counts=None):
     """Indices of the active input channels for a non-prefix input layout.
 
     Inputs that come from `Concatenate` or `Flatten` are not a prefix of the
@@ -94,21 +95,70 @@ def input_channel_indices(layout, full):
             None for a fixed block), and "repeat": how many times the block
             sequence repeats (spatial positions before a `Flatten`).
         full: The full input dimension (for a shape check).
+        counts: dict group -> active count (Python ints) to resolve the
+            layout in numpy (`strip`); None reads the active width (graph).
 
     Returns:
-        An int tensor of active input indices, in order.
+        The active input indices, in order: an int64 numpy array when every
+        count is a Python int, else an int tensor.
     """
-    masks = []
-    total = 0
-    for group, block_full in layout["blocks"]:
-        count = active_channels(group, block_full)
-        masks.append(tf.range(block_full) < count)
-        total += block_full
+    total = sum(int(block_full) for _, block_full in layout["blocks"])
     repeat = int(layout.get("repeat", 1))
     if total * repeat != full:
         raise ValueError(
             f"Input layout {layout} describes {total * repeat} features but "
             f"the layer was built for {full}."
         )
+    active = []
+    for group, block_full in layout["blocks"]:
+        if counts is None:
+            count = active_channels(group, block_full)
+        else:
+            count = block_full if group is None else counts.get(group, block_full)
+        active.append((count, int(block_full)))
+    if all(isinstance(c, (int, np.integer)) for c, _ in active):
+        mask = np.concatenate(
+            [np.arange(f) < min(int(c), f) for c, f in active]
+        )
+        return np.flatnonzero(np.tile(mask, repeat))
+    masks = [tf.range(f) < tf.cast(c, tf.int32) for c, f in active]
     mask = tf.tile(tf.concat(masks, axis=0), [repeat])
     return tf.reshape(tf.where(mask), [-1])
+
+
+def to_full_width(inputs, indices, full):
+    """Places the active channels of `inputs` at their full-width positions.
+
+    Inactive channels are zeros. With `from_full_width` it runs a
+    channel-independent computation at a static channel count (a layer with
+    per-channel weights, a depthwise convolution for ONNX) and keeps only
+    the active results.
+
+    Args:
+        inputs: A tensor whose last axis holds the active channels.
+        indices: Their positions in the full width (int tensor), or None
+            when they are the first `inputs.shape[-1]` channels.
+        full: The full channel count.
+
+    Returns:
+        A tensor with `full` channels.
+    """
+    count = tf.shape(inputs)[-1]
+    if indices is None:
+        pad = [[0, 0]] * (len(inputs.shape) - 1) + [[0, full - count]]
+        return tf.pad(inputs, pad)
+    indices = tf.cast(indices, tf.int32)
+    # Where each full-width channel sits in `inputs`; inactive ones point at
+    # an appended zero channel.
+    where = tf.tensor_scatter_nd_update(
+        tf.fill([full], count), indices[:, None], tf.range(count)
+    )
+    padded = tf.concat([inputs, tf.zeros_like(inputs[..., :1])], axis=-1)
+    return tf.gather(padded, where, axis=-1)
+
+
+def from_full_width(outputs, indices, count):
+    """The active channels of a full-width result (see `to_full_width`)."""
+    if indices is None:
+        return outputs[..., :count]
+    return tf.gather(outputs, tf.cast(indices, tf.int32), axis=-1)

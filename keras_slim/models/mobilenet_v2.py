@@ -32,6 +32,7 @@ def mobilenet_v2(
     small_inputs=None,
     dropout=0.0,
     weight_decay=None,
+    official_channels=False,
     name=None,
     **slim_kwargs,
 ):
@@ -66,6 +67,13 @@ def mobilenet_v2(
         dropout: Dropout rate before the classifier (0.2 in the paper's
             ImageNet setting).
         weight_decay: Optional L2 factor on the non-depthwise kernels.
+        official_channels: Slim as the official US-MobileNetV2 code does:
+            the 1280-channel last convolution keeps its channels at every
+            width, and an expansion layer has `6 * make_divisible(C * w)`
+            channels (its input's count times 6, via `slim(...,
+            keep_ratio=...)`) instead of `make_divisible(6 * C * w)`. Its
+            MACs per width then match the official model's (59.3M at 0.35,
+            300.8M at 1.0, 224x224). The default slims the head too.
         name: Model name (default `"mobilenet_v2"`).
         **slim_kwargs: More arguments of `keras_slim.slim`.
 
@@ -162,6 +170,12 @@ def mobilenet_v2(
         num_classes, kernel_regularizer=regularizer, name="classifier"
     )(x)
     model = keras.Model(inputs, outputs, name=name or "mobilenet_v2")
+    if official_channels and slimmable:
+        slim_kwargs.setdefault("fixed_layers", ["head"])
+        slim_kwargs.setdefault("keep_ratio", [
+            layer.name for layer in model.layers
+            if layer.name.endswith("_expand")
+        ])
     return finalize(
         model, slimmable, width_range, widths, divisor=divisor, **slim_kwargs
     )
