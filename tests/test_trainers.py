@@ -333,6 +333,40 @@ def test_trains_on_tfds_mock_data_in_process(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
 
 
+def test_a_finished_run_leaves_a_deployable_model_and_exports(tmp_path):
+    config = loop.TrainConfig(
+        method="us", model=TINY, model_kwargs='{"filters": 4}',
+        dataset="digits", batch_size=32, train_steps=6, steps_per_loop=3,
+        checkpoint_every_steps=0, model_dir=str(tmp_path), verbose=0,
+        calibration_examples=64, report_widths=(0.5, 1.0),
+        export=("tflite", "onnx"), quantize="float16",
+    )
+    report = loop.train(config)
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    _, val_ds, _ = data_lib.load("digits", batch_size=64, seed=0,
+                                 validation_split=0.1)
+    for entry in report["widths"]:
+        # The saved model carries the calibrated statistics of every width.
+        accuracy = loop.evaluate_widths(loaded, val_ds, [entry["width"]])[0]
+        assert accuracy == pytest.approx(entry["accuracy"])
+    for fmt, suffix in (("tflite", "_float16.tflite"), ("onnx", ".onnx")):
+        manifest = keras_slim.export.read_manifest(tmp_path / fmt)
+        files = sorted(e["file"] for e in manifest["exports"])
+        assert files == sorted(
+            f"{loaded.network.name}_w{w:g}{suffix}" for w in (0.5, 1.0))
+        assert all(e["max_abs_diff"] <= e["tolerance"]
+                   for e in manifest["exports"])
+    assert not list(tmp_path.glob("**/*.partial"))
+    # Running the finished command again trains nothing and rewrites
+    # nothing.
+    stamp = (tmp_path / "model.keras").stat().st_mtime_ns
+    assert loop.train(config) == report
+    assert (tmp_path / "model.keras").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="--export: unknown format"):
+        loop.train(loop.TrainConfig(export=("tflite", "coreml"),
+                                    model_dir=str(tmp_path / "other")))
+
+
 # ------------------------------------------------------------- subprocess
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -16,6 +16,7 @@ import dataclasses
 
 from absl import flags
 
+from trainers import deploy
 from trainers import distribute
 from trainers import loop
 from trainers import methods
@@ -211,6 +212,18 @@ def define_flags():
         "calibration_examples", _DEFAULTS.calibration_examples,
         "Training examples per width for the final BN calibration.",
     )
+    flags.DEFINE_list(
+        "export", list(_DEFAULTS.export),
+        "At the end, also write one verified file per report width and a "
+        "manifest.json into --model_dir/<format>/: tflite, onnx (comma-"
+        "separated; model.keras is always written).",
+    )
+    flags.DEFINE_enum(
+        "quantize", _DEFAULTS.quantize, list(deploy.QUANTIZATIONS),
+        "Quantization of the exported TFLite files: float16, dynamic "
+        "(int8 weights) or int8 (calibrated on training images); empty: "
+        "float32.",
+    )
     flags.DEFINE_integer(
         "verbose", _DEFAULTS.verbose, "0: quiet; 1: progress bar and report."
     )
@@ -230,6 +243,8 @@ def config_from_flags(flag_values):
                     f"--{field.name} must be a comma-separated list of "
                     f"numbers; got {','.join(value)!r}."
                 ) from None
+        if field.name == "export":
+            value = tuple(v.strip().lower() for v in value if v.strip())
         values[field.name] = value
     if len(values["width_range"]) != 2:
         raise flags.ValidationError(

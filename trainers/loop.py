@@ -30,6 +30,7 @@ from tensorflow.core.framework import summary_pb2
 import keras_slim
 from keras_slim import data as data_lib
 from keras_slim import width as width_lib
+from trainers import deploy
 from trainers import distribute
 from trainers import methods
 
@@ -91,6 +92,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 200
     max_checkpoints: int = 3
     calibration_examples: int = 5000
+    export: tuple = ()
+    quantize: str = ""
     verbose: int = 1
 
     def resolved_model_kwargs(self):
@@ -527,14 +530,7 @@ def train(config, strategy=None):
             "so TPUs) cannot compile: channel counts would change at run "
             "time. Use a fixed-width method (plain, snet, awn)."
         )
-    if (config.sync_bn and config.per_replica_widths
-            and method.uses_random_widths(config)):
-        raise ValueError(
-            "--sync_bn and --per_replica_widths cannot be combined: with "
-            "per-replica random widths the replicas' BN layers have "
-            "different channel counts, so there are no common batch "
-            "statistics to synchronize."
-        )
+    deploy.check_options(config.export, config.quantize)
     model_dir = config.resolved_model_dir()
     is_chief = distribute.is_chief(strategy)
     _check_run_config(model_dir, config)
@@ -572,6 +568,13 @@ def train(config, strategy=None):
     start_step = int(optimizer.iterations.numpy())
     if restored:
         logging.info("Resumed from step %d (%s).", start_step, restored)
+    if start_step >= total_steps and deploy.is_complete(model_dir,
+                                                        config.export):
+        logging.info("%s is a finished run; nothing to do.", model_dir)
+        if not is_chief:
+            return None
+        with tf.io.gfile.GFile(os.path.join(model_dir, "report.json")) as f:
+            return json.load(f)
     write_dir = distribute.write_dir(model_dir, strategy)
     manager = tf.train.CheckpointManager(
         checkpoint, write_dir, max_to_keep=config.max_checkpoints
@@ -664,8 +667,18 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
             for width, accuracy in zip(widths, accuracies)
         ],
     }
-    with tf.io.gfile.GFile(os.path.join(model_dir, "report.json"), "w") as f:
+    # What to deploy first, then the report: a run with a report.json has
+    # written everything (see `deploy.is_complete`).
+    deploy.write_model(model, model_dir)
+    if config.export:
+        deploy.export_widths(
+            model, model_dir, config.export, widths, config.quantize,
+            representative_data=deploy.representative_images(calibration_ds),
+        )
+    path = os.path.join(model_dir, "report.json")
+    with tf.io.gfile.GFile(path + ".partial", "w") as f:
         json.dump(report, f, indent=2)
+    tf.io.gfile.rename(path + ".partial", path, overwrite=True)
     eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
     write_scalars(eval_writer, step, {
         f"accuracy_{width_lib.width_tag(e['width'])}": e["accuracy"]
