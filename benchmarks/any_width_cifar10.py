@@ -238,13 +238,12 @@ def compile_model(model, steps, learning_rate, **kwargs):
 
 def effective_params(model):
     """Trainable parameters, not counting weights a triangular mask zeroes."""
+    from keras_slim import graph
+
     total = 0
     for weight in model.trainable_weights:
         total += int(np.prod(weight.shape))
-    layers = getattr(model, "network", model)._flatten_layers(
-        include_self=False
-    )
-    for layer in layers:
+    for layer in graph.all_layers(getattr(model, "network", model)):
         mask = getattr(layer, "triangular_mask", None)
         if mask is not None:
             spatial = int(np.prod(layer.kernel.shape[:-2]))

@@ -19,6 +19,7 @@ Example:
 
 from keras_slim import data
 from keras_slim import export
+from keras_slim import graph
 from keras_slim import layers
 from keras_slim import models
 from keras_slim import registry
