@@ -128,9 +128,11 @@ class ExitStructure:
             stop = [self.cuts[k - 1]] if k > 0 else []
             ids, reached_input = ancestors(targets, stop)
             if k > 0 and reached_input:
+                what = f"Exit {k + 1}" + (
+                    f" (or the cut '{after[k]}')" if k < len(after) else ""
+                )
                 raise ValueError(
-                    f"Exit {k + 1} (or the cut after '{after[k]}' if there is "
-                    f"one) needs more than the features after layer "
+                    f"{what} needs more than the features after layer "
                     f"'{after[k - 1]}': some path from the input bypasses "
                     "that layer (e.g. a skip connection across it), or the "
                     "layers in `after` are not in the order the network "
