@@ -108,8 +108,10 @@ def stage_models(model, width):
         outputs = {"logits": logits}
         if features is not None:
             outputs["next_features"] = features
-        stages.append(keras.Model(inputs, outputs,
-                                  name=f"{base}_stage{k + 1}"))
+        stages.append(keras.Model(
+            inputs[0] if len(inputs) == 1 else inputs, outputs,
+            name=f"{base}_stage{k + 1}",
+        ))
 
     exits = []
     for k in range(num_exits):
@@ -142,7 +144,9 @@ def _feeds(stage, images, previous):
 
 def _keras_stage_outputs(stage, feeds):
     order = [t._keras_history.operation.name for t in stage.inputs]
-    outputs = stage([feeds[name] for name in order], training=False)
+    values = [feeds[name] for name in order]
+    outputs = stage(values[0] if len(values) == 1 else values,
+                    training=False)
     return {k: np.asarray(keras.ops.convert_to_numpy(v))
             for k, v in outputs.items()}
 
