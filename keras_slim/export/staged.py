@@ -152,17 +152,38 @@ def _keras_stage_outputs(stage, feeds):
 
 
 class _Runner:
-    """Runs one exported stage/exit file by input and output names."""
+    """Runs one exported stage/exit file by input and output names.
+
+    For TFLite it uses the interpreter's own API, with tensors allocated
+    once per input shape and read and written through buffer views: a
+    signature runner re-allocates on every call, which per stage costs as
+    much as a small stage itself.
+    """
 
     def __init__(self, path, fmt, num_threads=1):
         self.format = fmt
         if fmt == "tflite":
             from ai_edge_litert.interpreter import Interpreter
 
-            interpreter = Interpreter(model_path=os.fspath(path),
-                                      num_threads=num_threads)
-            self.run_fn = interpreter.get_signature_runner()
-            self.input_names = list(self.run_fn.get_input_details())
+            self.interpreter = Interpreter(model_path=os.fspath(path),
+                                           num_threads=num_threads)
+            runner = self.interpreter.get_signature_runner()
+            self.inputs = {
+                name: detail["index"]
+                for name, detail in runner.get_input_details().items()
+            }
+            self.outputs = {
+                name: detail["index"]
+                for name, detail in runner.get_output_details().items()
+            }
+            self.input_shapes = {
+                name: tuple(int(d) for d in detail["shape_signature"])
+                for name, detail in runner.get_input_details().items()
+            }
+            self.input_names = list(self.inputs)
+            self.output_names = list(self.outputs)
+            self.shapes = None
+            self.views = {}
         else:
             import onnxruntime as ort
 
@@ -176,12 +197,100 @@ class _Runner:
             self.input_names = [i.name for i in self.session.get_inputs()]
             self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def prepare(self, shapes):
+        """TFLite: sizes the inputs (dict name -> shape) once."""
+        if shapes == self.shapes:
+            return
+        for name, shape in shapes.items():
+            self.interpreter.resize_tensor_input(self.inputs[name], shape)
+        self.interpreter.allocate_tensors()
+        self.shapes = shapes
+        self.views = {
+            name: self.interpreter.tensor(index)
+            for name, index in {**self.inputs, **self.outputs}.items()
+        }
+
+    def view(self, name):
+        """TFLite: a numpy view of a tensor buffer (drop it before the
+        next invoke)."""
+        return self.views[name]()
+
+    def invoke(self):
+        self.interpreter.invoke()
+
     def __call__(self, **feeds):
         feeds = {k: np.asarray(v, "float32") for k, v in feeds.items()}
-        if self.format == "tflite":
-            return self.run_fn(**feeds)
-        values = self.session.run(None, feeds)
-        return dict(zip(self.output_names, values))
+        if self.format != "tflite":
+            values = self.session.run(None, feeds)
+            return dict(zip(self.output_names, values))
+        self.prepare({name: value.shape for name, value in feeds.items()})
+        for name, value in feeds.items():
+            self.view(name)[...] = value
+        self.invoke()
+        return {name: self.view(name).copy() for name in self.output_names}
+
+
+def _cascade_tflite(runners, images, values):
+    """Per-image cascade through TFLite stages with buffer views."""
+    num_exits = len(runners)
+    for runner in runners:
+        runner.prepare({
+            name: (1,) + shape[1:]
+            for name, shape in runner.input_shapes.items()
+        })
+    count = len(images)
+    labels = np.zeros(count, "int64")
+    exits = np.zeros(count, "int64")
+    confidences = np.zeros(count, "float64")
+    latency = np.zeros(count, "float64")
+    clock = time.perf_counter
+    for i in range(count):
+        start = clock()
+        runners[0].view("images")[...] = images[i:i + 1]
+        for k, runner in enumerate(runners):
+            if k:
+                previous = runners[k - 1]
+                np.copyto(runner.view("features"),
+                          previous.view("next_features"))
+                if "previous_logits" in runner.views:
+                    np.copyto(runner.view("previous_logits"),
+                              previous.view("logits"))
+            runner.invoke()
+            confidence, label = softmax_confidence(runner.view("logits")[0])
+            if k == num_exits - 1 or confidence >= values[k]:
+                break
+        latency[i] = (clock() - start) * 1e3
+        labels[i], exits[i], confidences[i] = label, k + 1, confidence
+    return labels, exits, confidences, latency
+
+
+def _cascade_generic(runners, images, values):
+    """Per-image cascade through runners called with named feeds."""
+    num_exits = len(runners)
+    count = len(images)
+    labels = np.zeros(count, "int64")
+    exits = np.zeros(count, "int64")
+    confidences = np.zeros(count, "float64")
+    latency = np.zeros(count, "float64")
+    for i in range(count):
+        start = time.perf_counter()
+        outputs = {}
+        for k, runner in enumerate(runners):
+            feeds = {}
+            for name in runner.input_names:
+                if name == "images":
+                    feeds[name] = images[i:i + 1]
+                elif name == "features":
+                    feeds[name] = outputs["next_features"]
+                else:
+                    feeds[name] = outputs["logits"]
+            outputs = runner(**feeds)
+            confidence, label = softmax_confidence(outputs["logits"][0])
+            if k == num_exits - 1 or confidence >= values[k]:
+                break
+        latency[i] = (time.perf_counter() - start) * 1e3
+        labels[i], exits[i], confidences[i] = label, k + 1, confidence
+    return labels, exits, confidences, latency
 
 
 def _convert(keras_model, path, fmt, quantize, opset):
@@ -543,28 +652,8 @@ def run_cascade(out_dir, images, thresholds=None, width=None,
     ]
     images = np.asarray(images, "float32")
     count = len(images)
-    labels = np.zeros(count, "int64")
-    exits = np.zeros(count, "int64")
-    confidences = np.zeros(count, "float64")
-    latency = np.zeros(count, "float64")
-    for i in range(count):
-        start = time.perf_counter()
-        outputs = {}
-        for k, runner in enumerate(runners):
-            feeds = {}
-            for name in runner.input_names:
-                if name == "images":
-                    feeds[name] = images[i:i + 1]
-                elif name == "features":
-                    feeds[name] = outputs["next_features"]
-                else:
-                    feeds[name] = outputs["logits"]
-            outputs = runner(**feeds)
-            confidence, label = softmax_confidence(outputs["logits"][0])
-            if k == num_exits - 1 or confidence >= values[k]:
-                break
-        latency[i] = (time.perf_counter() - start) * 1e3
-        labels[i], exits[i], confidences[i] = label, k + 1, confidence
+    cascade = _cascade_tflite if format == "tflite" else _cascade_generic
+    labels, exits, confidences, latency = cascade(runners, images, values)
     macs = np.asarray(record["cumulative_macs"])[exits - 1]
     return CascadeResult(
         labels=labels,

@@ -264,8 +264,9 @@ def softmax_confidence(logits):
     Returns:
         `(confidence, label)` arrays of shape `logits.shape[:-1]`.
     """
-    logits = np.asarray(keras.ops.convert_to_numpy(logits), "float64")
+    if not isinstance(logits, np.ndarray):
+        logits = keras.ops.convert_to_numpy(logits)
+    logits = np.asarray(logits, "float64")
+    # max_j softmax(l)_j = 1 / sum_j exp(l_j - max l).
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    probabilities = np.exp(shifted)
-    probabilities /= probabilities.sum(axis=-1, keepdims=True)
-    return probabilities.max(axis=-1), logits.argmax(axis=-1)
+    return 1.0 / np.exp(shifted).sum(axis=-1), logits.argmax(axis=-1)
