@@ -302,8 +302,8 @@ def markdown(results, args, compare):
             lines.append(f"| {q:g} | " + " | ".join(row) + " |")
     if "width_depth" in results:
         wd = results["width_depth"]
-        lines += ["", "Width x depth (hold-out half B): anytime accuracy (%) "
-                  "per width and exit, MACs (M) in brackets:", ""]
+        lines += ["", "Width x depth: anytime accuracy (%) on the whole "
+                  "hold-out per width and exit, MACs (M) in brackets:", ""]
         num = len(wd["anytime"]["1.0"])
         lines.append("| Width | " + " | ".join(
             f"exit {k + 1}" for k in range(num)) + " |")
@@ -363,6 +363,7 @@ def plot(results, path):
              "exits only (width 1.0)": wd["budget_curve"],
              "joint width x exits": wd["joint"]},
             anytime={"anytime, width 1.0": wd["anytime"]["1.0"]},
+            anytime_colors=["C1"],
             ax=axes[index], title="Width x depth (sandwich + boosting)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -20,7 +20,8 @@ def _points(values):
     return sorted(points)
 
 
-def plot_budget_curve(path, curves, anytime=None, title=None, ax=None):
+def plot_budget_curve(path, curves, anytime=None, title=None, ax=None,
+                      anytime_colors=None):
     """Draws accuracy (%) vs expected MACs per image (millions) to a PNG.
 
     Args:
@@ -32,6 +33,8 @@ def plot_budget_curve(path, curves, anytime=None, title=None, ax=None):
             per-exit accuracies of `anytime_accuracy`).
         title: Figure title.
         ax: Draw on this matplotlib axis instead of a new figure.
+        anytime_colors: Colors of the `anytime` markers (default: those of
+            the curves, in order, so a model's markers match its curve).
 
     Returns:
         The matplotlib axis.
@@ -58,11 +61,14 @@ def plot_budget_curve(path, curves, anytime=None, title=None, ax=None):
             ax.plot(points[:, 0] / 1e6, 100 * points[:, 1], "-", label=label,
                     linewidth=1.5)
     markers = iter("osD^v<>ph*")
+    colors = iter(anytime_colors or [f"C{i}" for i in range(10)])
     for label, values in (anytime or {}).items():
         points = np.asarray(_points(values))
+        color = next(colors)
         if len(points):
             ax.plot(points[:, 0] / 1e6, 100 * points[:, 1], next(markers),
-                    label=label, markersize=6, fillstyle="none")
+                    color=color, label=label, markersize=6,
+                    fillstyle="none")
     ax.set_xlabel("expected MACs per image (millions)")
     ax.set_ylabel("accuracy (%)")
     if title:
