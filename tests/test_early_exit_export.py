@@ -42,6 +42,16 @@ def test_stage_models_chain_to_the_ensembles(trained):
         assert_close(out["logits"], expected[k], atol=1e-5)
         assert_close(exits[k](x), expected[k], atol=1e-5)
     assert "next_features" not in out
+    # Plain joint training (t = 0): stages hand on features only.
+    plain = early_exit_model(ensemble_weight=0.0)
+    stages, _ = export.stage_models(plain, 1.0)
+    assert [[t.name for t in s.inputs] for s in stages] == [
+        ["images"], ["features"], ["features"]]
+    expected = plain.predict(x, verbose=0)
+    out = stages[0](x)
+    for k in (1, 2):
+        out = stages[k](out["next_features"])
+        assert_close(out["logits"], expected[k], atol=1e-5)
 
 
 def test_staged_tflite_and_onnx_run_cascade_like_predict_dynamic(
