@@ -2,13 +2,13 @@
 
 For each width, an early-exit network with `K` exits becomes `K` STAGE
 files. Stage 1 takes the images ("images") and returns exit 1's ensemble
-logits ("logits", `P_1`) and the features at the first cut
-("next_features"); stage `k` takes what stage `k - 1` handed on
-("features", and "previous_logits" = `P_{k-1}` when `t_k > 0`) and returns
-`P_k` and, unless it is the last, the features for stage `k + 1`. An app
-runs stage 1, computes the confidence (max softmax of "logits"), stops if it
-reaches the exit's threshold, else feeds the next stage: nothing is
-computed twice. Besides, one EXIT file per exit (images -> `P_k`) serves
+logits ("logits", `P_1`), their confidence ("confidence", the max softmax
+probability) and the features at the first cut ("next_features"); stage
+`k` takes what stage `k - 1` handed on ("features", and "previous_logits" =
+`P_{k-1}` when `t_k > 0`) and returns `P_k`, its confidence and, unless it
+is the last, the features for stage `k + 1`. An app runs stage 1, stops if
+"confidence" reaches the exit's threshold, else feeds the next stage:
+nothing is computed twice. Besides, one EXIT file per exit (images -> `P_k`) serves
 apps that choose a depth once.
 
 Every file is verified against Keras right after it is written (each stage
@@ -33,9 +33,9 @@ from keras_slim.early_exit.graph import new_input_like
 from keras_slim.early_exit.graph import replay
 from keras_slim.export import manifest as mf
 from keras_slim.layers.exit_head import EnsembleLogits
+from keras_slim.layers.exit_head import ExitConfidence
 from keras_slim.strip import strip
 from keras_slim.strip import width_suffix
-from keras_slim.training.boosting import softmax_confidence
 
 FORMATS = ("tflite", "onnx")
 _QUANTIZATIONS = (None, "float16", "dynamic")
@@ -64,13 +64,13 @@ def stage_models(model, width):
         `(stages, exits)`: lists of `K` functional Keras models of stock
         layers (the network stripped at `width`). Stage models take
         "images" or "features" (+ "previous_logits") and return a dict
-        with "logits" (and "next_features"); exit models map images to
-        `P_k`.
+        with "logits", "confidence" (and "next_features"); exit models map
+        images to `P_k`.
 
     Example:
 
     >>> stages, exits = stage_models(model, 1.0)
-    >>> out = stages[0](images)  # {"logits": ..., "next_features": ...}
+    >>> out = stages[0](images)  # {"logits", "confidence", "next_features"}
     """
     stripped = strip(model, width)
     structure = ExitStructure(stripped, model.after)
@@ -105,7 +105,11 @@ def stage_models(model, width):
             logits = EnsembleLogits(
                 weights[k], name=f"exit{k + 1}_ensemble"
             )([raw, previous])
-        outputs = {"logits": logits}
+        outputs = {
+            "logits": logits,
+            "confidence": ExitConfidence(
+                name=f"exit{k + 1}_confidence")(logits),
+        }
         if features is not None:
             outputs["next_features"] = features
         stages.append(keras.Model(
@@ -256,8 +260,9 @@ def _cascade_tflite(runners, images, values):
                     np.copyto(runner.view("previous_logits"),
                               previous.view("logits"))
             runner.invoke()
-            confidence, label = softmax_confidence(runner.view("logits")[0])
+            confidence = runner.view("confidence")[0]
             if k == num_exits - 1 or confidence >= values[k]:
+                label = runner.view("logits")[0].argmax()
                 break
         latency[i] = (clock() - start) * 1e3
         labels[i], exits[i], confidences[i] = label, k + 1, confidence
@@ -285,8 +290,9 @@ def _cascade_generic(runners, images, values):
                 else:
                     feeds[name] = outputs["logits"]
             outputs = runner(**feeds)
-            confidence, label = softmax_confidence(outputs["logits"][0])
+            confidence = outputs["confidence"][0]
             if k == num_exits - 1 or confidence >= values[k]:
+                label = outputs["logits"][0].argmax()
                 break
         latency[i] = (time.perf_counter() - start) * 1e3
         labels[i], exits[i], confidences[i] = label, k + 1, confidence
@@ -575,12 +581,14 @@ def run_cascade(out_dir, images, thresholds=None, width=None,
     """Runs exported stages image by image, stopping at the first confident
     exit, and measures each image's latency.
 
-    Image i runs stage 1; if the confidence (max softmax of its "logits")
-    is `>= thresholds[0]` it stops there, else stage 2 gets stage 1's
-    "next_features" (and "logits" as "previous_logits"), and so on; the
-    last stage always answers. The decision rule and the confidence are
-    those of `EarlyExitModel.predict_dynamic`, so the labels are the same
-    (up to float round-off at a threshold).
+    Image i runs stage 1; if its "confidence" output (max softmax of
+    "logits", computed in the file) is `>= thresholds[0]` it stops there,
+    else stage 2 gets stage 1's "next_features" (and "logits" as
+    "previous_logits"), and so on; the last stage always answers. The rule
+    and the confidence are those of `EarlyExitModel.predict_dynamic`, so
+    the labels are the same, up to float round-off for a sample whose
+    confidence lies within ~1e-6 of a threshold (e.g. the validation
+    sample that defines a threshold, which sits exactly on it).
 
     Args:
         out_dir: A directory written by the staged exporters.

@@ -8,5 +8,6 @@ from keras_slim.layers.convolution import SlimDepthwiseConv2D
 from keras_slim.layers.normalization import SlimBatchNormalization
 from keras_slim.layers.normalization import SwitchableBatchNormalization
 from keras_slim.layers.exit_head import EnsembleLogits
+from keras_slim.layers.exit_head import ExitConfidence
 from keras_slim.layers.exit_head import ExitHead
 from keras_slim.layers.exit_head import GradientRescale

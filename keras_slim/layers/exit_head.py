@@ -299,3 +299,23 @@ class EnsembleLogits(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "weight": self.weight}
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class ExitConfidence(keras.layers.Layer):
+    """The confidence of an exit: the max softmax probability of its logits.
+
+    The staged exports compute it in the graph, so an app compares one
+    number with the exit's threshold (`EarlyExitModel.predict_dynamic`
+    computes the same value from the logits, in float64).
+
+    Example:
+
+    >>> confidence = ExitConfidence()(logits)  # shape (batch,)
+    """
+
+    def call(self, inputs):
+        return ops.max(ops.softmax(inputs, axis=-1), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
