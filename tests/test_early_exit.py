@@ -8,6 +8,7 @@ import tensorflow as tf
 import keras_slim
 from keras_slim.early_exit import ExitStructure
 from keras_slim.layers import EnsembleLogits
+from keras_slim.layers import ExitConfidence
 from keras_slim.layers import ExitHead
 from keras_slim.layers import GradientRescale
 from keras_slim.training import boosting
@@ -71,6 +72,11 @@ def test_ensemble_weights_formats_and_errors():
     layer = EnsembleLogits(0.5)
     f, p = np.ones((2, 3), "float32"), np.full((2, 3), 2.0, "float32")
     assert_close(layer([f, p]), np.full((2, 3), 2.0))
+    logits = np.random.default_rng(0).normal(size=(4, 10)).astype("float32")
+    confidence, _ = boosting.softmax_confidence(logits)
+    assert_close(ExitConfidence()(logits), confidence, atol=1e-6)
+    assert_close(confidence, keras.ops.max(keras.ops.softmax(logits), -1),
+                 atol=1e-6)
 
 
 def test_add_exits_structure_and_cumulative_macs():
