@@ -18,6 +18,7 @@ Example:
 """
 
 from keras_slim import data
+from keras_slim import early_exit
 from keras_slim import export
 from keras_slim import graph
 from keras_slim import layers
@@ -27,6 +28,9 @@ from keras_slim import training
 from keras_slim import width
 from keras_slim.calibration import calibrate_bn
 from keras_slim.convert import slim
+from keras_slim.early_exit import EarlyExitModel
+from keras_slim.early_exit import add_exits
+from keras_slim.early_exit import calibrate_exit_thresholds
 from keras_slim.export.latency import profile_latency
 from keras_slim.model import SlimmableModel
 from keras_slim.profiling import profile

@@ -181,10 +181,10 @@ def test_lenet_expand_sqrt2_and_triangular():
 
 def test_get_lists_names_for_an_unknown_model():
     assert models.names() == [
-        "lenet_3c1l", "mobilenet_v2", "resnet20", "resnet56"
+        "lenet_3c1l", "mobilenet_v2", "resnet20", "resnet56", "resnet_exits"
     ]
     with pytest.raises(ValueError, match="Unknown model 'vgg16'.*lenet_3c1l, "
-                       "mobilenet_v2, resnet20, resnet56"):
+                       "mobilenet_v2, resnet20, resnet56, resnet_exits"):
         models.get("vgg16")
     assert isinstance(models.get("LeNet-3C1L", slimmable=False), keras.Model)
 

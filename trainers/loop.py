@@ -23,6 +23,7 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
@@ -318,31 +319,39 @@ def make_train_function(model, strategy):
 def _accuracy_function(model):
     @tf.function(reduce_retracing=True)
     def correct(images, labels):
-        logits = model(images, training=False)
-        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        hits = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)),
-                       tf.float32)
-        return tf.reduce_sum(hits), tf.cast(tf.size(labels), tf.float32)
+        outputs = model(images, training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]  # early-exit models: one output per exit
+        hits = []
+        for logits in outputs:
+            predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            hits.append(tf.reduce_sum(tf.cast(
+                tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)))
+        return tf.stack(hits), tf.cast(tf.size(labels), tf.float32)
 
     return correct
 
 
-def evaluate_widths(model, dataset, widths):
+def evaluate_widths(model, dataset, widths, per_output=False):
     """Top-1 accuracy of `model` on `dataset` at each width.
 
     Runs on this process only (no strategy), at the statistics `set_width`
-    selects (calibrated ones when `calibrate_bn` ran).
+    selects (calibrated ones when `calibrate_bn` ran). For a model with
+    several outputs (an early-exit model) the accuracy is the last
+    output's; with `per_output=True` each entry is the list of every
+    output's accuracy.
     """
     correct_fn = _accuracy_function(model)
     accuracies = []
     for width in widths:
         model.set_width(width)
-        hits = total = 0.0
+        hits, total = 0.0, 0.0
         for images, labels in dataset:
             batch_hits, batch_total = correct_fn(images, labels)
-            hits += float(batch_hits)
+            hits = hits + batch_hits.numpy().astype("float64")
             total += float(batch_total)
-        accuracies.append(hits / max(total, 1.0))
+        per = [float(h) / max(total, 1.0) for h in np.atleast_1d(hits)]
+        accuracies.append(per if per_output else per[-1])
     model.set_width(model.width_range[1])
     return accuracies
 
@@ -650,7 +659,7 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
         model, calibration_ds, widths=widths, num_batches=num_batches,
         verbose=0,
     )
-    accuracies = evaluate_widths(model, val_ds, widths)
+    accuracies = evaluate_widths(model, val_ds, widths, per_output=True)
     report = {
         "method": config.method,
         "model": config.model,
@@ -662,7 +671,10 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
             {
                 "width": float(width),
                 "channels": [int(c) for c in model.channels_for(width)],
-                "accuracy": float(accuracy),
+                "accuracy": float(accuracy[-1]),
+                # One accuracy per exit for early-exit models.
+                **({"exit_accuracies": accuracy} if len(accuracy) > 1
+                   else {}),
             }
             for width, accuracy in zip(widths, accuracies)
         ],

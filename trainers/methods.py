@@ -16,6 +16,7 @@ Example:
 """
 
 import dataclasses
+import functools
 import importlib
 import json
 from typing import Callable, Optional
@@ -171,6 +172,58 @@ register(Method(
 ))
 
 
+def build_early_exit(config, input_shape, num_classes, slim_kwargs,
+                     boosted=True):
+    """Builds `config.model` as a `keras_slim.EarlyExitModel`.
+
+    `config.model` is an early-exit zoo model (`resnet_exits`) or
+    `package.module:function` returning an `EarlyExitModel`. `boosted=False`
+    (`--method=exits_plain`) builds it with ensemble weight 0: plain joint
+    training of every exit, the MSDNet baseline, through the same step.
+    """
+    kwargs = dict(slim_kwargs)
+    if not boosted and ":" not in config.model:
+        # A module:function builder chooses its own weight (checked below).
+        kwargs["ensemble_weight"] = 0.0
+    model = build_slimmable(config, input_shape, num_classes, kwargs,
+                            expect=keras_slim.EarlyExitModel)
+    method = "boost" if boosted else "exits_plain"
+    if model.boosted != boosted:
+        raise ValueError(
+            f"--method={method} needs "
+            + ("an ensemble weight > 0 (e.g. --model_kwargs="
+               "'{\"ensemble_weight\": 0.5}'); with 0 use "
+               "--method=exits_plain." if boosted else
+               "ensemble weight 0; drop ensemble_weight from --model_kwargs "
+               "or use --method=boost.")
+        )
+    return model
+
+register(Method(
+    "boost",
+    "BoostNet: every exit of an early-exit --model (e.g. resnet_exits) "
+    "learns what the ensemble of the exits before it gets wrong",
+    FULL,
+    distillation=False,
+    build_fn=functools.partial(build_early_exit, boosted=True),
+))
+register(Method(
+    "exits_plain",
+    "plain joint training of every exit of an early-exit --model (MSDNet; "
+    "the boosting baseline)",
+    FULL,
+    distillation=False,
+    build_fn=functools.partial(build_early_exit, boosted=False),
+))
+register(Method(
+    "boost_us",
+    "width x depth: a slimmable early-exit --model, sandwich rule over "
+    "--width_range, every width's exits boosted",
+    RANGE,
+    build_fn=functools.partial(build_early_exit, boosted=True),
+))
+
+
 def _load_builder(spec):
     module_name, _, attr = spec.partition(":")
     try:
@@ -199,7 +252,8 @@ def parse_model_kwargs(text):
     return kwargs
 
 
-def build_slimmable(config, input_shape, num_classes, slim_kwargs):
+def build_slimmable(config, input_shape, num_classes, slim_kwargs,
+                    expect=SlimmableModel):
     """Builds `config.model` as a `SlimmableModel`.
 
     `config.model` is a zoo name (`keras_slim.models.get`, which makes the
@@ -228,9 +282,15 @@ def build_slimmable(config, input_shape, num_classes, slim_kwargs):
             num_classes=num_classes,
             **{**slim_kwargs, **model_kwargs},
         )
-    if not isinstance(model, SlimmableModel):
+    if not isinstance(model, expect):
+        hint = (
+            " Early-exit methods need an early-exit model: "
+            "--model=resnet_exits, or package.module:function returning a "
+            "keras_slim.EarlyExitModel."
+            if expect is not SlimmableModel else ""
+        )
         raise ValueError(
             f"--model={config.model!r} built a {type(model).__name__}, not a "
-            "keras_slim.SlimmableModel."
+            f"keras_slim.{expect.__name__}.{hint}"
         )
     return model

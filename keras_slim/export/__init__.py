@@ -9,6 +9,10 @@ Example:
 >>> keras_slim.export.to_onnx_dynamic(model, "export/net_any_width.onnx")
 >>> keras_slim.export.to_tflite_multi(model, "export/net_multi.tflite",
 ...                                   widths=[0.25, 0.5, 1.0])
+>>> # An early-exit model: one file per stage and per exit, then a cascade.
+>>> keras_slim.export.to_tflite(early_exit_model, "stages/",
+...                             thresholds=policy)
+>>> keras_slim.export.run_cascade("stages/", images).labels
 """
 
 from keras_slim.export.latency import profile_latency
@@ -22,3 +26,8 @@ from keras_slim.export.tflite import run_tflite
 from keras_slim.export.tflite import signature_key
 from keras_slim.export.tflite import to_tflite
 from keras_slim.export.tflite import to_tflite_multi
+from keras_slim.export.staged import export_staged
+from keras_slim.export.staged import run_cascade
+from keras_slim.export.staged import stage_models
+from keras_slim.export.staged import to_onnx_staged
+from keras_slim.export.staged import to_tflite_staged

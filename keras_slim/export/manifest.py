@@ -256,11 +256,12 @@ class Staging:
     def file(self, name):
         return os.path.join(self.path, name)
 
-    def commit(self, entries, model):
+    def commit(self, entries, model, extra=None):
         """Moves the staged files into `out_dir`, then writes the manifest.
 
         Entries of an existing manifest for other files are kept, so that
-        e.g. a TFLite and an ONNX export can share one directory.
+        e.g. a TFLite and an ONNX export can share one directory. `extra`:
+        more top-level manifest fields (e.g. an early-exit section).
         """
         manifest_path = os.path.join(self.out_dir, MANIFEST_NAME)
         previous = read_manifest(self.out_dir, missing_ok=True)
@@ -286,6 +287,7 @@ class Staging:
             .isoformat(timespec="seconds"),
             "exports": kept + entries,
         }
+        manifest.update(extra or {})
         write_json_atomic(manifest_path, manifest, self.out_dir)
         self.cleanup()
         return manifest

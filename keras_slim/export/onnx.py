@@ -77,7 +77,7 @@ def run_onnx(path, *inputs):
 
 
 def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
-            fold_bn=False):
+            fold_bn=False, **early_exit_kwargs):
     """Exports one verified `.onnx` file per width, plus `manifest.json`.
 
     Each width is stripped (`keras_slim.strip`) and converted with
@@ -113,9 +113,28 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
     >>> import onnxruntime as ort
     >>> session = ort.InferenceSession("export/net_w0.35.onnx")
     >>> logits = session.run(None, {"input": x})[0]
+
+    A `keras_slim.EarlyExitModel` is exported stage by stage (plus one file
+    per exit); see `keras_slim.export.export_staged`.
     """
     import tensorflow as tf
 
+    from keras_slim.export.tflite import _is_early_exit
+
+    if _is_early_exit(model):
+        from keras_slim.export import staged
+
+        if fold_bn:
+            raise ValueError("fold_bn is not supported for staged export.")
+        return staged.export_staged(
+            model, out_dir, widths=widths, format="onnx", opset=opset,
+            tolerance=tolerance, **early_exit_kwargs,
+        )
+    if early_exit_kwargs:
+        raise TypeError(
+            f"Unexpected arguments {sorted(early_exit_kwargs)} (they apply "
+            "to early-exit models only)."
+        )
     mf.check_model(model)
     _check_opset(opset)
     plans = mf.check_widths(model, widths)
@@ -309,7 +328,14 @@ def to_onnx_dynamic(model, path, opset=17, check_widths=None, tolerance=None):
     """
     import tensorflow as tf
 
+    from keras_slim.export.tflite import _is_early_exit
+
     mf.check_model(model)
+    if _is_early_exit(model):
+        raise ValueError(
+            "to_onnx_dynamic() writes a single-output graph; export an "
+            "early-exit model stage by stage with to_onnx()."
+        )
     _check_opset(opset)
     low, high = model.width_range
     if check_widths is None:

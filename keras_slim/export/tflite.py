@@ -117,6 +117,7 @@ def to_tflite(
     representative_data=None,
     tolerance=None,
     fold_bn=False,
+    **early_exit_kwargs,
 ):
     """Exports one verified `.tflite` file per width, plus `manifest.json`.
 
@@ -174,7 +175,26 @@ def to_tflite(
     ...     model, "export/", widths=[0.25, 0.5, 1.0], quantize="int8",
     ...     representative_data=x_train[:200])
     >>> [(e["file"], e["macs"]) for e in manifest["exports"]]
+
+    A `keras_slim.EarlyExitModel` is exported stage by stage (plus one file
+    per exit); see `keras_slim.export.export_staged`, which also takes
+    `thresholds`.
     """
+    if _is_early_exit(model):
+        from keras_slim.export import staged
+
+        if fold_bn:
+            raise ValueError("fold_bn is not supported for staged export.")
+        return staged.export_staged(
+            model, out_dir, widths=widths, format="tflite",
+            quantize=quantize, representative_data=representative_data,
+            tolerance=tolerance, **early_exit_kwargs,
+        )
+    if early_exit_kwargs:
+        raise TypeError(
+            f"Unexpected arguments {sorted(early_exit_kwargs)} (they apply "
+            "to early-exit models only)."
+        )
     mf.check_model(model)
     mf.check_quantize(quantize, representative_data)
     plans = mf.check_widths(model, widths)
@@ -205,6 +225,12 @@ def to_tflite(
                 format="tflite", quantization=quantize or "float32",
             ))
         return stage.commit(entries, model)
+
+
+def _is_early_exit(model):
+    from keras_slim.early_exit.model import EarlyExitModel
+
+    return isinstance(model, EarlyExitModel)
 
 
 def signature_key(width):
@@ -269,6 +295,11 @@ def to_tflite_multi(
     import tensorflow as tf
 
     mf.check_model(model)
+    if _is_early_exit(model):
+        raise ValueError(
+            "to_tflite_multi() writes single-output widths; export an "
+            "early-exit model stage by stage with to_tflite()."
+        )
     mf.check_quantize(quantize, representative_data)
     plans = mf.check_widths(model, widths)
     samples = mf.as_samples(model, representative_data,

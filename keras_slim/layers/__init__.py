@@ -10,3 +10,7 @@ from keras_slim.layers.convolution import SlimSeparableConv2D
 from keras_slim.layers.normalization import SlimBatchNormalization
 from keras_slim.layers.normalization import SlimLayerNormalization
 from keras_slim.layers.normalization import SwitchableBatchNormalization
+from keras_slim.layers.exit_head import EnsembleLogits
+from keras_slim.layers.exit_head import ExitConfidence
+from keras_slim.layers.exit_head import ExitHead
+from keras_slim.layers.exit_head import GradientRescale

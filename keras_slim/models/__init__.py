@@ -11,6 +11,7 @@ Example:
 ...                               width_multiplier=0.5)
 """
 
+from keras_slim.models.exits import resnet_exits
 from keras_slim.models.lenet import lenet_3c1l
 from keras_slim.models.mobilenet_v2 import mobilenet_v2
 from keras_slim.models.resnet import resnet20
@@ -22,6 +23,7 @@ _REGISTRY = {
     "mobilenet_v2": mobilenet_v2,
     "resnet20": resnet20,
     "resnet56": resnet56,
+    "resnet_exits": resnet_exits,
 }
 
 
@@ -31,7 +33,7 @@ def names():
     Example:
 
     >>> keras_slim.models.names()
-    ['lenet_3c1l', 'mobilenet_v2', 'resnet20', 'resnet56']
+    ['lenet_3c1l', 'mobilenet_v2', 'resnet20', 'resnet56', 'resnet_exits']
     """
     return sorted(_REGISTRY)
 
@@ -72,4 +74,5 @@ __all__ = [
     "resnet20",
     "resnet56",
     "resnet_cifar",
+    "resnet_exits",
 ]

@@ -1,0 +1,293 @@
+"""`add_exits`: turn a Keras backbone into an `EarlyExitModel`."""
+
+import keras
+
+from keras_slim import graph as graph_lib
+from keras_slim.early_exit import graph
+from keras_slim.early_exit.model import EarlyExitModel
+from keras_slim.layers.exit_head import ExitHead
+from keras_slim.layers.exit_head import GradientRescale
+from keras_slim.layers.convolution import SlimKernelMixin
+from keras_slim.model import SlimmableModel
+from keras_slim.training import boosting
+
+
+def _functional(backbone):
+    if isinstance(backbone, keras.Sequential):
+        if not backbone.built or not backbone.inputs:
+            raise ValueError(
+                "add_exits() needs a built backbone with a known input "
+                "shape: add a keras.Input to the Sequential model."
+            )
+        inputs = keras.Input(batch_shape=backbone.inputs[0].shape)
+        outputs = inputs
+        for layer in backbone.layers:
+            outputs = layer(outputs)
+        return keras.Model(inputs, outputs, name=backbone.name)
+    if not getattr(backbone, "inputs", None):
+        raise ValueError(
+            "add_exits() takes a Sequential or functional Keras model (or a "
+            "keras_slim.SlimmableModel of one); got a subclassed "
+            f"{type(backbone).__name__}. Rebuild it with the functional API."
+        )
+    return backbone
+
+
+def _slim_settings(model):
+    """`slim()` arguments that rebuild `model`'s width behaviour."""
+    triangular = any(
+        getattr(layer, "triangular", False)
+        for layer in graph_lib.all_layers(model.network)
+        if isinstance(layer, SlimKernelMixin)
+    )
+    settings = {
+        "divisor": model.divisor,
+        "min_channels": model.min_channels,
+        "triangular": triangular,
+    }
+    if model.widths is not None:
+        settings["widths"] = list(model.widths)
+        settings["switchable_bn"] = model.switchable
+    else:
+        settings["width_range"] = tuple(model.width_range)
+    return settings
+
+
+def _head_for(head, index, num_classes):
+    name = f"exit{index}_head"
+    if head is None:
+        head = ExitHead()
+    if isinstance(head, ExitHead):
+        config = dict(head.get_config(), name=name)
+        if config.get("num_classes") not in (None, num_classes):
+            raise ValueError(
+                f"The head template has num_classes={config['num_classes']} "
+                f"but the backbone outputs {num_classes} classes."
+            )
+        config["num_classes"] = num_classes
+        return lambda x: ExitHead.from_config(config).inline(x)
+    if callable(head):
+        return lambda x: head(x, index)
+    raise ValueError(
+        "`head` must be None (a default ExitHead), an ExitHead used as a "
+        "template, or a function (features, exit_index) -> logits tensor; "
+        f"got {head!r}."
+    )
+
+
+def insert_gradient_rescale(network, after):
+    """Rebuilds `network` with MSDNet's gradient equilibrium at each exit.
+
+    After each cut, the exit head reads the features through a
+    `GradientRescale(1 / (N - i))` and the rest of the network through a
+    `GradientRescale((N - i - 1) / (N - i))` (see
+    `keras_slim.training.boosting.gradient_rescale_scales`). The forward
+    pass is unchanged; the layers are shared with `network`.
+
+    Args:
+        network: A functional early-exit network (one output per exit).
+        after: The layer names of its cuts.
+
+    Returns:
+        A new functional `keras.Model`.
+    """
+    structure = graph.ExitStructure(network, after)
+    scales = boosting.gradient_rescale_scales(structure.num_exits)
+    cut_ids = {id(t): k for k, t in enumerate(structure.cuts)}
+    head_entry = {}  # id(node) -> index of the cut it reads
+    for k, nodes in enumerate(structure.head_nodes):
+        for node in nodes:
+            if any(id(t) == id(structure.cuts[k]) for t in node.input_tensors):
+                head_entry[id(node)] = k
+    (old_input,) = network.inputs
+    new_input = graph.new_input_like(
+        old_input, old_input._keras_history.operation.name
+    )
+    tensors = {id(old_input): new_input}
+    head_inputs = {}
+
+    def override(node):
+        k = head_entry.get(id(node))
+        return None if k is None else {id(structure.cuts[k]): head_inputs[k]}
+
+    for node in graph.network_nodes(network):
+        if node.is_input:
+            continue
+        graph.replay([node], tensors, override)
+        for tensor in node.outputs:
+            k = cut_ids.get(id(tensor))
+            if k is None:
+                continue
+            head_scale, trunk_scale = scales[k]
+            features = tensors[id(tensor)]
+            head_inputs[k] = GradientRescale(
+                head_scale, name=f"exit{k + 1}_head_grad_rescale"
+            )(features)
+            tensors[id(tensor)] = GradientRescale(
+                trunk_scale, name=f"exit{k + 1}_trunk_grad_rescale"
+            )(features)
+    outputs = [tensors[id(t)] for t in network.outputs]
+    return keras.Model(new_input, outputs, name=network.name)
+
+
+def add_exits(
+    backbone,
+    after,
+    head=None,
+    ensemble_weight=0.5,
+    gradient_rescale=True,
+    width_range=None,
+    widths=None,
+    name=None,
+    **slim_kwargs,
+):
+    """Adds early exits to a Keras backbone: an `EarlyExitModel`.
+
+    After each layer named in `after`, a head (by default a
+    `keras_slim.layers.ExitHead`) classifies the features there; the
+    backbone's own output is the last exit. Layers and weights of the
+    backbone are kept. Each exit layer must be one every path from the input
+    passes through (a block output, not a layer inside a residual block):
+    staged inference hands on exactly that tensor.
+
+    Width and depth together: pass `width_range` or `widths` (and any
+    `keras_slim.slim` argument) to make backbone and heads slimmable, or
+    pass a `SlimmableModel` whose max width is 1.0 (its weights at width 1.0
+    and its width settings are used; per-width private BN rows and BN
+    calibrations are not carried over: recalibrate after training).
+
+    Args:
+        backbone: A functional or Sequential Keras model with one input and
+            one output (logits), or a `keras_slim.SlimmableModel`.
+        after: Layer names, in the order the network computes them, after
+            which exits branch off.
+        head: None (a default `ExitHead`), an `ExitHead` used as a template
+            (copied per exit as `exit<k>_head`, `num_classes` filled in), or
+            a function `(features, exit_index) -> logits` that builds a
+            custom head with Keras layers.
+        ensemble_weight: BoostNet's `t` (see `EarlyExitModel`); 0 gives
+            plain joint training (MSDNet).
+        gradient_rescale: Insert MSDNet's gradient equilibrium
+            (`GradientRescale` layers; identity at inference).
+        width_range, widths: Make the network slimmable (see
+            `keras_slim.slim`).
+        name: Model name (default: the backbone's name + "_exits").
+        **slim_kwargs: More arguments of `keras_slim.slim` (divisor,
+            triangular, bn_momentum, ...).
+
+    Returns:
+        A `keras_slim.EarlyExitModel`.
+
+    Raises:
+        ValueError: for an empty `after`, an unknown or repeated layer, a
+            layer that is not a cut point, exits out of computation order, or
+            a backbone with several inputs or outputs.
+
+    Example:
+
+    >>> backbone = keras_slim.models.resnet20(slimmable=False)
+    >>> model = keras_slim.add_exits(
+    ...     backbone, after=["stage1_block3_relu", "stage2_block3_relu"],
+    ...     head=keras_slim.layers.ExitHead(filters=(32,)))
+    >>> [e["macs"] for e in model.exits]
+    """
+    from keras_slim.convert import slim
+    from keras_slim.stripping import strip
+
+    if isinstance(after, str):
+        after = [after]
+    after = list(after or [])
+    if not after:
+        raise ValueError(
+            "add_exits() needs at least one layer name in `after`: a model "
+            "without early exits is just the backbone."
+        )
+    if len(set(after)) != len(after) or not all(
+        isinstance(a, str) for a in after
+    ):
+        raise ValueError(
+            f"`after` must list distinct layer names; got {after}."
+        )
+    settings = dict(slim_kwargs)
+    if width_range is not None:
+        settings["width_range"] = width_range
+    if widths is not None:
+        settings["widths"] = widths
+    if isinstance(backbone, SlimmableModel):
+        if backbone.width_range[1] != 1.0:
+            raise ValueError(
+                "add_exits() rebuilds a SlimmableModel from its weights at "
+                f"width 1.0; this one's max width is "
+                f"{backbone.width_range[1]}. Pass the stock Keras backbone "
+                "with width_range/widths instead."
+            )
+        settings = {**_slim_settings(backbone), **settings}
+        if "widths" in settings and "width_range" in settings:
+            settings.pop("widths" if width_range is not None else
+                         "width_range")
+        backbone = strip(backbone, 1.0)
+    functional = _functional(backbone)
+    if len(functional.inputs) != 1 or len(functional.outputs) != 1:
+        raise ValueError(
+            "add_exits() needs a backbone with one input and one output "
+            f"(logits); this one has {len(functional.inputs)} inputs and "
+            f"{len(functional.outputs)} outputs."
+        )
+    output = functional.outputs[0]
+    if len(output.shape) != 2:
+        raise ValueError(
+            "The backbone's output must be logits of shape (batch, classes); "
+            f"got {tuple(output.shape)}."
+        )
+    num_classes = int(output.shape[-1])
+    output_layer = output._keras_history.operation.name
+    if output_layer in after:
+        raise ValueError(
+            f"'{output_layer}' is the backbone's output layer: the last exit "
+            "is always the backbone's own output."
+        )
+    cut_nodes = {id(graph.layer_node(functional, n)): i
+                 for i, n in enumerate(after)}
+
+    # The backbone's graph again, with a head after every cut.
+    (old_input,) = functional.inputs
+    new_input = graph.new_input_like(
+        old_input, old_input._keras_history.operation.name
+    )
+    tensors = {id(old_input): new_input}
+    exit_outputs = {}
+    for node in graph.network_nodes(functional):
+        if node.is_input:
+            continue
+        graph.replay([node], tensors)
+        if id(node) in cut_nodes:
+            k = cut_nodes[id(node)]
+            build = _head_for(head, k + 1, num_classes)
+            exit_outputs[k] = build(tensors[id(node.outputs[0])])
+    outputs = [exit_outputs[k] for k in range(len(after))]
+    outputs.append(tensors[id(output)])
+    network = keras.Model(new_input, outputs, name=functional.name)
+    graph.ExitStructure(network, after)  # clear errors before slimming
+
+    model_kwargs = {}
+    if settings:
+        slim_model = slim(network, **settings)
+        network = slim_model.network
+        model_kwargs = {
+            "divisor": slim_model.divisor,
+            "min_channels": slim_model.min_channels,
+            "base_channels": slim_model.base_channels,
+        }
+        if slim_model.widths is not None:
+            model_kwargs["widths"] = slim_model.widths
+        else:
+            model_kwargs["width_range"] = slim_model.width_range
+    if gradient_rescale:
+        network = insert_gradient_rescale(network, after)
+    return EarlyExitModel(
+        network,
+        after=after,
+        ensemble_weight=ensemble_weight,
+        name=name or f"{functional.name}_exits",
+        **model_kwargs,
+    )

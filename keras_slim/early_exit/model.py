@@ -1,0 +1,536 @@
+"""`EarlyExitModel`: a network with several exits, trained with `model.fit`."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_slim import graph as graph_lib
+from keras_slim import width as width_lib
+from keras_slim.early_exit import budget as budget_lib
+from keras_slim.early_exit.graph import ExitStructure
+from keras_slim.layers import scope as aw
+from keras_slim.layers.convolution import SlimKernelMixin
+from keras_slim.model import SlimmableModel
+from keras_slim.model import _metric_for_width
+from keras_slim.training import boosting
+from keras_slim.training import steps
+
+_CROSSENTROPY = {
+    "sparse_categorical_crossentropy":
+        keras.losses.SparseCategoricalCrossentropy,
+    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+}
+
+
+def _exit_loss(loss):
+    """The per-exit loss object: a `keras.losses.Loss` on logits."""
+    if loss is None:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if isinstance(loss, str) and loss.lower() in _CROSSENTROPY:
+        # Exits output logits (ensembles of logits are not probabilities).
+        return _CROSSENTROPY[loss.lower()](from_logits=True)
+    if isinstance(loss, (dict, list, tuple)):
+        raise ValueError(
+            "EarlyExitModel takes ONE loss, applied to every exit; got "
+            f"{type(loss).__name__} {loss!r}."
+        )
+    if isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        if loss.get_config().get("from_logits") is False:
+            raise ValueError(
+                "The exits of an EarlyExitModel output logits; pass the loss "
+                f"with from_logits=True (got {type(loss).__name__} with "
+                "from_logits=False)."
+            )
+        return loss
+    if callable(loss):
+        return keras.losses.LossFunctionWrapper(loss)
+    raise ValueError(
+        f"Unsupported loss {loss!r}: pass a loss name, a keras.losses.Loss "
+        "or a function (y_true, y_pred) -> values."
+    )
+
+
+@dataclasses.dataclass
+class DynamicPrediction:
+    """What `EarlyExitModel.predict_dynamic` returns.
+
+    Attributes:
+        labels: Predicted class per sample (int array).
+        exits: The exit each sample left at, 1-based (`1..num_exits`).
+        macs: Multiply-accumulates each sample cost: the cumulative MACs of
+            its exit (every block and every head up to it).
+        confidences: Max softmax of the ensemble at the exit taken.
+        width: The width the network ran at.
+    """
+
+    labels: np.ndarray
+    exits: np.ndarray
+    macs: np.ndarray
+    confidences: np.ndarray
+    width: object
+
+    @property
+    def mean_macs(self):
+        """Average MACs per sample."""
+        return float(np.mean(self.macs)) if len(self.macs) else 0.0
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class EarlyExitModel(SlimmableModel):
+    """A network with several exits whose ensembles boost each other.
+
+    Wraps a functional network with one output per exit: the raw logits
+    `f_1..f_N` of each exit head, in exit order (usually built by
+    `keras_slim.add_exits` or the zoo's `keras_slim.models.resnet_exits`).
+    Calling the model returns the ensemble logits of every exit, a list in
+    exit order: `P_1 = f_1`, `P_n = f_n + t_n * P_{n-1}` (BoostNet; `t = 0`
+    gives every exit its own `f_n`, as in MSDNet).
+
+    - `fit` trains every exit in one step: exit n on
+      `CE(f_n + stop_gradient(t_n * P_{n-1}), y)` (whose value is
+      `CE(P_n, y)`), the per-exit losses summed. Per-exit losses and
+      metrics are logged as `loss_exit1`, `accuracy_exit3`, ...
+    - `evaluate` reports the same per-exit figures for the ensembles.
+    - `exits` describes every exit, with its cumulative MACs (every block
+      and every head up to it: what a sample that leaves there has paid).
+    - `predict_dynamic(x, thresholds)` runs budgeted inference: each sample
+      leaves at the first exit whose confidence (max softmax of `P_n`)
+      reaches that exit's threshold (see
+      `keras_slim.calibrate_exit_thresholds`).
+    - Width and depth together: an `EarlyExitModel` is a `SlimmableModel`.
+      When its network has slim layers, `set_width` applies to backbone and
+      heads, `calibrate_bn` and `strip` work as for any slimmable network,
+      and `fit` trains every sandwich width's exits in each step. Without
+      slim layers it is an ordinary (width 1.0) early-exit network.
+
+    Args:
+        network: A built functional `keras.Model`, one input, `N >= 2`
+            outputs (raw exit logits, same number of classes each).
+        after: The `N - 1` layer names after which the early exits branch
+            off. Every path from the input must pass through each of them
+            (this is what lets staged inference hand on one tensor).
+        ensemble_weight: `t`: one number (default 0.5), a `(start, end)`
+            pair spaced linearly over the exits, or one value per exit
+            (`t_1` has no effect). Exit n uses `t_n` in training and in
+            inference alike. 0 means plain joint training.
+        width_range, widths, divisor, min_channels, base_channels,
+            calibrations: As `SlimmableModel`. With neither `width_range`
+            nor `widths`, a network without slim layers gets `widths=[1.0]`
+            (one width) and one with slim layers `width_range=(0.25, 1.0)`.
+        outputs_logits: Must be True (the exits output logits).
+        **kwargs: Passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    >>> model = keras_slim.add_exits(backbone, after=["block2", "block4"])
+    >>> model.compile("adam", metrics=["accuracy"])
+    >>> history = model.fit(train_ds, epochs=10)
+    >>> history.history["accuracy_exit1"]
+    >>> policy = keras_slim.calibrate_exit_thresholds(
+    ...     model, (x_val, y_val), budget=0.6 * model.exits[-1]["macs"])
+    >>> result = model.predict_dynamic(x_test, policy)
+
+    Reference:
+        Yu et al., Boosted Dynamic Neural Networks, AAAI 2023
+        (https://arxiv.org/abs/2211.16726); Huang et al., Multi-Scale Dense
+        Networks for Resource Efficient Image Classification, ICLR 2018
+        (https://arxiv.org/abs/1703.09844).
+    """
+
+    def __init__(
+        self,
+        network,
+        after,
+        ensemble_weight=0.5,
+        width_range=None,
+        widths=None,
+        divisor=1,
+        min_channels=None,
+        outputs_logits=True,
+        base_channels=None,
+        calibrations=None,
+        **kwargs,
+    ):
+        if not isinstance(network, keras.Model) or not network.built:
+            raise ValueError(
+                "`network` must be a built functional keras.Model with one "
+                f"output per exit; got {network!r}."
+            )
+        if len(getattr(network, "outputs", None) or []) < 2:
+            raise ValueError(
+                "An EarlyExitModel needs a network with at least 2 outputs "
+                "(one per exit); this one has "
+                f"{len(getattr(network, 'outputs', None) or [])}. Use "
+                "keras_slim.add_exits(backbone, after=[layer names]) to add "
+                "exits to a backbone."
+            )
+        if not outputs_logits:
+            raise ValueError(
+                "The exits of an EarlyExitModel must output logits (the "
+                "ensemble adds logits); remove the final softmax."
+            )
+        classes = {int(t.shape[-1]) for t in network.outputs}
+        if len(classes) != 1 or any(len(t.shape) != 2 for t in network.outputs):
+            raise ValueError(
+                "Every exit must output logits of shape (batch, classes) "
+                "with the same number of classes; got output shapes "
+                f"{[tuple(t.shape) for t in network.outputs]}."
+            )
+        if isinstance(after, str):
+            after = [after]
+        structure = ExitStructure(network, after)  # validates `after`
+        if width_range is None and widths is None:
+            slimmable = any(
+                isinstance(layer, SlimKernelMixin) and layer.slim_out
+                for layer in graph_lib.all_layers(network)
+            )
+            if slimmable:
+                width_range = (0.25, 1.0)
+            else:
+                widths = [1.0]
+        range_kwargs = {} if width_range is None else {
+            "width_range": width_range
+        }
+        super().__init__(
+            network,
+            widths=widths,
+            divisor=divisor,
+            min_channels=min_channels,
+            outputs_logits=True,
+            base_channels=base_channels,
+            calibrations=calibrations,
+            **range_kwargs,
+            **kwargs,
+        )
+        self._structure = structure
+        self.after = list(after)
+        self.ensemble_weights = boosting.resolve_ensemble_weights(
+            ensemble_weight, structure.num_exits
+        )
+        self.num_classes = classes.pop()
+        self._exit_metrics = []
+        self._exit_loss_fn = None
+        self._costs = {}
+
+    # ----------------------------------------------------------------- exits
+    @property
+    def num_exits(self):
+        """Number of exits `N`."""
+        return self._structure.num_exits
+
+    @property
+    def boosted(self):
+        """Whether exits ensemble their predecessors (`t_n > 0` for some n)."""
+        return any(w > 0 for w in self.ensemble_weights[1:])
+
+    def exit_costs(self, width=None):
+        """MACs per stage and per exit (cumulative) at a width.
+
+        The cost of exit k is that of every layer a sample leaving there has
+        run: the backbone up to the k-th cut and heads 1..k (a sample checks
+        every exit on its way). Counted by `keras_slim.profile` on the
+        stripped network of that width.
+
+        Args:
+            width: A width (default: the current one).
+
+        Returns:
+            A dict with "stage_macs" (per stage) and "macs" (cumulative per
+            exit), lists of ints.
+        """
+        from keras_slim.profiling import profile
+        from keras_slim.stripping import strip
+
+        width = self.width if width is None else width
+        key = (tuple(self.channels_for(width)), self.width_index(width))
+        if key not in self._costs:
+            stripped = strip(self, width)
+            macs = {}
+            for row in profile(stripped)["layers"]:
+                macs[row["name"]] = macs.get(row["name"], 0) + row["macs"]
+            stages = ExitStructure(stripped, self.after).stage_layers
+            stage_macs = [int(sum(macs.get(n, 0) for n in s)) for s in stages]
+            self._costs[key] = {
+                "stage_macs": stage_macs,
+                "macs": [int(v) for v in np.cumsum(stage_macs)],
+            }
+        return {k: list(v) for k, v in self._costs[key].items()}
+
+    @property
+    def exits(self):
+        """One dict per exit, at the current width.
+
+        Keys: "index" (1-based), "name" ("exit1", ...), "after" (the layer
+        the exit branches off after; None for the last exit), "output" (the
+        layer producing its raw logits), "ensemble_weight" (`t_n`),
+        "stage_macs" and "macs" (cumulative, heads 1..k included).
+        """
+        costs = self.exit_costs()
+        outputs = self._structure.output_layer_names()
+        return [
+            {
+                "index": k + 1,
+                "name": f"exit{k + 1}",
+                "after": self.after[k] if k < len(self.after) else None,
+                "output": outputs[k],
+                "ensemble_weight": self.ensemble_weights[k],
+                "stage_macs": costs["stage_macs"][k],
+                "macs": costs["macs"][k],
+            }
+            for k in range(self.num_exits)
+        ]
+
+    # -------------------------------------------------------------- forward
+    def raw_exit_logits(self, inputs, training=False, width=None):
+        """The raw logits `f_1..f_N` of every exit head (no ensemble)."""
+        return list(super().call(inputs, training=training, width=width))
+
+    def call(self, inputs, training=None, width=None):
+        raw = super().call(inputs, training=training, width=width)
+        return boosting.ensemble_logits(list(raw), self.ensemble_weights)
+
+    def predict_dynamic(self, x, thresholds, width=None, batch_size=256):
+        """Budgeted inference: each sample leaves at its first confident exit.
+
+        Sample i leaves at the first exit k whose confidence (max softmax of
+        `P_k`) is `>= thresholds[k]`; the last exit takes every sample left.
+        This computes every exit of the batch and then selects (the result
+        is what an early-stopping runtime returns; `run_cascade` is that
+        runtime for the exported stages).
+
+        Args:
+            x: Inputs (numpy array or dataset of inputs / (inputs, labels)).
+            thresholds: An `ExitPolicy` from `calibrate_exit_thresholds`
+                (its width is used), or `num_exits - 1` numbers.
+            width: Width to run at (default: the policy's, else the
+                current width). The model's width is restored afterwards.
+            batch_size: Batch size of the forward passes.
+
+        Returns:
+            A `DynamicPrediction` (labels, 1-based exits, MACs per sample).
+
+        Raises:
+            ValueError: for a thresholds list of the wrong length or with
+                non-numbers.
+
+        Example:
+
+        >>> result = model.predict_dynamic(x_test, policy)
+        >>> result.mean_macs, np.bincount(result.exits)
+        """
+        values, policy_width = budget_lib.check_thresholds(
+            thresholds, self.num_exits
+        )
+        width = width if width is not None else policy_width
+        with budget_lib.at_width(self, width):
+            cache = budget_lib.exit_logits(self, x, batch_size=batch_size)
+        exits = budget_lib.assign_exits(cache.confidences, values)
+        index = np.arange(exits.size)
+        return DynamicPrediction(
+            labels=cache.predictions[exits, index],
+            exits=exits + 1,
+            macs=np.asarray(cache.cumulative_macs)[exits],
+            confidences=cache.confidences[exits, index],
+            width=cache.width,
+        )
+
+    # ------------------------------------------------------------- training
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        metrics=None,
+        *,
+        sandwich_size=4,
+        inplace_distillation=True,
+        per_replica_widths=False,
+        width_seed=0,
+        **kwargs,
+    ):
+        """Configures training; see `keras.Model.compile`.
+
+        Args:
+            optimizer: As `keras.Model.compile`.
+            loss: ONE loss on logits, applied to every exit (default: sparse
+                categorical cross-entropy from logits; the names
+                "sparse_categorical_crossentropy" and
+                "categorical_crossentropy" are taken with
+                `from_logits=True`).
+            metrics: Metrics computed per exit on its ensemble logits and
+                logged as `<name>_exit<k>` (e.g. `accuracy_exit3`).
+            sandwich_size, inplace_distillation, per_replica_widths,
+                width_seed: As `SlimmableModel.compile` (slimmable
+                networks). Distillation is per exit: a narrower width's
+                exit n learns from the widest width's detached `P_n`.
+            **kwargs: As `keras.Model.compile`.
+        """
+        exit_loss = _exit_loss(loss)
+        if isinstance(metrics, dict):
+            raise ValueError(
+                "Pass a list of metrics; EarlyExitModel computes each one "
+                "for every exit."
+            )
+        specs = list(metrics or [])
+        super().compile(
+            optimizer=optimizer,
+            loss=None,
+            metrics=None,
+            sandwich_size=sandwich_size,
+            inplace_distillation=inplace_distillation,
+            per_replica_widths=per_replica_widths,
+            width_seed=width_seed,
+            **kwargs,
+        )
+        self._exit_loss_fn = exit_loss
+        self._compile_config.config.update(loss=loss, metrics=metrics)
+        self._exit_metrics = [
+            [keras.metrics.Mean(name=f"loss_exit{k}")]
+            + [_metric_for_width(spec, f"exit{k}") for spec in specs]
+            for k in range(1, self.num_exits + 1)
+        ]
+        # Fixed narrower widths: total loss and last-exit metrics.
+        self._width_metrics = {}
+        for width in self.reported_widths[1:]:
+            tag = width_lib.width_tag(width)
+            self._width_metrics[tag] = [keras.metrics.Mean(name=f"loss_{tag}")]
+            self._width_metrics[tag] += [
+                _metric_for_width(spec, tag) for spec in specs
+            ]
+
+    @property
+    def metrics(self):
+        # Only the metrics this model updates, each once (Keras also tracks
+        # metric attributes on its own, and the parent's compile creates
+        # per-width metrics this model replaces).
+        metrics = []
+        if self.compiled and self._loss_tracker is not None:
+            metrics.append(self._loss_tracker)
+        metrics += [m for group in self._exit_metrics for m in group]
+        metrics += [m for g in self._width_metrics.values() for m in g]
+        return metrics
+
+    def _additional_losses(self):
+        losses = [self._aggregate_additional_loss(loss) for loss in self.losses]
+        return tf.add_n(losses) if losses else None
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self._exit_loss_fn is None:
+            raise ValueError("Compile the model before training it.")
+        widths = self.training_widths()
+
+        def forward(width, is_widest):
+            state = self._state(
+                width,
+                width_index=(
+                    self.widths.index(width) if self.widths else None
+                ),
+                update_moving_stats=is_widest or self.widths is not None,
+            )
+            with aw.active_width(state):
+                return list(self.network(x, training=True))
+
+        with tf.GradientTape() as tape:
+            losses, logits = boosting.multi_width_exit_losses(
+                forward,
+                widths,
+                self.ensemble_weights,
+                self._exit_loss_fn,
+                inplace_distillation=(
+                    self.inplace_distillation and len(widths) > 1
+                ),
+                sample_weight=sample_weight,
+                y=y,
+            )
+            width_totals = [tf.add_n(per_exit) for per_exit in losses]
+            total_loss = tf.add_n(width_totals)
+            extra = self._additional_losses()
+            if extra is not None:
+                total_loss = total_loss + extra
+            scaled_loss = self.optimizer.scale_loss(total_loss)
+        gradients = tape.gradient(scaled_loss, self.trainable_weights)
+        # As in SlimmableModel.train_step: dense gradients keep collective
+        # all-reduces at one shape when widths change inside a loop.
+        gradients = [
+            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+            for g in gradients
+        ]
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        self._update_metrics(x, y, sample_weight, total_loss, losses[0],
+                             logits[0])
+        for width, total, per_exit in zip(widths[1:], width_totals[1:],
+                                          logits[1:]):
+            if not isinstance(width, float):
+                continue  # random sandwich widths are not logged one by one
+            loss_metric, *metrics = self._width_metrics[
+                width_lib.width_tag(width)
+            ]
+            loss_metric.update_state(
+                steps.unscale_for_distribution(total),
+                sample_weight=self._batch_size(x),
+            )
+            for metric in metrics:
+                metric.update_state(y, per_exit[-1],
+                                    sample_weight=sample_weight)
+        return self._logs(include_widths=True)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self._exit_loss_fn is None:
+            raise ValueError("Compile the model before evaluating it.")
+        logits = self(x, training=False)
+        losses = [
+            self._exit_loss_fn(y, p, sample_weight=sample_weight)
+            for p in logits
+        ]
+        total_loss = tf.add_n(losses)
+        extra = self._additional_losses()
+        if extra is not None:
+            total_loss = total_loss + extra
+        self._update_metrics(x, y, sample_weight, total_loss, losses, logits)
+        return self._logs(include_widths=False)
+
+    @staticmethod
+    def _batch_size(x):
+        return tf.shape(tf.nest.flatten(x)[0])[0]
+
+    def _update_metrics(self, x, y, sample_weight, total_loss, losses,
+                        logits):
+        unscale = steps.unscale_for_distribution
+        batch_size = self._batch_size(x)
+        self._loss_tracker.update_state(
+            unscale(total_loss), sample_weight=batch_size
+        )
+        for (loss_metric, *metrics), loss, p in zip(
+            self._exit_metrics, losses, logits
+        ):
+            loss_metric.update_state(unscale(loss), sample_weight=batch_size)
+            for metric in metrics:
+                metric.update_state(y, p, sample_weight=sample_weight)
+
+    def _logs(self, include_widths):
+        metrics = [self._loss_tracker]
+        metrics += [m for group in self._exit_metrics for m in group]
+        if include_widths:
+            metrics += [m for g in self._width_metrics.values() for m in g]
+        logs = {}
+        for metric in metrics:
+            result = metric.result()
+            if isinstance(result, dict):
+                logs.update(result)
+            else:
+                logs[metric.name] = result
+        return logs
+
+    # --------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            after=list(self.after),
+            ensemble_weight=list(self.ensemble_weights),
+        )
+        return config
