@@ -263,11 +263,13 @@ def test_multi_worker_trains_chief_checkpoints_and_restart_resumes(tmp_path):
     cluster_run(train_steps=6)
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
     assert (model_dir / "report.json").exists()
-    # Only the chief (worker 0) wrote to model_dir; the other worker's
-    # checkpoint copies went to its own temporary directory, now removed.
+    # Only the chief (worker 0) wrote to model_dir (including the final
+    # model.keras); the other worker's checkpoint copies went to its own
+    # temporary directory, now removed.
     names = {p.name for p in model_dir.iterdir()}
     assert {n for n in names if not n.startswith("ckpt-")} == {
-        "checkpoint", "run_config.json", "report.json", "train", "eval"}
+        "checkpoint", "run_config.json", "report.json", "model.keras",
+        "train", "eval"}
     assert len(list((model_dir / "train").glob("events.out.*"))) == 1
     assert list(scratch.iterdir()) == []
 

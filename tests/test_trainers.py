@@ -207,7 +207,7 @@ def test_each_method_builds_its_network(name, widths, switchable, triangular):
 
 def test_unknown_method_and_bad_model_kwargs_are_clear():
     with pytest.raises(ValueError, match="Known methods: awn, awn_rs"):
-        methods.get("repr")
+        methods.get("no_such_method")
     with pytest.raises(ValueError, match="JSON object"):
         methods.parse_model_kwargs("padding=same")
     with pytest.raises(ValueError, match="cannot import"):

@@ -158,6 +158,39 @@ def define_flags():
         "Label smoothing of the cross-entropy on the labels.",
     )
 
+    # RePr (--method=repr).
+    flags.DEFINE_integer(
+        "repr_s1", _DEFAULTS.repr_s1,
+        "RePr: epochs of full-network training before each drop (the "
+        "paper's S1).",
+    )
+    flags.DEFINE_integer(
+        "repr_s2", _DEFAULTS.repr_s2,
+        "RePr: epochs the sub-network trains with the dropped filters out "
+        "(the paper's S2).",
+    )
+    flags.DEFINE_integer(
+        "repr_cycles", _DEFAULTS.repr_cycles,
+        "RePr: drop / re-initialise cycles; training continues normally "
+        "after them.",
+    )
+    flags.DEFINE_float(
+        "repr_drop_fraction", _DEFAULTS.repr_drop_fraction,
+        "RePr: share of all ranked filters dropped each cycle (one global "
+        "cut-off), in (0, 1).",
+    )
+    flags.DEFINE_enum(
+        "repr_ranking", _DEFAULTS.repr_ranking,
+        ["orthogonality", "l1", "l2"],
+        "RePr: filter ranking; orthogonality (the paper) or l1/l2 norm "
+        "(smallest dropped first, the paper's ablation).",
+    )
+    flags.DEFINE_enum(
+        "repr_cutoff", _DEFAULTS.repr_cutoff, ["global", "per_layer"],
+        "RePr: one cut-off over the filters of all layers (global, the "
+        "paper) or the same share dropped from every layer (per_layer).",
+    )
+
     # Distribution.
     flags.DEFINE_enum(
         "strategy", "default", list(distribute.STRATEGIES),

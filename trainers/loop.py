@@ -96,6 +96,13 @@ class TrainConfig:
     export: tuple = ()
     quantize: str = ""
     verbose: int = 1
+    # RePr (--method=repr): schedule in epochs, share of filters dropped.
+    repr_s1: int = 20
+    repr_s2: int = 10
+    repr_cycles: int = 3
+    repr_drop_fraction: float = 0.3
+    repr_ranking: str = "orthogonality"
+    repr_cutoff: str = "global"
 
     def resolved_model_kwargs(self):
         """`--model_kwargs`, or the model's default when it is empty."""
@@ -125,6 +132,13 @@ class TrainConfig:
             "optimizer": self.optimizer,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            **({"repr": {
+                "s1": self.repr_s1, "s2": self.repr_s2,
+                "cycles": self.repr_cycles,
+                "drop_fraction": self.repr_drop_fraction,
+                "ranking": self.repr_ranking,
+                "cutoff": self.repr_cutoff,
+            }} if self.method == "repr" else {}),
         }))
 
 
@@ -288,18 +302,21 @@ def build_compiled_model(config, info, steps_per_epoch, total_steps,
 
 
 # ------------------------------------------------------------------- loop
-def make_train_function(model, strategy):
+def make_train_function(model, strategy, controller=None):
     """A `tf.function(iterator, num_steps) -> logs` running `num_steps` steps.
 
     Each step is `strategy.run(model.train_step, ...)`: the very step
     `model.fit` runs. Metrics are reset at the start of a call, so the
     returned logs (read in cross-replica context, i.e. over every replica)
     average over the call's steps. `num_steps` is a tensor: calls of any
-    length share one trace.
+    length share one trace. A method's `controller` (RePr) wraps the step.
     """
+    step_fn = model.train_step
+    if controller is not None:
+        step_fn = controller.wrap_train_step(step_fn)
     # As in Keras' own train function: the step is traced as written, not
     # rewritten by AutoGraph (its Python loops over widths must stay Python).
-    step_fn = tf.autograph.experimental.do_not_convert(model.train_step)
+    step_fn = tf.autograph.experimental.do_not_convert(step_fn)
 
     @tf.function
     def train_steps(iterator, num_steps):
@@ -567,8 +584,13 @@ def train(config, strategy=None):
             config, info, steps_per_epoch, total_steps, stream.element_spec
         )
     optimizer = model.optimizer
+    # Methods that change the network between steps (RePr) keep their
+    # state in the checkpoint too.
+    controller = method.make_controller(config, model, steps_per_epoch)
+    extra_state = {} if controller is None else {"method": controller.state}
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, rng_states=_checkpointed_state(model)
+        model=model, optimizer=optimizer, rng_states=_checkpointed_state(model),
+        **extra_state,
     )
     restored = _restore(checkpoint, model_dir)
     if is_chief:
@@ -577,6 +599,8 @@ def train(config, strategy=None):
     start_step = int(optimizer.iterations.numpy())
     if restored:
         logging.info("Resumed from step %d (%s).", start_step, restored)
+    if controller is not None:
+        controller.update(start_step)  # checks the restored state's step
     if start_step >= total_steps and deploy.is_complete(model_dir,
                                                         config.export):
         logging.info("%s is a finished run; nothing to do.", model_dir)
@@ -598,7 +622,7 @@ def train(config, strategy=None):
             config, train_ds, info.num_classes, start_step
         )
     iterator = iter(strategy.experimental_distribute_dataset(stream))
-    train_steps = make_train_function(model, strategy)
+    train_steps = make_train_function(model, strategy, controller)
     progress = None
     every = max(1, config.checkpoint_every_steps or total_steps)
     steps_per_loop = max(1, config.steps_per_loop)
@@ -612,8 +636,15 @@ def train(config, strategy=None):
         # Stop at checkpoint steps, so that a resumed run lands on them too.
         num_steps = min(steps_per_loop, total_steps - step,
                         every - step % every)
+        if controller is not None:
+            # ... and at the method's events, which run between steps.
+            event = controller.next_event_step(step)
+            if event is not None:
+                num_steps = min(num_steps, event - step)
         logs = train_steps(iterator, tf.constant(num_steps, tf.int32))
         step = int(optimizer.iterations.numpy())
+        if controller is not None:
+            controller.update(step)
         logs = {name: float(value) for name, value in logs.items()}
         logs["learning_rate"] = float(optimizer.learning_rate.numpy())
         write_scalars(writer, step, logs)

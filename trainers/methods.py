@@ -48,6 +48,13 @@ class Method:
             keras.Model` for methods whose network is not a zoo/custom model
             made slimmable (e.g. multi-exit networks); None uses
             `build_slimmable`.
+        controller_fn: Optional `controller_fn(config, model,
+            steps_per_epoch) -> controller` for methods that change the
+            network between steps (RePr): the loop runs
+            `controller.wrap_train_step(model.train_step)`, stops every run
+            of steps at `controller.next_event_step(step)`, calls
+            `controller.update(step)` after it and checkpoints
+            `controller.state`.
     """
 
     name: str
@@ -57,6 +64,7 @@ class Method:
     switchable_bn: bool = False
     distillation: bool = True
     build_fn: Optional[Callable] = None
+    controller_fn: Optional[Callable] = None
 
     def slim_kwargs(self, config):
         """Arguments of `keras_slim.slim` / the zoo builders."""
@@ -102,6 +110,12 @@ class Method:
     def uses_random_widths(self, config):
         """Whether training draws random widths (dynamic shapes, no XLA)."""
         return self.widths_mode == RANGE and config.sandwich_size > 2
+
+    def make_controller(self, config, model, steps_per_epoch):
+        """The method's between-steps controller for `model`, or None."""
+        if self.controller_fn is None:
+            return None
+        return self.controller_fn(config, model, steps_per_epoch)
 
     def build(self, config, input_shape, num_classes):
         """Builds the network this method trains (not compiled)."""
@@ -221,6 +235,36 @@ register(Method(
     "--width_range, every width's exits boosted",
     RANGE,
     build_fn=functools.partial(build_early_exit, boosted=True),
+))
+
+
+def repr_controller(config, model, steps_per_epoch):
+    """RePr's controller from the `--repr_*` flags (schedule in epochs)."""
+    from keras_slim import repr as repr_lib
+
+    return repr_lib.RePrController(
+        model,
+        repr_lib.RePrSchedule.from_epochs(
+            config.repr_s1, config.repr_s2, config.repr_cycles,
+            steps_per_epoch,
+        ),
+        drop_fraction=config.repr_drop_fraction,
+        ranking=config.repr_ranking,
+        cutoff=config.repr_cutoff,
+        seed=config.seed,
+        verbose=config.verbose,
+    )
+
+
+register(Method(
+    "repr",
+    "RePr: an ordinary network at width 1.0; every --repr_s1 + --repr_s2 "
+    "epochs the --repr_drop_fraction most redundant filters are dropped "
+    "for --repr_s2 epochs, then re-initialised orthogonally "
+    "(--repr_cycles times)",
+    FULL,
+    distillation=False,
+    controller_fn=repr_controller,
 ))
 
 

@@ -1,0 +1,48 @@
+"""RePr: improved training of convolutional filters.
+
+Train the full network, temporarily drop the most redundant filters
+(ranked by inter-filter orthogonality over all layers together), train the
+sub-network, bring the dropped filters back re-initialised orthogonally to
+the kept ones, and repeat.
+
+- `rank_filters(model, method)`: the global ranking.
+- `RePrCallback(s1, s2, cycles, drop_fraction)`: RePr under `model.fit`.
+- `RePrController`, `RePrSchedule`: the same logic for custom loops (the
+  trainers' `--method=repr`).
+
+Example:
+
+>>> model.fit(train_ds, epochs=100, callbacks=[
+...     keras_slim.repr.RePrCallback(s1=20, s2=10, cycles=3,
+...                                  drop_fraction=0.3)])
+
+Reference:
+    Prakash, Storer, Florencio & Zhang, RePr: Improved Training of
+    Convolutional Filters, CVPR 2019 (https://arxiv.org/abs/1811.07275).
+"""
+
+from keras_slim.repr.callback import RePrCallback
+from keras_slim.repr.core import FilterUnit
+from keras_slim.repr.core import RePrController
+from keras_slim.repr.core import RePrState
+from keras_slim.repr.core import optimizer_slots
+from keras_slim.repr.ranking import FilterRanking
+from keras_slim.repr.ranking import orthogonality_scores
+from keras_slim.repr.ranking import rank_filters
+from keras_slim.repr.reinit import max_abs_cosine
+from keras_slim.repr.reinit import orthogonal_directions
+from keras_slim.repr.schedule import RePrSchedule
+
+__all__ = [
+    "FilterRanking",
+    "FilterUnit",
+    "RePrCallback",
+    "RePrController",
+    "RePrSchedule",
+    "RePrState",
+    "max_abs_cosine",
+    "optimizer_slots",
+    "orthogonal_directions",
+    "orthogonality_scores",
+    "rank_filters",
+]

@@ -1,0 +1,224 @@
+"""`RePrCallback`: RePr for plain `model.fit`."""
+
+import keras
+
+from keras_slim.repr import ranking as ranking_lib
+from keras_slim.repr import schedule as schedule_lib
+from keras_slim.repr.core import RePrController
+
+UNITS = ("epochs", "steps")
+
+
+class RePrCallback(keras.callbacks.Callback):
+    """Trains any conv model with RePr under `model.fit`.
+
+    Trains the full network for `s1`, drops the `drop_fraction` most
+    redundant filters (ranked over all layers together), trains the
+    sub-network for `s2`, brings the dropped filters back re-initialised
+    orthogonally to the kept ones, and repeats `cycles` times; then the
+    network trains normally until `fit` ends. Steps are counted by the
+    optimizer (`optimizer.iterations`), so the schedule starts at the
+    optimizer's first step and continues across several `fit` calls. An
+    event due after step `t` runs just before step `t + 1`.
+
+    During S2 the dropped filters are truly out: their outputs are exactly
+    zero and their weights, bias, BN parameters and BN statistics are
+    written back after every optimizer step inside the traced train step
+    (so gradients, momentum, Adam moments and weight decay cannot move
+    them, also with `steps_per_execution > 1` and under `tf.distribute`).
+    See `keras_slim.repr.core` for the details and for what happens to the
+    next layer's weights.
+
+    To resume a run exactly, checkpoint `callback.attach(model)` (RePr's
+    state: masks, held values, events done) with the model and optimizer.
+
+    Args:
+        s1: Full-network training before each drop (epochs or steps,
+            integer >= 1; the paper: 20 epochs).
+        s2: Sub-network training after each drop (integer >= 1; the
+            paper: 10 epochs).
+        cycles: Drop / re-initialise cycles (integer >= 1; the paper: 3).
+        drop_fraction: Share of ranked filters dropped each cycle, in
+            (0, 1).
+        ranking: "orthogonality" (RePr), "l1" or "l2" (smallest filters
+            first: the paper's ablation).
+        cutoff: "global" (one cut-off over all layers, the paper) or
+            "per_layer" (the same share of every layer).
+        unit: "epochs" (needs the number of batches per epoch: from `fit`,
+            or `steps_per_epoch`) or "steps".
+        steps_per_epoch: Batches per epoch when `fit` cannot tell (e.g. a
+            repeated dataset).
+        exclude_first: Never drop the first convolution (the author's
+            choice).
+        layers: Optional names of the conv layers to rank and drop
+            (default: every convolution).
+        min_kept: Filters each layer keeps whatever the ranking.
+        seed: Seed of the re-initialisation.
+        verbose: 1 prints one line per drop / re-initialisation.
+
+    Raises:
+        ValueError: for `drop_fraction` outside (0, 1), `s1`, `s2` or
+            `cycles` < 1, an unknown ranking, cut-off or unit; when training
+            starts,
+            for a model with no conv layer to rank, a layer whose filters
+            cannot be masked, or a schedule that is not a multiple of
+            `steps_per_execution`.
+
+    Example:
+
+    >>> callback = keras_slim.repr.RePrCallback(
+    ...     s1=20, s2=10, cycles=3, drop_fraction=0.3)
+    >>> model.fit(train_ds, epochs=100, callbacks=[callback])
+    >>> callback.controller.history[0]["filters"]   # filters dropped per layer
+
+    Reference:
+        Prakash, Storer, Florencio & Zhang, RePr: Improved Training of
+        Convolutional Filters, CVPR 2019 (https://arxiv.org/abs/1811.07275).
+    """
+
+    def __init__(
+        self,
+        s1,
+        s2,
+        cycles,
+        drop_fraction,
+        ranking="orthogonality",
+        cutoff="global",
+        unit="epochs",
+        steps_per_epoch=None,
+        exclude_first=True,
+        layers=None,
+        min_kept=1,
+        seed=0,
+        verbose=1,
+    ):
+        super().__init__()
+        if unit not in UNITS:
+            raise ValueError(
+                f"`unit` must be 'epochs' or 'steps'; got {unit!r}."
+            )
+        schedule_lib.check_positive_int(
+            s1, "S1", f"{unit} of full-network training before each drop")
+        schedule_lib.check_positive_int(
+            s2, "S2", f"{unit} of sub-network training after each drop")
+        schedule_lib.check_positive_int(
+            cycles, "cycles", "drop / re-initialise cycles")
+        if steps_per_epoch is not None:
+            schedule_lib.check_positive_int(
+                steps_per_epoch, "steps_per_epoch", "batches per epoch")
+        self.s1, self.s2, self.cycles = s1, s2, cycles
+        self.drop_fraction = ranking_lib.check_fraction(drop_fraction)
+        self.ranking = ranking_lib.check_method(ranking)
+        self.cutoff = ranking_lib.check_cutoff(cutoff)
+        self.unit = unit
+        self.steps_per_epoch = steps_per_epoch
+        self.exclude_first = exclude_first
+        self.layers = layers
+        self.min_kept = min_kept
+        self.seed = seed
+        self.verbose = verbose
+        self.controller = None
+        self._next_event = None
+
+    # ------------------------------------------------------------ state
+    def attach(self, model):
+        """Creates RePr's state for `model` (once) and returns it.
+
+        Call it before restoring a checkpoint that holds it; `fit` calls
+        it itself.
+
+        Returns:
+            The `tf.Module` to put in a `tf.train.Checkpoint`.
+        """
+        if self.controller is None:
+            self.controller = RePrController(
+                model,
+                drop_fraction=self.drop_fraction,
+                ranking=self.ranking,
+                cutoff=self.cutoff,
+                exclude_first=self.exclude_first,
+                layers=self.layers,
+                min_kept=self.min_kept,
+                seed=self.seed,
+                verbose=self.verbose,
+            )
+        elif self.controller.model is not model:
+            raise ValueError(
+                "This RePrCallback is attached to another model; use one "
+                "callback per model."
+            )
+        return self.controller.state
+
+    @property
+    def state(self):
+        """RePr's checkpointable state (after `attach` or `fit`)."""
+        if self.controller is None:
+            raise ValueError(
+                "RePrCallback has no state yet: call `attach(model)`."
+            )
+        return self.controller.state
+
+    def schedule(self, steps_per_epoch=None):
+        """The `RePrSchedule` in optimizer steps."""
+        if self.unit == "steps":
+            return schedule_lib.RePrSchedule(self.s1, self.s2, self.cycles)
+        steps_per_epoch = self.steps_per_epoch or steps_per_epoch
+        if not steps_per_epoch:
+            raise ValueError(
+                "RePrCallback(unit='epochs') needs the number of batches "
+                "per epoch, which fit does not know for this data: pass "
+                "`steps_per_epoch=` to the callback (or to fit), or use "
+                "unit='steps'."
+            )
+        return schedule_lib.RePrSchedule.from_epochs(
+            self.s1, self.s2, self.cycles, int(steps_per_epoch)
+        )
+
+    # -------------------------------------------------------- callbacks
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self.attach(model)
+        schedule = self.schedule(self.params.get("steps"))
+        per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        misaligned = [e.step for e in schedule.events
+                      if e.step % per_execution]
+        if misaligned:
+            raise ValueError(
+                f"RePr's events fall after steps {misaligned[:4]}, which are "
+                f"not multiples of steps_per_execution={per_execution}: "
+                "callbacks only run between executions. Choose S1 and S2 "
+                "(in steps) as multiples of it."
+            )
+        self.controller.schedule = schedule
+        # The traced step holds the dropped filters after every update.
+        self._original_step = model.__dict__.get("train_step")
+        model.train_step = self.controller.wrap_train_step(model.train_step)
+        model.make_train_function(force=True)
+        step = self._step()
+        self.controller.update(step)
+        self._next_event = self.controller.next_event_step(step)
+
+    def _step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Events run before the first step that follows them, not after
+        # the last step before them: the same step count, but validation
+        # at an epoch's end then sees the network that epoch trained (not
+        # one just dropped or re-initialised), and an event due after the
+        # very last step of `fit` waits for the next `fit`.
+        if self._next_event is None:
+            return
+        step = self._step()
+        if step >= self._next_event:
+            self.controller.update(step)
+            self._next_event = self.controller.next_event_step(step)
+
+    def on_train_end(self, logs=None):
+        model = self.model
+        if self._original_step is None:
+            model.__dict__.pop("train_step", None)
+        else:
+            model.train_step = self._original_step
+        # The next fit (without this callback) must not run the wrapper.
+        model.train_function = None

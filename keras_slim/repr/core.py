@@ -1,0 +1,653 @@
+"""Taking filters out of a network and bringing them back: RePr's state.
+
+`RePrController` is the one implementation of RePr's training-time
+behaviour; `RePrCallback` (plain `model.fit`) and the trainers' custom loop
+(`--method=repr`) both drive it. It owns, per ranked convolution, a
+`FilterUnit`: the conv layer, the BatchNormalization that directly follows
+it (if any) and the state RePr adds, all in `tf.Variable`s that a
+`tf.train.Checkpoint` holds (`controller.state`), so a resumed run resumes
+the schedule and the masks exactly.
+
+How a dropped filter is kept truly out during S2 (the sub-network phase):
+
+- At the drop, its kernel column and bias are set to zero, and so are the
+  scale and offset (gamma, beta) of the BN channel after it. Its output is
+  then exactly zero, in training and in inference mode (BN computes
+  `gamma * x_hat + beta = 0` whatever its statistics), and no gradient
+  flows through it to earlier layers.
+- After every optimizer step the same values are written back, inside the
+  traced train step (`hold`): whatever the gradient, momentum, Adam moments
+  or weight decay did to them this step is undone, and the BN moving mean
+  and variance of those channels are restored to their values at the drop,
+  so they do not drift towards the statistics of a zero channel.
+- The optimizer's own slots for those weights are left to evolve during S2
+  (they touch nothing that is not written back) and are zeroed at the
+  re-initialisation, so the new filters start without momentum.
+
+At re-initialisation (see `reinit.py`) the kernel columns get orthogonal
+directions scaled to the layer initialiser's norm, the bias and every BN
+parameter and statistic of those channels their initializers' values, and
+the optimizer slots of those entries zero.
+
+The next layer's input weights of a dropped filter are left alone, as in
+the paper: during S2 they get no gradient (their input is zero), though
+weight decay and momentum still act on them as on any weight; at
+re-initialisation they are kept, so the new filter starts with its
+predecessor's outgoing weights.
+"""
+
+import time
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_slim.repr import ranking as ranking_lib
+from keras_slim.repr import reinit as reinit_lib
+from keras_slim.repr import schedule as schedule_lib
+
+_AVERAGE_SLOT_NAMES = ("moving_average",)  # EMA copies of the weights
+
+
+def to_numpy(value):
+    """A variable's (or tensor's) value as a numpy array (a copy)."""
+    return np.array(tf.convert_to_tensor(value).numpy())
+
+
+def _is_variable(value):
+    return isinstance(value, (keras.Variable, tf.Variable))
+
+
+def following_batch_norm(conv):
+    """The BatchNormalization that alone consumes `conv`'s output, or None.
+
+    Found from the functional graph: the conv layer has one outbound node
+    and it is a `keras.layers.BatchNormalization` (or subclass, e.g. a
+    slim BN) called only there.
+    """
+    nodes = getattr(conv, "_outbound_nodes", [])
+    if len(nodes) != 1:
+        return None
+    layer = nodes[0].operation
+    if not isinstance(layer, keras.layers.BatchNormalization):
+        return None
+    if len(getattr(layer, "_inbound_nodes", [])) != 1:
+        return None
+    return layer
+
+
+def _activation_at_zero(activation):
+    if activation is None:
+        return 0.0
+    value = activation(keras.ops.zeros((1,), "float32"))
+    return float(keras.ops.convert_to_numpy(value)[0])
+
+
+def why_not_maskable(conv, bn):
+    """A reason why RePr cannot zero `conv`'s filters, or None."""
+    kernel = getattr(conv, "kernel", None)
+    if not _is_variable(kernel):
+        return (
+            "its kernel is computed, not a variable (LoRA or quantization "
+            "enabled), so filters cannot be zeroed and held"
+        )
+    if not np.dtype(kernel.dtype).kind == "f":
+        return f"its kernel has dtype {kernel.dtype}, not a float"
+    if getattr(conv, "data_format", "channels_last") != "channels_last":
+        return "it is channels_first; RePr masks channels_last convolutions"
+    if bn is not None:
+        ndim = conv.rank + 2
+        axis = bn.axis if isinstance(bn.axis, int) else None
+        if axis is None or axis % ndim != ndim - 1:
+            return (
+                f"the BatchNormalization '{bn.name}' after it normalises "
+                f"axis {bn.axis}, not the channel axis"
+            )
+        if getattr(bn, "renorm", False):
+            return (
+                f"the BatchNormalization '{bn.name}' after it uses renorm, "
+                "whose extra statistics RePr does not hold"
+            )
+        return None
+    at_zero = _activation_at_zero(conv.activation)
+    if at_zero != 0.0:
+        return (
+            f"its activation maps 0 to {at_zero:g} and no BatchNormalization "
+            "follows, so a dropped filter's output cannot be zero"
+        )
+    return None
+
+
+def _sample(initializer, shape, seed):
+    """`initializer(shape)` as numpy, seeded when the initializer has one."""
+    initializer = keras.initializers.get(initializer)
+    config = initializer.get_config()
+    if "seed" in config:
+        initializer = type(initializer).from_config({**config, "seed": seed})
+    return np.asarray(
+        keras.ops.convert_to_numpy(initializer(tuple(shape), "float32")),
+        "float64",
+    )
+
+
+def optimizer_slots(optimizer, variable):
+    """The optimizer's per-variable state for `variable`.
+
+    Keras optimizers keep one list per kind of slot (SGD `momentums`, Adam
+    `_momentums` and `_velocities`, ...), aligned with the trainable
+    variables they were built for. `LossScaleOptimizer` is looked through.
+
+    Returns:
+        A list of `(attribute_name, slot_variable)`; empty when the
+        optimizer is not built or does not train `variable`.
+    """
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    trained = getattr(optimizer, "_trainable_variables", None)
+    if not trained:
+        return []
+    try:
+        index = optimizer._get_variable_index(variable)
+    except (KeyError, AttributeError):
+        return []
+    slots = []
+    for name, value in vars(optimizer).items():
+        if name in ("_trainable_variables", "_variables") or not isinstance(
+            value, (list, tuple)
+        ) or len(value) != len(trained):
+            continue
+        slot = value[index]
+        if (
+            _is_variable(slot)
+            and slot is not variable
+            and tuple(slot.shape) == tuple(variable.shape)
+        ):
+            slots.append((name, slot))
+    return slots
+
+
+class FilterUnit:
+    """One ranked convolution, the BN after it, and RePr's state for it.
+
+    Args:
+        conv: A built conv layer (see `ranking.conv_layers`).
+        bn: The BatchNormalization directly after it, or None.
+        index: Position among the ranked layers (seeds the re-init).
+
+    Raises:
+        ValueError: if the layer's filters cannot be masked (says why).
+    """
+
+    def __init__(self, conv, bn, index):
+        reason = why_not_maskable(conv, bn)
+        if reason:
+            raise ValueError(
+                f"Layer '{conv.name}': RePr cannot drop its filters: "
+                f"{reason}. Pass `layers=[...]` without it."
+            )
+        self.conv = conv
+        self.bn = bn
+        self.index = int(index)
+        self.name = conv.name
+        self.kernel = conv.kernel
+        self.filters = int(self.kernel.shape[-1])
+        self.bias = conv.bias if getattr(conv, "use_bias", False) else None
+        self.gamma = self.beta = None
+        self.moving_mean = self.moving_variance = None
+        if bn is not None:
+            self.gamma = bn.gamma if bn.scale else None
+            self.beta = bn.beta if bn.center else None
+            self.moving_mean = bn.moving_mean
+            self.moving_variance = bn.moving_variance
+        safe = self.name.replace("/", "_")
+
+        def variable(value, name):
+            # Written between steps (cross-replica), only read in steps.
+            return tf.Variable(
+                value,
+                trainable=False,
+                name=f"repr_{name}_{safe}",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+
+        # 1.0 for a filter in the network, 0.0 for a dropped one.
+        self.mask = variable(np.ones(self.filters, "float32"), "mask")
+        # The kernel at the drop: re-initialised filters avoid it.
+        self.previous_kernel = variable(
+            np.zeros(self.kernel.shape, "float32"), "previous_kernel"
+        )
+        self.held_mean = self.held_variance = None
+        if bn is not None:
+            self.held_mean = variable(
+                np.zeros(self.moving_mean.shape, "float32"), "held_mean"
+            )
+            self.held_variance = variable(
+                np.ones(self.moving_variance.shape, "float32"),
+                "held_variance",
+            )
+
+    @property
+    def parameters(self):
+        """The trainable variables whose filter entries RePr controls."""
+        return [
+            v for v in (self.kernel, self.bias, self.gamma, self.beta)
+            if v is not None
+        ]
+
+    def dropped(self):
+        """Indices of the filters currently out (numpy int array)."""
+        return np.flatnonzero(np.asarray(self.mask.numpy()) == 0.0)
+
+    # -------------------------------------------------------------- S2
+    def hold(self):
+        """Writes the dropped entries back (graph or eager; see module doc)."""
+        keep = tf.convert_to_tensor(self.mask)
+        for variable in self.parameters:
+            value = tf.convert_to_tensor(variable)
+            variable.assign(value * tf.cast(keep, value.dtype))
+        if self.bn is not None:
+            kept = keep > 0.0
+            for variable, held in (
+                (self.moving_mean, self.held_mean),
+                (self.moving_variance, self.held_variance),
+            ):
+                value = tf.convert_to_tensor(variable)
+                variable.assign(tf.where(kept, value, tf.cast(held, value.dtype)))
+
+    def drop(self, indices):
+        """Takes filters `indices` out (eager, between steps)."""
+        indices = np.asarray(indices, "int64")
+        mask = np.ones(self.filters, "float32")
+        mask[indices] = 0.0
+        self.mask.assign(mask)
+        self.previous_kernel.assign(to_numpy(self.kernel))
+        if self.bn is not None:
+            mean = to_numpy(self.moving_mean)
+            if self.gamma is None:
+                # Without a scale, inference computes (0 - mean) / std +
+                # beta: a zero mean keeps the output at zero.
+                mean[..., indices] = 0.0
+            self.held_mean.assign(mean.astype("float32"))
+            self.held_variance.assign(
+                to_numpy(self.moving_variance)
+            )
+        self.hold()
+
+    # ---------------------------------------------------------- re-init
+    def reinitialize(self, seed_sequence, avoid_previous=True):
+        """Brings the dropped filters back, re-initialised (eager).
+
+        Args:
+            seed_sequence: A `numpy.random.SeedSequence` (deterministic
+                per cycle and layer, so a resumed run draws the same).
+            avoid_previous: Also keep the new filters orthogonal to their
+                own values at the drop, when the null space has room.
+
+        Returns:
+            `(indices, directions, mode)` with the `reinit` mode, or None
+            when nothing was dropped.
+        """
+        dropped = self.dropped()
+        if not dropped.size:
+            return None
+        rng = np.random.default_rng(seed_sequence)
+        kernel = to_numpy(self.kernel).astype("float64")
+        shape = kernel.shape
+        flat = kernel.reshape(-1, self.filters)
+        kept = flat[:, self.mask.numpy() > 0].T
+        previous = None
+        if avoid_previous:
+            previous = np.asarray(self.previous_kernel.numpy(), "float64")
+            previous = previous.reshape(-1, self.filters)[:, dropped].T
+        with ranking_lib.single_threaded_blas():
+            directions, mode = reinit_lib.orthogonal_directions(
+                kept, len(dropped), previous=previous, rng=rng
+            )
+        seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=6)]
+        fresh = _sample(self.conv.kernel_initializer, shape, seeds[0])
+        norms = np.linalg.norm(fresh.reshape(-1, self.filters), axis=0)
+        norms = norms[dropped]
+        if not np.any(norms > 0):
+            # A zeros (or constant-zero) initializer: borrow the kept
+            # filters' typical length instead.
+            kept_norms = np.linalg.norm(kept, axis=1)
+            norms = np.full(len(dropped), float(np.mean(kept_norms))
+                            if kept.size and np.mean(kept_norms) > 0 else 1.0)
+        flat[:, dropped] = (directions * norms[:, None]).T
+        self.kernel.assign(flat.reshape(shape).astype("float32"))
+
+        def reset(variable, initializer, seed):
+            if variable is None:
+                return
+            value = to_numpy(variable)
+            fresh_value = _sample(initializer, value.shape, seed)
+            value[..., dropped] = fresh_value[..., dropped]
+            variable.assign(value.astype("float32"))
+
+        reset(self.bias, getattr(self.conv, "bias_initializer", "zeros"),
+              seeds[1])
+        if self.bn is not None:
+            reset(self.gamma, self.bn.gamma_initializer, seeds[2])
+            reset(self.beta, self.bn.beta_initializer, seeds[3])
+            reset(self.moving_mean, self.bn.moving_mean_initializer, seeds[4])
+            reset(self.moving_variance, self.bn.moving_variance_initializer,
+                  seeds[5])
+        self.mask.assign(np.ones(self.filters, "float32"))
+        return dropped, directions, mode
+
+    def reset_optimizer_slots(self, optimizer, indices):
+        """Zeroes the optimizer state of filter entries `indices`.
+
+        EMA copies of the weights (`use_ema=True`) take the new values
+        instead. Returns the number of slot variables touched.
+        """
+        keep = np.ones(self.filters, "float32")
+        keep[np.asarray(indices, "int64")] = 0.0
+        touched = 0
+        for variable in self.parameters:
+            for name, slot in optimizer_slots(optimizer, variable):
+                value = to_numpy(slot)
+                if any(part in name for part in _AVERAGE_SLOT_NAMES):
+                    new = to_numpy(variable)
+                    value = np.where(keep > 0, value, new)
+                else:
+                    value = value * keep
+                slot.assign(value.astype(np.dtype(slot.dtype)))
+                touched += 1
+        return touched
+
+
+class RePrState(tf.Module):
+    """RePr's checkpointed state: add it to your `tf.train.Checkpoint`.
+
+    Holds how many schedule events have happened and, per ranked layer,
+    the filter mask, the kernel at the last drop and the BN statistics
+    held during S2.
+    """
+
+    def __init__(self, events_done, units):
+        super().__init__(name="repr_state")
+        self.events_done = events_done
+        # Lists in ranked-layer order (checkpoint keys must not depend on
+        # auto-generated layer names); `layer_names` says which is which.
+        self.layer_names = [u.name for u in units]
+        self.masks = [u.mask for u in units]
+        self.previous_kernels = [u.previous_kernel for u in units]
+        self.held_means = [u.held_mean for u in units if u.held_mean is not None]
+        self.held_variances = [
+            u.held_variance for u in units if u.held_variance is not None
+        ]
+
+
+class RePrController:
+    """Drives RePr on one model: ranks, drops, holds, re-initialises.
+
+    Used by `RePrCallback` for `model.fit` and by the trainers' loop; the
+    driver (1) runs `wrap_train_step(model.train_step)` as its step, so the
+    dropped filters are held inside the traced step, (2) stops after
+    `next_event_step(step)` steps and (3) calls `update(step)` after every
+    run of steps. Every event happens exactly after its step count.
+
+    Args:
+        model: A built Keras model with convolutions (stock or slim).
+        schedule: A `RePrSchedule` (in optimizer steps), or None to set
+            `controller.schedule` later (before the first `update`).
+        drop_fraction: Share of the ranked filters dropped each cycle,
+            in (0, 1).
+        ranking: "orthogonality" (RePr), "l1" or "l2" (smallest first).
+        cutoff: "global" (one cut-off over all layers, the paper) or
+            "per_layer" (the same share of every layer; see
+            `FilterRanking.select`).
+        exclude_first: Never drop the model's first convolution.
+        layers: Optional names of the conv layers to rank and drop.
+        min_kept: Filters every layer keeps.
+        avoid_previous: Re-initialised filters also avoid their own old
+            values when the null space has room.
+        seed: Seed of the re-initialisation (with cycle and layer).
+        verbose: 1 prints one line per event.
+
+    Raises:
+        ValueError: for a bad argument, a model with no conv layer to rank
+            or a layer whose filters cannot be masked.
+
+    Example:
+
+    >>> controller = RePrController(model, RePrSchedule(1000, 500, 3), 0.3)
+    >>> step_fn = controller.wrap_train_step(model.train_step)
+    >>> checkpoint = tf.train.Checkpoint(model=model,
+    ...     optimizer=model.optimizer, repr=controller.state)
+    """
+
+    def __init__(
+        self,
+        model,
+        schedule=None,
+        drop_fraction=0.3,
+        ranking="orthogonality",
+        cutoff="global",
+        exclude_first=True,
+        layers=None,
+        min_kept=1,
+        avoid_previous=True,
+        seed=0,
+        verbose=0,
+    ):
+        self.drop_fraction = ranking_lib.check_fraction(drop_fraction)
+        self.ranking = ranking_lib.check_method(ranking)
+        self.cutoff = ranking_lib.check_cutoff(cutoff)
+        if schedule is not None and not isinstance(
+            schedule, schedule_lib.RePrSchedule
+        ):
+            raise ValueError(
+                f"`schedule` must be a RePrSchedule; got {schedule!r}."
+            )
+        if isinstance(min_kept, bool) or not isinstance(min_kept, int) or (
+            min_kept < 1
+        ):
+            raise ValueError(f"`min_kept` must be an integer >= 1; got "
+                             f"{min_kept!r}.")
+        self.schedule = schedule
+        self.model = model
+        self.min_kept = min_kept
+        self.avoid_previous = bool(avoid_previous)
+        self.seed = int(seed)
+        self.verbose = int(verbose)
+        convs = ranking_lib.conv_layers(
+            model, exclude_first=exclude_first, layers=layers
+        )
+        self.layer_names = [layer.name for layer in convs]
+        self._warn_if_graph_unknown(convs)
+        strategy = getattr(model, "distribute_strategy", None) or (
+            tf.distribute.get_strategy()
+        )
+        with strategy.scope():
+            self.events_done = tf.Variable(
+                0,
+                dtype=tf.int64,
+                trainable=False,
+                name="repr_events_done",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            self.units = [
+                FilterUnit(conv, following_batch_norm(conv), i)
+                for i, conv in enumerate(convs)
+            ]
+        self.state = RePrState(self.events_done, self.units)
+        self.history = []
+        self.event_seconds = 0.0
+        self._warned = set()
+
+    def _warn_if_graph_unknown(self, convs):
+        has_graph = all(getattr(c, "_inbound_nodes", None) for c in convs)
+        has_bn = any(
+            isinstance(layer, keras.layers.BatchNormalization)
+            for layer in ranking_lib.ordered_layers(self.model)
+        )
+        if has_bn and not has_graph:
+            warnings.warn(
+                f"Model '{self.model.name}' is not functional: RePr cannot "
+                "see which BatchNormalization follows which convolution. "
+                "Dropped filters output zero at the convolution, but a BN "
+                "after it still adds its offset. Build the model with the "
+                "functional API for exact masking.",
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------ step
+    def in_sub_network(self):
+        """Whether the dropped filters are out now (a tensor in graphs)."""
+        return tf.equal(tf.math.floormod(self.events_done, 2), 1)
+
+    def hold(self):
+        """Re-applies the masks (traced or eager).
+
+        Runs every step, S2 or not: with every mask at one it writes each
+        value back unchanged (`x * 1`, `where(True, x, .)` are exact). A
+        `tf.cond` around it would save a few element-wise ops per step but
+        cannot hold variables that synchronise on write (BN statistics
+        with `aggregation="mean"` under `tf.distribute`).
+        """
+        for unit in self.units:
+            unit.hold()
+
+    def wrap_train_step(self, train_step):
+        """`train_step` followed by `hold()`, for `model.fit` or a loop.
+
+        Example:
+
+        >>> model.train_step = controller.wrap_train_step(model.train_step)
+        """
+
+        def step(data):
+            logs = train_step(data)
+            self.hold()
+            return logs
+
+        step.__wrapped__ = train_step
+        return step
+
+    # ---------------------------------------------------------- events
+    def _require_schedule(self):
+        if self.schedule is None:
+            raise ValueError(
+                "RePrController has no schedule: set `controller.schedule = "
+                "RePrSchedule(s1, s2, cycles)` first."
+            )
+        return self.schedule
+
+    def next_event_step(self, step):
+        """The next step count at which `update` must run, or None."""
+        return self._require_schedule().next_event_step(int(step))
+
+    def update(self, step):
+        """Runs every event due once `step` optimizer steps are done.
+
+        Call it after each run of training steps; runs of steps must stop
+        at `next_event_step`.
+
+        Returns:
+            The list of event records performed (dicts, also appended to
+            `history`).
+
+        Raises:
+            ValueError: if an event is overdue (the driver ran past it, or
+                RePr's state was not restored with the model's).
+        """
+        schedule = self._require_schedule()
+        step = int(step)
+        events = schedule.events
+        done = int(self.events_done.numpy())
+        performed = []
+        while done < len(events) and events[done].step <= step:
+            event = events[done]
+            if event.step < step:
+                raise ValueError(
+                    f"RePr's {event.kind} of cycle {event.cycle + 1} was due "
+                    f"after step {event.step}, but training is at step "
+                    f"{step} and it has not happened. Either the training "
+                    "loop ran past it (stop every run of steps at "
+                    "`next_event_step`; with model.fit, S1 and S2 must be "
+                    "multiples of steps_per_execution), or the model was "
+                    "restored without RePr's state (checkpoint "
+                    "`controller.state` / `RePrCallback.state` with it)."
+                )
+            start = time.perf_counter()
+            if event.kind == schedule_lib.DROP:
+                record = self.drop(event.cycle)
+            else:
+                record = self.reinitialize(event.cycle)
+            seconds = time.perf_counter() - start
+            self.event_seconds += seconds
+            done += 1
+            self.events_done.assign(done)
+            record.update(step=step, event=event.kind, cycle=event.cycle,
+                          seconds=seconds)
+            self.history.append(record)
+            performed.append(record)
+            if self.verbose:
+                self._print(record)
+        return performed
+
+    def _print(self, record):
+        counts = record["filters"]
+        total = sum(counts.values())
+        per_layer = ", ".join(f"{k}: {v}" for k, v in counts.items() if v)
+        verb = "dropped" if record["event"] == schedule_lib.DROP else (
+            "re-initialised")
+        print(
+            f"RePr step {record['step']}, cycle {record['cycle'] + 1}/"
+            f"{self.schedule.cycles}: {verb} {total} filters ({per_layer}) "
+            f"in {record['seconds']:.2f} s", flush=True,
+        )
+
+    def drop(self, cycle=0):
+        """Ranks the filters and takes the most redundant out (eager)."""
+        for unit in self.units:
+            if unit.dropped().size:
+                raise ValueError(
+                    f"Layer '{unit.name}' still has dropped filters: "
+                    "re-initialise before dropping again."
+                )
+        ranking = ranking_lib.rank_filters(
+            self.model, self.ranking, layers=self.layer_names
+        )
+        selection = ranking.select(self.drop_fraction, self.min_kept,
+                                   self.cutoff)
+        for unit in self.units:
+            unit.drop(selection.get(unit.name, np.zeros(0, "int64")))
+        return {
+            "filters": {
+                u.name: int(len(selection.get(u.name, []))) for u in self.units
+            },
+            "dropped": {k: v.tolist() for k, v in selection.items()},
+        }
+
+    def reinitialize(self, cycle=0):
+        """Brings every dropped filter back, re-initialised (eager)."""
+        optimizer = getattr(self.model, "optimizer", None)
+        counts, modes = {}, {}
+        for unit in self.units:
+            seeds = np.random.SeedSequence([self.seed, int(cycle), unit.index])
+            result = unit.reinitialize(seeds, self.avoid_previous)
+            if result is None:
+                counts[unit.name] = 0
+                continue
+            indices, _, mode = result
+            counts[unit.name] = int(len(indices))
+            modes[unit.name] = mode
+            if mode == reinit_lib.CLOSEST and unit.name not in self._warned:
+                self._warned.add(unit.name)
+                fan_in = int(np.prod(unit.kernel.shape[:-1]))
+                warnings.warn(
+                    f"Layer '{unit.name}' has {unit.filters} filters for a "
+                    f"fan-in of {fan_in}: the null space of its "
+                    f"{unit.filters - len(indices)} kept filters cannot hold "
+                    f"{len(indices)} new orthogonal filters. Using the "
+                    "directions closest to orthogonal instead (the kept "
+                    "filters' smallest singular vectors).",
+                    stacklevel=2,
+                )
+            if optimizer is not None:
+                unit.reset_optimizer_slots(optimizer, indices)
+        return {"filters": counts, "modes": modes}

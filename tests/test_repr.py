@@ -1,0 +1,572 @@
+"""Tests for keras_slim.repr: ranking, re-initialisation, the schedule, and
+dropped filters being truly out under model.fit, the trainers' loop (with
+an exact resume) and MirroredStrategy."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_slim
+from keras_slim import repr as repr_lib
+from keras_slim.repr import reinit
+from tests.testing import digits
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def kernel_model(kernels, input_channels):
+    """A functional model of unpadded 1x1-or-larger convs with given kernels.
+
+    `kernels` is a list of arrays `(kh, kw, in, out)`; layer `i` is named
+    `conv{i}`. The first layer reads `input_channels` channels.
+    """
+    inputs = keras.Input((8, 8, input_channels))
+    x = inputs
+    for i, kernel in enumerate(kernels):
+        layer = keras.layers.Conv2D(
+            kernel.shape[-1], kernel.shape[:2], padding="same",
+            use_bias=False, name=f"conv{i}",
+        )
+        x = layer(x)
+        layer.kernel.assign(kernel)
+    return keras.Model(inputs, x)
+
+
+# ------------------------------------------------------------- ranking
+def test_orthogonal_filters_score_zero_and_duplicates_score_highest():
+    rng = np.random.default_rng(0)
+    # Layer 1: 6 orthogonal filters (rows of a random orthogonal matrix).
+    q, _ = np.linalg.qr(rng.normal(size=(54, 54)))
+    orthogonal = q[:6].T.reshape(3, 3, 6, 6) * 3.0  # scale is irrelevant
+    # Layer 2: random filters, filters 2 and 5 the same direction.
+    random = rng.normal(size=(1, 1, 6, 6))
+    random[..., 5] = -2.0 * random[..., 2]  # |cosine| = 1
+    model = kernel_model([rng.normal(size=(3, 3, 1, 6)), orthogonal, random],
+                         input_channels=1)
+    ranking = repr_lib.rank_filters(model)
+    assert ranking.layer_names == ["conv1", "conv2"]  # the first is excluded
+    # Zero up to the kernel's float32 rounding.
+    np.testing.assert_allclose(ranking.scores["conv1"], 0.0, atol=1e-7)
+    top = ranking.scores["conv2"]
+    assert set(np.argsort(top)[-2:]) == {2, 5}
+    # The global order starts with the duplicates and ends with conv1.
+    assert {ranking.order[0], ranking.order[1]} == {("conv2", 2), ("conv2", 5)}
+    assert all(name == "conv1" for name, _ in ranking.order[-6:])
+    assert len(ranking) == 12
+    # A 1/6 cut-off (2 of 12 filters) drops exactly the duplicates.
+    dropped = ranking.select(2 / 12)
+    assert list(dropped) == ["conv2"]
+    np.testing.assert_array_equal(dropped["conv2"], [2, 5])
+    everything = repr_lib.rank_filters(model, exclude_first=False)
+    assert everything.layer_names == ["conv0", "conv1", "conv2"]
+
+
+def test_score_is_the_row_sum_of_abs_gram_minus_identity_over_n():
+    # Filters e0, e0 + e1 (45 degrees), e2 in 3-D; one dead filter.
+    weights = np.array([[1.0, 0, 0], [1.0, 1.0, 0], [0, 0, 5.0], [0, 0, 0]])
+    c = 1 / np.sqrt(2)  # |cosine| of the first two; N = 4
+    expected = [c / 4, c / 4, 0.0, repr_lib.ranking.DEAD_FILTER_SCORE]
+    np.testing.assert_allclose(
+        repr_lib.orthogonality_scores(weights), expected, atol=1e-12
+    )
+
+
+def test_global_ranking_compares_layers_and_norm_rankings_drop_small_first():
+    rng = np.random.default_rng(1)
+    # conv1: 4 nearly parallel filters (redundant); conv2: orthogonal ones.
+    base = rng.normal(size=(1, 1, 4, 1))
+    parallel = base + 0.01 * rng.normal(size=(1, 1, 4, 4))
+    orthogonal = np.eye(4).reshape(1, 1, 4, 4)
+    model = kernel_model([rng.normal(size=(1, 1, 4, 4)), parallel, orthogonal],
+                         input_channels=4)
+    ranking = repr_lib.rank_filters(model)
+    assert [name for name, _ in ranking.order[:4]] == ["conv1"] * 4
+    # min_kept: a layer is never emptied by the global cut-off.
+    assert len(ranking.select(0.5)["conv1"]) == 3
+    assert len(ranking.select(0.5)["conv2"]) == 1
+    # A per-layer cut-off takes the same share of each layer.
+    per_layer = ranking.select(0.5, cutoff="per_layer")
+    assert {k: len(v) for k, v in per_layer.items()} == {"conv1": 2,
+                                                         "conv2": 2}
+    # L2: the smallest filters first, across layers.
+    scaled = orthogonal * np.array([0.1, 5.0, 5.0, 5.0])
+    model = kernel_model([rng.normal(size=(1, 1, 4, 4)), parallel, scaled],
+                         input_channels=4)
+    l2 = repr_lib.rank_filters(model, "l2")
+    assert l2.order[0] == ("conv2", 0)
+    np.testing.assert_allclose(l2.scores["conv2"], [0.1, 5, 5, 5])
+    l1 = repr_lib.rank_filters(model, "l1")
+    np.testing.assert_allclose(
+        l1.scores["conv1"], np.abs(parallel).reshape(4, 4).sum(0)
+    )
+
+
+def test_slim_layers_rank_like_the_stock_model():
+    base = keras_slim.models.lenet_3c1l(
+        input_shape=(8, 8, 1), n=8, padding="same", slimmable=False
+    )
+    slim = keras_slim.slim(base, width_range=(0.25, 1.0))
+    for layer in slim.network.layers:
+        if layer.weights:
+            for ours, theirs in zip(layer.weights,
+                                    base.get_layer(layer.name).weights):
+                ours.assign(theirs)
+    stock, ours = repr_lib.rank_filters(base), repr_lib.rank_filters(slim)
+    assert ours.layer_names == stock.layer_names == ["conv2", "conv3"]
+    assert ours.order == stock.order
+    for name in stock.layer_names:
+        np.testing.assert_allclose(ours.scores[name], stock.scores[name])
+
+
+# -------------------------------------------------------- re-init math
+def test_orthogonal_directions_modes():
+    rng = np.random.default_rng(2)
+    kept, previous = rng.normal(size=(5, 20)), rng.normal(size=(3, 20))
+    new, mode = repr_lib.orthogonal_directions(kept, 3, previous, rng)
+    assert mode == reinit.KEPT_AND_PREVIOUS
+    assert repr_lib.max_abs_cosine(new, kept) < 1e-12
+    assert repr_lib.max_abs_cosine(new, previous) < 1e-12
+    np.testing.assert_allclose(new @ new.T, np.eye(3), atol=1e-12)
+    # No room for the previous values: orthogonal to the kept ones only.
+    new, mode = repr_lib.orthogonal_directions(
+        kept[:, :10], 3, previous[:, :10], rng)
+    assert mode == reinit.KEPT
+    assert repr_lib.max_abs_cosine(new, kept[:, :10]) < 1e-12
+    # Dependent kept filters leave a null space despite their number.
+    dependent = np.repeat(kept[:2, :6], 4, axis=0)  # 8 rows of rank 2
+    new, mode = repr_lib.orthogonal_directions(dependent, 3, None, rng)
+    assert mode == reinit.KEPT
+    assert repr_lib.max_abs_cosine(new, dependent) < 1e-12
+    # Too many filters for the fan-in: the least-seen directions.
+    square = rng.normal(size=(6, 6))
+    new, mode = repr_lib.orthogonal_directions(square[:4], 3, None, rng)
+    assert mode == reinit.CLOSEST
+    np.testing.assert_allclose(new @ new.T, np.eye(3), atol=1e-12)
+    singular = np.linalg.svd(square[:4], compute_uv=False)
+    # Two null-space directions (response 0) and the smallest singular one.
+    np.testing.assert_allclose(
+        np.sort(np.linalg.norm(square[:4] @ new.T, axis=0)),
+        [0.0, 0.0, singular[-1]], atol=1e-10,
+    )
+
+
+# ------------------------------------------------------------ schedule
+def test_schedule_events_windows_and_errors():
+    schedule = repr_lib.RePrSchedule(s1=3, s2=2, cycles=2)
+    assert [(e.step, e.kind, e.cycle) for e in schedule.events] == [
+        (3, "drop", 0), (5, "reinit", 0), (8, "drop", 1), (10, "reinit", 1)]
+    assert schedule.drop_windows == [(3, 5), (8, 10)]
+    assert [schedule.in_sub_network(s) for s in range(11)] == [
+        False, False, False, True, True, False, False, False, True, True,
+        False]
+    assert schedule.next_event_step(3) == 5 and schedule.next_event_step(10) is None
+    assert repr_lib.RePrSchedule.from_epochs(20, 10, 3, 703).events[0].step == 14060
+    for kwargs, match in [
+        ({"s1": 0, "s2": 1, "cycles": 1}, "S1 must be an integer >= 1"),
+        ({"s1": 1, "s2": 0, "cycles": 1}, "S2 must be an integer >= 1"),
+        ({"s1": 1, "s2": 1, "cycles": 0}, "cycles must be an integer >= 1"),
+        ({"s1": 1.5, "s2": 1, "cycles": 1}, "S1 must be an integer"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            repr_lib.RePrSchedule(**kwargs)
+
+
+# -------------------------------------------------------- model.fit
+def bn_and_bias_net():
+    """conv0 (excluded) -> conv1 + BN (no bias) -> conv2 (bias, ReLU)."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv0")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False,
+                            name="conv1")(x)
+    x = keras.layers.BatchNormalization(momentum=0.5, name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                            name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+class Recorder(keras.callbacks.Callback):
+    """Weights, outputs and slots after `t` steps (and the events due then:
+    it runs after `RePrCallback`, which fires them at batch begin)."""
+
+    def __init__(self, probe_x):
+        super().__init__()
+        self.values = {}
+        self.probe_x = probe_x
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.record()
+
+    def on_train_end(self, logs=None):
+        self.record()
+
+    def record(self):
+        model = self.model
+        step = int(model.optimizer.iterations.numpy())
+        record = {v.path: v.numpy().copy() for v in model.weights}
+        probe = keras.Model(model.input, [
+            model.get_layer(n).output for n in ("conv1", "bn1", "conv2")])
+        record["inference"] = [o.numpy() for o in probe(self.probe_x)]
+        saved = [v.numpy() for v in model.weights]
+        record["training"] = [o.numpy() for o in probe(self.probe_x,
+                                                       training=True)]
+        for variable, value in zip(model.weights, saved):
+            variable.assign(value)  # undo the probe's BN update
+        record["slots"] = {
+            v.path: [s.numpy().copy() for _, s in repr_lib.optimizer_slots(
+                model.optimizer, v)]
+            for v in model.trainable_variables
+        }
+        self.values[step] = record
+
+
+OPTIMIZERS = {
+    "sgd_momentum_decay": lambda: keras.optimizers.SGD(
+        0.05, momentum=0.9, weight_decay=0.05),
+    "adam_decay": lambda: keras.optimizers.Adam(0.01, weight_decay=0.05),
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_dropped_filters_are_truly_out_then_reinitialised(optimizer):
+    x, y = digits(256)
+    model = bn_and_bias_net()
+    model.compile(OPTIMIZERS[optimizer](),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = repr_lib.RePrCallback(3, 4, 1, 0.25, unit="steps", verbose=0)
+    recorder = Recorder(x[:16])
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
+              callbacks=[callback, recorder])
+    controller = callback.controller
+    # The schedule fired after steps 3 and 7, nothing else.
+    assert [(h["step"], h["event"]) for h in controller.history] == [
+        (3, "drop"), (7, "reinit")]
+    dropped = controller.history[0]["dropped"]
+    assert sum(len(v) for v in dropped.values()) == 4  # 25% of 16
+    values = recorder.values
+
+    def entries(step, path, idx):
+        return values[step][path][..., idx]
+
+    names = {"conv1": ["conv1/kernel", "bn1/gamma", "bn1/beta",
+                       "bn1/moving_mean", "bn1/moving_variance"],
+             "conv2": ["conv2/kernel", "conv2/bias"]}
+    output_index = {"conv1": (0, 1), "conv2": (2,)}
+    for layer, idx in dropped.items():
+        for path in names[layer]:
+            for step in (4, 5, 6):  # S2 steps after the drop
+                np.testing.assert_array_equal(
+                    entries(step, path, idx), entries(3, path, idx),
+                    err_msg=f"{path} moved at step {step}")
+            if "moving" not in path:
+                assert np.all(entries(3, path, idx) == 0.0), path
+        kept = np.setdiff1d(np.arange(8), idx)
+        kernel = f"{layer}/kernel"
+        assert not np.array_equal(entries(6, kernel, kept),
+                                  entries(3, kernel, kept))
+        for step in (3, 6):
+            for mode in ("inference", "training"):
+                for out in output_index[layer]:
+                    got = values[step][mode][out][..., idx]
+                    assert np.all(got == 0.0), (layer, mode, out, step)
+                    assert np.any(values[step][mode][out][..., kept] != 0)
+    if "conv1" in dropped:
+        kept_stats = np.setdiff1d(np.arange(8), dropped["conv1"])
+        assert not np.array_equal(
+            entries(6, "bn1/moving_mean", kept_stats),
+            entries(3, "bn1/moving_mean", kept_stats))
+
+    # Re-initialised after step 7: orthogonal to the kept filters and to
+    # their old values, at the initializer's scale; bias/BN reset; slots 0.
+    record = controller.history[1]
+    for layer, idx in dropped.items():
+        assert record["modes"][layer] == reinit.KEPT_AND_PREVIOUS
+        unit = next(u for u in controller.units if u.name == layer)
+        kernel = values[7][f"{layer}/kernel"].reshape(-1, 8).T
+        kept = np.setdiff1d(np.arange(8), idx)
+        previous = unit.previous_kernel.numpy().reshape(-1, 8).T[idx]
+        assert np.all(np.linalg.norm(previous, axis=1) > 0)
+        assert repr_lib.max_abs_cosine(kernel[idx], kernel[kept]) < 1e-5
+        assert repr_lib.max_abs_cosine(kernel[idx], previous) < 1e-5
+        fan_in, fan_out = kernel.shape[1], 8 * 9
+        glorot_norm = np.sqrt(fan_in * 2.0 / (fan_in + fan_out))
+        norms = np.linalg.norm(kernel[idx], axis=1)
+        assert np.all((norms > 0.5 * glorot_norm) & (norms < 1.5 * glorot_norm))
+        if layer == "conv1":
+            np.testing.assert_array_equal(values[7]["bn1/gamma"][idx], 1.0)
+            np.testing.assert_array_equal(values[7]["bn1/beta"][idx], 0.0)
+            np.testing.assert_array_equal(
+                values[7]["bn1/moving_mean"][idx], 0.0)
+            np.testing.assert_array_equal(
+                values[7]["bn1/moving_variance"][idx], 1.0)
+        else:
+            np.testing.assert_array_equal(values[7]["conv2/bias"][idx], 0.0)
+        for path in names[layer]:
+            if "moving" in path:
+                continue
+            slots = values[7]["slots"][path]
+            assert len(slots) == (1 if optimizer.startswith("sgd") else 2)
+            for slot in slots:
+                assert np.all(slot[..., idx] == 0.0), path
+                assert np.any(values[6]["slots"][path][0][..., idx] != 0)
+        # ... and they train again afterwards.
+        assert not np.array_equal(entries(16, f"{layer}/kernel", idx),
+                                  entries(7, f"{layer}/kernel", idx))
+    assert all(u.mask.numpy().min() == 1.0 for u in controller.units)
+    # fit runs the model's own train step again after the callback.
+    assert "train_step" not in model.__dict__ and model.train_function is None
+
+
+def test_hold_runs_inside_multi_step_executions():
+    x, y = digits(320)
+    model = bn_and_bias_net()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=2)
+    callback = repr_lib.RePrCallback(4, 4, 1, 0.25, unit="steps", verbose=0)
+    recorder = Recorder(x[:4])
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0,
+              callbacks=[callback, recorder])
+    assert sorted(recorder.values) == [0, 2, 4, 6, 8, 10]
+    assert [h["step"] for h in callback.controller.history] == [4, 8]
+    for layer, idx in callback.controller.history[0]["dropped"].items():
+        path = f"{layer}/kernel"
+        # Step 5 moved them (momentum), the hold inside the execution put
+        # them back before step 6 ended.
+        np.testing.assert_array_equal(recorder.values[6][path][..., idx], 0.0)
+    misaligned = repr_lib.RePrCallback(3, 4, 1, 0.25, unit="steps")
+    with pytest.raises(ValueError, match="multiples of steps_per_execution"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0,
+                  callbacks=[misaligned])
+
+
+def test_closest_fallback_warns_once_when_filters_exceed_fan_in():
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(3, 1, name="first")(inputs)
+    x = keras.layers.Conv2D(8, 1, use_bias=False, name="wide")(x)  # fan-in 3
+    model = keras.Model(inputs, x)
+    controller = repr_lib.RePrController(
+        model, repr_lib.RePrSchedule(1, 1, 2), drop_fraction=0.25)
+    for cycle in range(2):
+        controller.drop(cycle)
+        dropped = controller.units[0].dropped()
+        assert len(dropped) == 2
+        if cycle == 0:
+            with pytest.warns(UserWarning, match="closest to orthogonal"):
+                record = controller.reinitialize(cycle)
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                record = controller.reinitialize(cycle)
+            # Said once, not again.
+            assert not [w for w in caught if "orthogonal" in str(w.message)]
+        assert record["modes"] == {"wide": reinit.CLOSEST}
+        kernel = model.get_layer("wide").kernel.numpy().reshape(3, 8).T
+        new = kernel[dropped] / np.linalg.norm(kernel[dropped], axis=1,
+                                               keepdims=True)
+        np.testing.assert_allclose(new @ new.T, np.eye(2), atol=1e-6)
+
+
+# ------------------------------------------------------------- errors
+def test_clear_errors():
+    for value in (0, 1, 1.5, -0.1, "0.3", True):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            repr_lib.RePrCallback(2, 2, 1, value)
+    for args, match in [((0, 2, 1), "S1"), ((2, 0, 1), "S2"),
+                        ((2, 2, 0), "cycles"), ((2.5, 2, 1), "S1")]:
+        with pytest.raises(ValueError, match=match + " must be an integer"):
+            repr_lib.RePrCallback(*args, 0.3)
+    with pytest.raises(ValueError, match="Unknown ranking method 'cosine'"):
+        repr_lib.RePrCallback(2, 2, 1, 0.3, ranking="cosine")
+    with pytest.raises(ValueError, match="Unknown cutoff 'layer'"):
+        repr_lib.RePrCallback(2, 2, 1, 0.3, cutoff="layer")
+    with pytest.raises(ValueError, match="'epochs' or 'steps'"):
+        repr_lib.RePrCallback(2, 2, 1, 0.3, unit="batches")
+
+    dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="no convolution to rank"):
+        repr_lib.rank_filters(dense)
+    one_conv = keras.Sequential([keras.Input((4, 4, 1)),
+                                 keras.layers.Conv2D(2, 1)])
+    with pytest.raises(ValueError, match="besides its first one"):
+        repr_lib.RePrController(one_conv, drop_fraction=0.3)
+
+    def net(*middle):
+        inputs = keras.Input((4, 4, 2))
+        x = keras.layers.Conv2D(2, 1, name="first")(inputs)
+        for layer in middle:
+            x = layer(x)
+        return keras.Model(inputs, x)
+
+    with pytest.raises(ValueError, match="'gate'.*maps 0 to 0.5"):
+        repr_lib.RePrController(net(keras.layers.Conv2D(
+            2, 1, activation="sigmoid", name="gate")), drop_fraction=0.3)
+    with pytest.raises(ValueError, match="'c'.*renorm"):
+        repr_lib.RePrController(net(
+            keras.layers.Conv2D(2, 1, name="c"),
+            keras.layers.BatchNormalization(renorm=True)), drop_fraction=0.3)
+    lora = net(keras.layers.Conv2D(2, 1, name="lora"))
+    lora.get_layer("lora").enable_lora(1)
+    with pytest.raises(ValueError, match="'lora'.*LoRA"):
+        repr_lib.RePrController(lora, drop_fraction=0.3)
+    depthwise = net(keras.layers.DepthwiseConv2D(1, name="dw"))
+    with pytest.raises(ValueError, match="'dw' cannot be ranked.*depthwise"):
+        repr_lib.rank_filters(depthwise, layers=["dw"])
+    grouped = net(keras.layers.Conv2D(2, 1, groups=2, name="grouped"))
+    with pytest.raises(ValueError, match="'grouped'.*grouped convolution"):
+        repr_lib.rank_filters(grouped)
+
+
+# ------------------------------------------- trainers, resume, mirrored
+LOOP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from trainers import distribute
+    distribute.configure_cpu_devices(2)  # before any TensorFlow op
+    import numpy as np
+    import tensorflow as tf
+    from trainers import loop
+    from tests.test_trainers import checkpoint_values
+
+    root = sys.argv[1]
+    base = dict(
+        method="repr", model="tests.test_trainers:tiny_cnn",
+        dataset="digits", batch_size=64, epochs=5, lr_schedule="constant",
+        learning_rate=0.05, repr_s1=1, repr_s2=1, repr_cycles=2,
+        repr_drop_fraction=0.25, steps_per_loop=4, checkpoint_every_steps=10,
+        deterministic=True, verbose=0, calibration_examples=64, seed=1,
+    )
+    full = loop.train(loop.TrainConfig(**base, model_dir=root + "/full"))
+    # The same run, stopped in the middle of the first S2, then resumed.
+    loop.train(loop.TrainConfig(**base, train_steps=35,
+                                model_dir=root + "/resumed"))
+    mid = checkpoint_values(root + "/resumed/ckpt-35")
+    resumed = loop.train(loop.TrainConfig(**base,
+                                          model_dir=root + "/resumed"))
+    a = checkpoint_values(tf.train.latest_checkpoint(root + "/full"))
+    b = checkpoint_values(tf.train.latest_checkpoint(root + "/resumed"))
+    state = sorted(k for k in a if k.startswith("method/"))
+    mirrored = distribute.get_strategy("mirrored")
+    dist = loop.train(loop.TrainConfig(**{**base, "epochs": 3},
+                                       model_dir=root + "/mirrored"),
+                      mirrored)
+    print(json.dumps({
+        "same_keys": sorted(a) == sorted(b),
+        "differences": [k for k in a if not np.array_equal(a[k], b[k])],
+        "state_keys": state,
+        "events_done": int(a["method/events_done/.ATTRIBUTES/VARIABLE_VALUE"]),
+        "mid_events_done": int(
+            mid["method/events_done/.ATTRIBUTES/VARIABLE_VALUE"]),
+        "mid_dropped": int(sum((mid[k] == 0).sum() for k in mid
+                               if k.startswith("method/masks/"))),
+        "steps": [full["steps"], resumed["steps"]],
+        "accuracy": full["widths"][0]["accuracy"],
+        "mirrored": [dist["num_replicas"], dist["steps"]],
+    }))
+    """
+)
+
+
+def test_trainers_repr_resumes_exactly_and_runs_mirrored(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", LOOP_SCRIPT, str(tmp_path)], cwd=REPO,
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO),
+             "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["steps"] == [110, 110]  # 22 steps per epoch, 5 epochs
+    assert report["same_keys"] and report["differences"] == []
+    assert any("masks" in k for k in report["state_keys"])
+    assert any("previous_kernels" in k for k in report["state_keys"])
+    assert report["events_done"] == 4
+    # Stopped at 35: after the drop at 22, before the reinit at 44.
+    assert report["mid_events_done"] == 1 and report["mid_dropped"] == 4  # 25% of 16
+    assert report["accuracy"] > 0.3
+    assert report["mirrored"] == [2, 66]
+
+
+MIRRORED_FIT_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    from keras_slim import repr as repr_lib
+    from tests.testing import digits
+
+    keras.utils.set_random_seed(0)
+    x, y = digits(256)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        inputs = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(4, 3, padding="same", name="c0")(inputs)
+        h = keras.layers.Conv2D(8, 3, padding="same", name="c1")(h)
+        h = keras.layers.BatchNormalization(name="b1")(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        model = keras.Model(inputs, keras.layers.Dense(10)(h))
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+    callback = repr_lib.RePrCallback(2, 3, 1, 0.4, unit="steps", verbose=0)
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(model.optimizer.iterations.numpy())
+            seen[step] = {
+                name: [v.numpy().tolist() for v in variable.value.values]
+                for name, variable in [
+                    ("kernel", model.get_layer("c1").kernel),
+                    ("bias", model.get_layer("c1").bias),
+                    ("mean", model.get_layer("b1").moving_mean)]}
+
+    model.fit(x, y, batch_size=32, epochs=1, callbacks=[callback, Spy()],
+              verbose=0)
+    dropped = callback.controller.history[0]["dropped"]["c1"]
+    out = {"dropped": dropped, "history": [
+        h["step"] for h in callback.controller.history]}
+    for step in (2, 3, 4, 5):
+        replicas = {k: [np.asarray(r)[..., dropped] for r in v]
+                    for k, v in seen[step].items()}
+        out[step] = {
+            "replicas_equal": all(np.array_equal(r[0], r[1])
+                                  for r in replicas.values()),
+            "kernel_max": float(np.abs(replicas["kernel"][0]).max()),
+            "mean": replicas["mean"][0].tolist(),
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_fit_under_mirrored_strategy_holds_dropped_filters():
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_FIT_SCRIPT], cwd=REPO,
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO),
+             "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["history"] == [2, 5] and len(report["dropped"]) == 3  # 0.4 * 8
+    for step in ("2", "3", "4"):
+        assert report[step]["replicas_equal"]
+        assert report[step]["kernel_max"] == 0.0
+        assert report[step]["mean"] == report["2"]["mean"]  # no drift
+    assert report["5"]["kernel_max"] > 0  # re-initialised
+    assert report["5"]["replicas_equal"]
