@@ -129,3 +129,146 @@ def test_greedy_picks_the_least_harmful_group(digits):
     assert first["chosen"]["conv3"] == 36 - 4
     assert first["accuracy"] == full
     assert result["configs"][0]["step"] == 1
+
+
+@pytest.fixture(scope="module")
+def searched(trained, digits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("search")
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    targets = [0.5 * full, 0.8 * full]
+    result = search.autoslim(
+        trained, _search_set(digits), targets=targets, bins=6,
+        output_path=folder / "search.json", verbose=0,
+    )
+    return result, targets, folder
+
+
+def test_targets_recorded_largest_first_below_target(searched):
+    result, targets, _ = searched
+    assert result["finished"]
+    configs = result["configs"]
+    assert [c["target"] for c in configs] == sorted(targets, reverse=True)
+    for config in configs:
+        assert config["macs"] <= config["target"]
+        # Recorded at the first step whose cost reached the target.
+        previous = result["history"][config["step"] - 1]
+        assert previous["macs"] > config["target"]
+        uniform = config["uniform"]
+        assert uniform["within_cost"] == (uniform["macs"] <= config["macs"])
+        assert uniform["within_cost"] or uniform["width"] == 0.25
+    assert configs[0]["step"] < configs[1]["step"]
+    # It stops at the first step below the smallest target.
+    assert result["history"][-1]["step"] == configs[-1]["step"]
+    # Two groups: the shared prefix is computed once either way.
+    assert 0 < result["stats"]["work_ratio"] <= 1
+
+
+def test_search_is_deterministic(trained, digits, searched):
+    result, targets, _ = searched
+    again = search.autoslim(trained, _search_set(digits), targets=targets,
+                            bins=6, verbose=0)
+    assert [c["channels"] for c in again["configs"]] == [
+        c["channels"] for c in result["configs"]]
+    assert [r["group"] for r in again["history"]] == [
+        r["group"] for r in result["history"]]
+
+
+def test_resume_after_interruption(trained, digits, searched, tmp_path):
+    result, targets, _ = searched
+    progress = tmp_path / "progress.json"
+    partial = search.autoslim(trained, _search_set(digits), targets=targets,
+                              bins=6, progress_path=progress, max_steps=2,
+                              verbose=0)
+    assert not partial["finished"] and len(partial["history"]) == 3
+    resumed = search.autoslim(trained, _search_set(digits), targets=targets,
+                              bins=6, progress_path=progress, verbose=0)
+    assert resumed["finished"]
+    assert [c["channels"] for c in resumed["configs"]] == [
+        c["channels"] for c in result["configs"]]
+    # A progress file of another search is refused.
+    with pytest.raises(ValueError, match="another search"):
+        search.autoslim(trained, _search_set(digits), targets=targets,
+                        bins=4, progress_path=progress, verbose=0)
+
+
+def test_configs_round_trip_and_are_accepted_everywhere(
+        trained, searched, tmp_path):
+    result, _, folder = searched
+    configs = search.load_configs(folder / "search.json")
+    assert list(configs) == [c["name"] for c in result["configs"]]
+    name = list(configs)[-1]
+    config = configs[name]
+    entry = result["configs"][-1]
+    assert config == entry["channels"]
+    profiled = keras_slim.profile(trained, config)
+    assert (profiled["macs"], profiled["params"]) == (
+        entry["macs"], entry["params"])
+    stripped = keras_slim.strip(trained, config)
+    for layer, channels in config.items():
+        assert stripped.get_layer(layer).get_config().get(
+            "filters", channels) == channels
+    keras_slim.calibrate_bn(trained, np.zeros((8, 8, 8, 1), "float32"),
+                            widths=[config], verbose=0)
+    trained.set_width(config)
+    assert trained.predict(np.zeros((2, 8, 8, 1)), verbose=0).shape == (2, 10)
+    trained.set_width(trained.width_range[1])
+    keras_slim.export.to_tflite(trained, tmp_path / "tflite", widths=[config])
+    manifest = json.loads((tmp_path / "tflite" / "manifest.json").read_text())
+    (export,) = manifest["exports"]
+    assert export["macs"] == entry["macs"]
+
+
+def test_errors(trained, digits, tmp_path):
+    costs = CostModel(trained)
+    full = costs.cost(trained.full_channels)["macs"]
+    with pytest.raises(ValueError, match=r"reachable range \[\d+, \d+\]"):
+        search.autoslim(trained, _search_set(digits), targets=[full * 2],
+                        verbose=0)
+    with pytest.raises(ValueError, match="reachable range"):
+        search.autoslim(trained, _search_set(digits), targets=[1], verbose=0)
+    x, y = _search_set(digits)
+    with pytest.raises(ValueError, match="empty"):
+        search.autoslim(trained, (x[:0], y[:0]), targets=[full], verbose=0)
+    with pytest.raises(ValueError, match="latency_table"):
+        search.autoslim(trained, (x, y), targets=[1.0], metric="latency",
+                        verbose=0)
+    with pytest.raises(ValueError, match="metric must be"):
+        search.autoslim(trained, (x, y), targets=[full], metric="flops",
+                        verbose=0)
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(inputs))
+    fixed = keras_slim.slim(keras.Model(inputs, outputs))
+    with pytest.raises(ValueError, match="no slimmable channel group"):
+        search.autoslim(fixed, (x, y), targets=[1], verbose=0)
+    with pytest.raises(ValueError, match="not a slimmable layer"):
+        trained.set_width({"nonexistent": 4})
+    with pytest.raises(ValueError, match="can have 1 to"):
+        trained.set_width({"conv1": 400})
+    with pytest.raises(ValueError, match="not a keras_slim.search result"):
+        (tmp_path / "bad.json").write_text("{}")
+        search.load_configs(tmp_path / "bad.json")
+    other = search.LatencyTable("0123456789ab", {"conv1": [[1.0, 0.1]]})
+    with pytest.raises(ValueError, match="another model"):
+        search.autoslim(trained, (x, y), targets=[full], latency_table=other,
+                        verbose=0)
+
+
+def test_latency_table_predicts_and_is_checked(tmp_path):
+    model = keras_slim.slim(_base_model(), width_range=(0.5, 1.0), divisor=4)
+    path = tmp_path / "latency.json"
+    table = search.latency_table(model, path, levels=2, num_runs=5,
+                                 warmup=1, verbose=0)
+    assert path.exists()
+    loaded = search.latency_table(model, path)
+    assert loaded.layers == table.layers
+    # Fitted on the whole network at min and max width: their mean error
+    # is zero by construction, each within the measurements' spread.
+    gaps = [table.predict_config(model, check["width"]) - check["measured_ms"]
+            for check in table.checks]
+    assert [c["width"] for c in table.checks] == [0.5, 1.0]
+    assert abs(sum(gaps)) < 1e-9
+    assert set(table.layers) == {"conv1", "conv2", "conv3", "dw",
+                                 "classifier"}
+    other = keras_slim.slim(_base_model(classes=5), width_range=(0.5, 1.0))
+    with pytest.raises(ValueError, match="another model"):
+        search.latency_table(other, path)

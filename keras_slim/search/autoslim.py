@@ -102,7 +102,8 @@ def _uniform_width(space, value):
             low = mid
         else:
             high = mid
-    return round(low, 4)
+    # Floor, not round: rounding up could cross to the next channel count.
+    return math.floor(low * 1e4) / 1e4
 
 
 def autoslim(
@@ -175,8 +176,9 @@ def autoslim(
     Returns:
         A dict with "configs" (per target, largest first: name, target,
         metric, macs, params, latency_ms, search_accuracy, step, channels
-        (layer name -> channels) and "uniform": the uniform width with at
-        most the same cost and its search accuracy), "history" (one row per
+        (layer name -> channels) and "uniform": the widest uniform width
+        with at most the same cost (or the model's min width, with
+        "within_cost" False) and its search accuracy), "history" (one row per
         step), "range" (the reachable costs), "finished" and "stats"
         (seconds per step, the cached / uncached work ratio).
 
@@ -405,6 +407,8 @@ def _result(space, runner, progress, plan_targets, finished, metric):
             "width": width, "macs": priced["macs"],
             "params": priced["params"], "latency_ms": priced.get("latency"),
             "search_accuracy": runner.accuracy(counts),
+            # False when even the narrowest uniform width costs more.
+            "within_cost": priced[metric] <= found[metric],
         }
         configs.append(found)
     steps = progress["history"][1:]
