@@ -272,3 +272,29 @@ def test_latency_table_predicts_and_is_checked(tmp_path):
     other = keras_slim.slim(_base_model(classes=5), width_range=(0.5, 1.0))
     with pytest.raises(ValueError, match="another model"):
         search.latency_table(other, path)
+
+
+def test_slimmable_model_trains_configurations_as_widths(digits, tmp_path):
+    small = {"conv1": 8, "conv3": 12}
+    large = {"conv1": 16, "conv3": 24}
+    model = keras_slim.slim(_base_model(), width_range=(0.25, 1.5),
+                            widths=[large, small], divisor=4)
+    assert model.switchable and model.widths == [small, large]
+    assert model.training_widths() == [large, small]
+    assert model.width_index(small) == 0 and model.width_index(large) == 1
+    model.compile("adam", "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x, y = digits
+    history = model.fit(x[:256], y[:256], epochs=1, verbose=0)
+    tag = keras_slim.width.width_tag(small)
+    assert f"loss_{tag}" in history.history
+    model.set_width(small)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.widths == model.widths
+    np.testing.assert_allclose(
+        loaded.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0),
+        atol=1e-6)
+    with pytest.raises(ValueError, match="mixes numbers and configurations"):
+        keras_slim.slim(_base_model(), widths=[small, 1.0])

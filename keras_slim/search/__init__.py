@@ -17,7 +17,7 @@ Example:
 ...                             widths=[configs["macs_40M"]])
 """
 
-from keras_slim.search.autoslim import autoslim
+from keras_slim.search.greedy import autoslim
 from keras_slim.search.configs import config_from_counts
 from keras_slim.search.configs import load_configs
 from keras_slim.search.configs import read_results

@@ -1,4 +1,7 @@
-"""AutoSlim: a greedy one-shot search of per-layer channel counts."""
+"""AutoSlim: a greedy one-shot search of per-layer channel counts.
+
+(Named `greedy` so that `keras_slim.search.autoslim` is the function.)
+"""
 
 import hashlib
 import json
