@@ -199,6 +199,8 @@ class SlimmableModel(keras.Model):
         self.width_seed = 0
         self._width_metrics = {}
         self.built = True
+        if width is None and configs:
+            width = self.widths[-1]  # the largest configuration
         if width is not None:
             # A loaded model: its variables hold this width's channels.
             self.set_width(width)
@@ -288,6 +290,14 @@ class SlimmableModel(keras.Model):
 
     def _validate_width(self, width):
         width = width_lib.validate_width(width, self.width_range)
+        if self.widths is not None and isinstance(self.widths[0], dict):
+            if self.switchable:
+                raise ValueError(
+                    "This network switches between its configurations "
+                    "(dicts layer name -> channels) only (S-Net); got width "
+                    f"{width}."
+                )
+            return width
         if self.widths is not None:
             matches = [w for w in self.widths if abs(w - width) < 1e-6]
             if matches:

@@ -298,3 +298,64 @@ def test_slimmable_model_trains_configurations_as_widths(digits, tmp_path):
         atol=1e-6)
     with pytest.raises(ValueError, match="mixes numbers and configurations"):
         keras_slim.slim(_base_model(), widths=[small, 1.0])
+
+
+def tiny_named_cnn(input_shape=(8, 8, 1), num_classes=10):
+    """A stock CNN with named layers, for `--model=test_search:...`."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv_a")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same",
+                            name="conv_b")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+@pytest.mark.parametrize("method,names", [
+    ("plain", ["small"]), ("snet", ["small", "large"])])
+def test_trainers_train_searched_configs(tmp_path, method, names):
+    from keras_slim.search import configs as configs_lib
+    from trainers import loop
+
+    found = {"small": {"conv_a": 4, "conv_b": 8},
+             "large": {"conv_a": 8, "conv_b": 12}}
+    path = tmp_path / "search.json"
+    configs_lib.save_configs(path, {"configs": [
+        {"name": n, "channels": c} for n, c in found.items()]})
+    config = loop.TrainConfig(
+        method=method, model=f"{__name__}:tiny_named_cnn", dataset="digits",
+        width_range=(0.25, 1.0), searched_config=f"{path}:{','.join(names)}",
+        batch_size=32, train_steps=4, steps_per_loop=2,
+        checkpoint_every_steps=0, model_dir=str(tmp_path / "run"),
+        verbose=0, calibration_examples=64,
+    )
+    report = loop.train(config)
+    assert [w["width"] for w in report["widths"]] == [found[n] for n in names]
+    channels = {n: [c["conv_a"], c["conv_b"]] for n, c in found.items()}
+    assert [w["channels"] for w in report["widths"]] == [
+        channels[n] for n in names]
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    assert model.switchable == (len(names) > 1)
+    assert sorted(map(str, model.widths)) == sorted(
+        str(found[n]) for n in names)
+
+
+def test_trainers_searched_config_errors(tmp_path):
+    from keras_slim.search import configs as configs_lib
+    from trainers import loop
+    from trainers import methods
+
+    path = tmp_path / "search.json"
+    configs_lib.save_configs(path, {"configs": [
+        {"name": "a", "channels": {"conv_a": 4}}]})
+    config = loop.TrainConfig(searched_config=f"{path}:b")
+    with pytest.raises(ValueError, match=r"\['b'\] not in"):
+        methods.get("snet").slim_kwargs(config)
+    config = loop.TrainConfig(searched_config=f"{path}:a,a")
+    with pytest.raises(ValueError, match="Use --method=snet"):
+        methods.get("plain").slim_kwargs(config)
+    with pytest.raises(ValueError, match="does not"):
+        methods.get("us").slim_kwargs(config)
