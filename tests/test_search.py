@@ -218,6 +218,16 @@ def test_configs_round_trip_and_are_accepted_everywhere(
     assert export["macs"] == entry["macs"]
 
 
+def test_plots_are_written(trained, searched, tmp_path):
+    result, _, folder = searched
+    search.plots.plot_channels(folder / "search.json", trained,
+                               tmp_path / "channels.png")
+    search.plots.plot_accuracy(result, tmp_path / "accuracy.png",
+                               retrained={"searched": [(1e5, 0.9)]})
+    for name in ("channels.png", "accuracy.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_errors(trained, digits, tmp_path):
     costs = CostModel(trained)
     full = costs.cost(trained.full_channels)["macs"]

@@ -25,3 +25,4 @@ from keras_slim.search.cost import CostModel
 from keras_slim.search.cost import fingerprint
 from keras_slim.search.latency import LatencyTable
 from keras_slim.search.latency import latency_table
+from keras_slim.search import plots

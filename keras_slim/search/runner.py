@@ -147,8 +147,22 @@ class Runner:
         return self._segments[i]
 
     def _advance(self, i, values, counts):
+        first = self._segments[i] is None
         function, live_in, live_out = self._segment(i, values)
-        outputs = function(*[values[t] for t in live_in], counts)
+        arguments = [values[t] for t in live_in] + [counts]
+        if first:
+            # Each segment traces once; TensorFlow counts the segments'
+            # first traces together (same Python code) and would warn
+            # about "retracing".
+            logger = tf.get_logger()
+            level = logger.level
+            logger.setLevel("ERROR")
+            try:
+                outputs = function(*arguments)
+            finally:
+                logger.setLevel(level)
+        else:
+            outputs = function(*arguments)
         return dict(zip(live_out, outputs))
 
     def _finish(self, i, values, counts):
