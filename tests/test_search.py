@@ -282,6 +282,18 @@ def test_latency_table_predicts_and_is_checked(tmp_path):
     other = keras_slim.slim(_base_model(classes=5), width_range=(0.5, 1.0))
     with pytest.raises(ValueError, match="another model"):
         search.latency_table(other, path)
+    # A search by predicted latency.
+    full = table.predict_config(model, 1.0)
+    rng = np.random.default_rng(0)
+    data = (rng.random((32, 8, 8, 1), dtype=np.float32),
+            rng.integers(0, 10, 32))
+    result = search.autoslim(model, data, targets=[0.9 * full],
+                             metric="latency", latency_table=path, verbose=0)
+    (found,) = result["configs"]
+    assert found["latency_ms"] <= 0.9 * full < result["history"][
+        found["step"] - 1]["latency"]
+    assert found["latency_ms"] == pytest.approx(
+        table.predict_config(model, found["channels"]))
 
 
 def test_slimmable_model_trains_configurations_as_widths(digits, tmp_path):

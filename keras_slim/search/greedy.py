@@ -20,6 +20,8 @@ from keras_slim.search.runner import Runner
 from keras_slim.search.runner import search_arrays
 
 METRICS = ("macs", "params", "latency")
+# The key of each metric in a result's configuration entries.
+_ENTRY_KEY = {"macs": "macs", "params": "params", "latency": "latency_ms"}
 
 
 def _human(value, metric):
@@ -403,7 +405,7 @@ def _result(space, runner, progress, plan_targets, finished, metric):
         if name not in by_name:
             continue
         found = dict(by_name[name])
-        width = _uniform_width(space, found[metric])
+        width = _uniform_width(space, found[_ENTRY_KEY[metric]])
         counts = space.model.channel_plan.counts(width).tolist()
         priced = space.cost(counts)
         found["uniform"] = {
@@ -411,7 +413,7 @@ def _result(space, runner, progress, plan_targets, finished, metric):
             "params": priced["params"], "latency_ms": priced.get("latency"),
             "search_accuracy": runner.accuracy(counts),
             # False when even the narrowest uniform width costs more.
-            "within_cost": priced[metric] <= found[metric],
+            "within_cost": priced[metric] <= found[_ENTRY_KEY[metric]],
         }
         configs.append(found)
     steps = progress["history"][1:]
