@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_slim.layers import scope as aw
-from keras_slim.layers.normalization import _SlimNormalizationBase
 from keras_slim.search.program import Program
 
 _KERNEL_TYPES = (
@@ -169,8 +168,6 @@ class CostModel:
                 row["per_channel"] = 2 + int(layer.center) + int(layer.scale)
             elif layer.weights:
                 row["kind"] = "fixed_or_channelwise"
-                if isinstance(layer, _SlimNormalizationBase):
-                    row["per_channel"] = None
                 row["full_params"] = int(layer.count_params())
             if row["kind"] is not None:
                 self.layers.append(row)

@@ -11,6 +11,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_slim.model import SlimmableModel
 from keras_slim.search import configs as configs_lib
@@ -235,7 +236,9 @@ def autoslim(
         )
     if names is not None and len(set(names)) != len(names):
         raise ValueError(f"names must be distinct; got {names}.")
-    x, labels = search_arrays(search_data)
+    # A dataset is read up to num_images; arrays are subsampled with seed.
+    is_dataset = isinstance(search_data, tf.data.Dataset)
+    x, labels = search_arrays(search_data, num_images if is_dataset else None)
     if num_images is not None and len(x) > int(num_images):
         order = np.random.default_rng(seed).permutation(len(x))
         chosen = np.sort(order[: int(num_images)])
