@@ -30,15 +30,20 @@ def config_from_counts(model, counts):
     }
 
 
-def save_configs(path, results):
-    """Writes a search result (see `autoslim`) as JSON, atomically."""
+def write_json(path, data):
+    """Writes `data` as JSON atomically (a crash leaves the old file)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = path + ".tmp"
     with open(temporary, "w") as f:
-        json.dump(dict(results, format=FORMAT), f, indent=1)
+        json.dump(data, f, indent=1)
     os.replace(temporary, path)
+
+
+def save_configs(path, results):
+    """Writes a search result (see `autoslim`) as JSON, atomically."""
+    write_json(path, dict(results, format=FORMAT))
 
 
 def load_configs(path):

@@ -334,7 +334,7 @@ def autoslim(
 
     def save_progress():
         if progress_path is not None:
-            configs_lib.save_configs(progress_path, dict(progress, configs=[]))
+            configs_lib.write_json(progress_path, progress)
 
     record(progress["history"][-1])
     save_progress()
