@@ -5,8 +5,9 @@ layer of the network is converted alone to TFLite at a few channel levels
 (its input and output counts scaled together) and timed with the LiteRT
 interpreter. A configuration's latency is predicted as the sum, over
 layers, of the layer's latency interpolated in its MACs between the
-measured levels, plus a constant for everything else (activations, BN
-folded away by the converter, pooling, interpreter overhead), fitted on the
+measured levels (less the interpreter's fixed cost per invocation, timed on
+a trivial model), plus a constant for everything else (activations, BN
+folded away by the converter, pooling, that fixed cost once), fitted on the
 whole network at the full and minimum widths. Tables are JSON, so one can
 be measured on a phone and loaded here; each records the model's
 fingerprint (`keras_slim.search.fingerprint`) and a table of another model
@@ -228,6 +229,13 @@ def latency_table(model, path=None, levels=3, num_runs=30, warmup=3,
             if r["kind"] in ("kernel", "depthwise", "separable")]
     progress = keras.utils.Progbar(len(rows) * len(widths), verbose=verbose,
                                    unit_name="measurement")
+    # Every single-layer file also pays the interpreter's fixed cost per
+    # invocation, which the whole network pays once: measure it on a
+    # trivial model and take it off each layer.
+    trivial_input = keras.Input(shape=(1, 1, 8), batch_size=1)
+    trivial = keras.Model(trivial_input, keras.layers.ReLU()(trivial_input))
+    invoke_ms = _time_interpreter(_convert(trivial), int(num_runs),
+                                  int(warmup), int(num_threads))
     measured, layers = {}, {}
     for width in widths:
         counts = plan.counts(float(width)).tolist()
@@ -244,9 +252,9 @@ def latency_table(model, path=None, levels=3, num_runs=30, warmup=3,
                    json.dumps(layer.get_config().get("strides")))
             if key not in measured:
                 single = _single_layer(row, layer, in_shape, i, o)
-                measured[key] = _time_interpreter(
+                measured[key] = max(0.0, _time_interpreter(
                     _convert(single), int(num_runs), int(warmup),
-                    int(num_threads))
+                    int(num_threads)) - invoke_ms)
             layers.setdefault(row["name"], []).append(
                 [macs_of[row["index"]], measured[key]])
             progress.add(1)
