@@ -74,6 +74,22 @@ def test_cost_model_matches_profile(trained):
                           "params": profiled["params"]}
 
 
+def test_cost_model_follows_concatenate_and_flatten():
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(8, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(12, 3, padding="same", name="b")(inputs)
+    x = keras.layers.BatchNormalization()(keras.layers.Concatenate()([a, b]))
+    x = keras.layers.Conv2D(16, 1, name="d")(x)
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
+    model = keras_slim.slim(keras.Model(inputs, outputs), width_range=(0.25, 1))
+    costs = CostModel(model)
+    assert costs.cuts == {"a": 0, "b": 1, "d": 4}
+    for width in (1.0, 0.5, {"a": 3, "b": 12, "d": 5}):
+        profiled = keras_slim.profile(model, width)
+        assert costs.cost(model.channels_for(width)) == {
+            "macs": profiled["macs"], "params": profiled["params"]}
+
+
 def test_cached_prefix_equals_full_evaluation(trained, digits):
     costs = CostModel(trained)
     x, y = _search_set(digits)
