@@ -18,13 +18,13 @@ search keeps a progress file and finished trainings are kept in
 
 Usage:
 
-    python benchmarks/autoslim_cifar10.py --quick   # small: ResNet-20
+    python benchmarks/autoslim_cifar10.py --quick   # ResNet-20, ~17 min
     python benchmarks/autoslim_cifar10.py           # MobileNetV2 1.5x
 
 On 2 CPU cores one greedy step of MobileNetV2 1.5x with 1,024 search images
-takes about 2 minutes (see `autoslim_speed.py`), and the three default
-targets need 45 to 217 steps: the full run is many hours. `--quick` uses
-ResNet-20, 256 search images and 6 bins.
+takes about 2 minutes (see `autoslim_speed.py`), and reaching 0.75x MACs
+alone needs 45 to 217 steps: the full run takes many hours. `--quick` uses
+ResNet-20, 10,000 training images, 3 epochs, 256 search images and 6 bins.
 
 Reference:
     Yu & Huang, AutoSlim: Towards One-Shot Architecture Search for Channel
