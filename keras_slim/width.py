@@ -163,6 +163,10 @@ def width_suffix(width):
     return f"w{float(width):g}"
 
 
+# Widths this close to 1.0 are width 1.0 (the original network).
+_ONE_TOLERANCE = 1e-9
+
+
 def _round_counts(base, width, full, divisor, min_channels, xp):
     """The channel rule on arrays (numpy or TensorFlow ops, via `xp`).
 
@@ -179,10 +183,15 @@ def _round_counts(base, width, full, divisor, min_channels, xp):
         base = base.astype("int64")
         narrow = np.minimum(counts, base)
         wide = np.minimum(np.maximum(counts, base), full)
-        return np.where(np.asarray(width) <= 1.0, narrow, wide)
+        width = np.asarray(width)
+        # make_divisible may round `base` itself down (26 -> 24 with
+        # divisor 8): width 1.0 is the original count regardless.
+        narrow = np.where(np.abs(width - 1.0) < _ONE_TOLERANCE, base, narrow)
+        return np.where(width <= 1.0, narrow, wide)
     base = tf.cast(base, tf.int32)
     full = tf.cast(full, tf.int32)
     narrow = tf.minimum(counts, base)
+    narrow = tf.where(tf.abs(width - 1.0) < _ONE_TOLERANCE, base, narrow)
     wide = tf.minimum(tf.maximum(counts, base), full)
     return tf.where(width <= 1.0, narrow, wide)
 

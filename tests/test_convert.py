@@ -382,6 +382,26 @@ def test_official_mobilenet_v2_channels_match_the_papers_macs():
     assert keras_slim.strip(model, 0.35).get_layer("head").filters == 1280
 
 
+def test_counts_the_divisor_rounds_down_stay_exact_at_width_one():
+    # make_divisible(26, 8) is 24: EfficientNetV2-B2's 26-channel squeeze
+    # crashed the weight copy (and width 1.0 would not be the original).
+    assert width_lib.channel_count(26, 1.0, divisor=8) == 26
+    assert width_lib.channel_count(26, 0.99, divisor=8) == 24
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(26, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    base = keras.Model(inputs, keras.layers.Dense(3)(x))
+    x = _inputs(base)
+    for max_width in (1.0, 1.5):
+        model = keras_slim.slim(base, width_range=(0.25, max_width),
+                                divisor=8)
+        model.set_width(1.0)
+        assert model.channels_for(1.0) == [26]
+        assert model.channel_plan.counts_tensor(
+            tf.constant(1.0)).numpy().tolist() == [26]
+        assert_close(model(x), base(x), atol=1e-5)
+
+
 def test_one_width_rule_for_plain_and_slimmable_networks():
     assert width_lib.channel_count(30, 0.99, divisor=8) == 30
     assert width_lib.channel_count(30, 1.0, divisor=8) == 30
