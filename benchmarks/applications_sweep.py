@@ -6,7 +6,7 @@ width 1.0 against the original, `strip(model, w)` against the model at
 three other widths, one sandwich `fit` step (eager: tracing the step of a
 model with hundreds of layers costs more than the check), and a TFLite
 export of width 0.5 verified against Keras. A restarted sweep keeps the
-rows it already has. Writes `applications.json` and
+rows that converted and checks the others again. Writes `applications.json` and
 `applications.md` (the README's table) to `--output_dir`.
 
 Usage:
@@ -56,9 +56,10 @@ def main():
     done = {}
     if (out / "applications.json").exists():
         previous = json.loads((out / "applications.json").read_text())
+        # Rows that failed are checked again (the code may have changed).
         done = {row["model"]: row for row in previous["rows"]
-                if row.get("input_size") == _sizes(row["model"],
-                                                   args.input_size)}
+                if row["converts"] and row.get("input_size") == _sizes(
+                    row["model"], args.input_size)}
     rows = []
     for i, name in enumerate(names):
         if name in done:
