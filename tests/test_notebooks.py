@@ -74,10 +74,12 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, monkeypatch):
         resources={"metadata": {"path": str(tmp_path)}},  # the kernel's cwd
     )
     start = time.perf_counter()
-    client.execute()  # raises CellExecutionError on any failing cell
+    try:
+        client.execute()  # raises CellExecutionError on any failing cell
+    finally:
+        # Kept for inspection, outputs included (see pytest --basetemp).
+        nbformat.write(notebook, tmp_path / path.name)
     seconds = time.perf_counter() - start
-    # Kept for inspection (pytest --basetemp); also the figures were drawn.
-    nbformat.write(notebook, tmp_path / path.name)
     images = [o for c in notebook.cells if c.cell_type == "code"
               for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} shows no plot"
