@@ -27,7 +27,8 @@ EXPECTED = [
     "several_devices.ipynb",
     "your_own_model.ipynb",
 ]
-# Seconds per cell; the slowest QUICK cell takes ~20 s on 2 shared cores.
+# Seconds per cell; the slowest QUICK cell (your_own_model fit) takes ~50 s
+# on 2 busy cores.
 CELL_TIMEOUT = 300
 
 
