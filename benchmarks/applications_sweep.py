@@ -3,8 +3,10 @@
 For each builder (`weights=None`, 10 classes, square inputs, `divisor=8`)
 it runs the conversion check of the CI test (`tests/applications.py`):
 width 1.0 against the original, `strip(model, w)` against the model at
-three other widths, one sandwich `fit` step, and a TFLite export of width
-0.5 verified against Keras. Writes `applications.json` and
+three other widths, one sandwich `fit` step (eager: tracing the step of a
+model with hundreds of layers costs more than the check), and a TFLite
+export of width 0.5 verified against Keras. A restarted sweep keeps the
+rows it already has. Writes `applications.json` and
 `applications.md` (the README's table) to `--output_dir`.
 
 Usage:
@@ -51,12 +53,21 @@ def main():
     out = pathlib.Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    done = {}
+    if (out / "applications.json").exists():
+        previous = json.loads((out / "applications.json").read_text())
+        done = {row["model"]: row for row in previous["rows"]
+                if row.get("input_size") == _sizes(row["model"],
+                                                   args.input_size)}
     rows = []
     for i, name in enumerate(names):
+        if name in done:
+            rows.append(done[name])
+            continue
         log(f"[{i + 1}/{len(names)}] {name}")
         size = _sizes(name, args.input_size)
         try:
-            row = applications.check_in_temp_dir(name, size)
+            row = applications.check_in_temp_dir(name, size, run_eagerly=True)
         except Exception as error:  # noqa: BLE001 - the table reports it
             row = {"model": name, "input_size": size, "converts": False,
                    "error": f"{type(error).__name__}: {error}"[:300]}

@@ -25,6 +25,7 @@ from keras_slim import layers
 from keras_slim import models
 from keras_slim import registry
 from keras_slim import repr  # noqa: A004 (the RePr subpackage)
+from keras_slim import search
 from keras_slim import training
 from keras_slim import width
 from keras_slim.calibration import calibrate_bn

@@ -630,6 +630,9 @@ def slim(
             switchable BN (the default without `triangular`) only these
             widths run; with a shared BN (k-width Any-Width Networks) they
             are the training widths and any width in their range runs.
+            May be configurations (dicts layer name -> channels, e.g.
+            searched by `keras_slim.search.autoslim`): `width_range`'s max
+            then sets the layers' channels.
         divisor: Channel counts are multiples of this (8 in the papers'
             ImageNet models, 1 for small networks).
         min_channels: Smallest channel count (default `divisor`).
@@ -666,7 +669,12 @@ def slim(
     >>> model = keras_slim.slim(base, width_range=(0.25, 1.0))
     >>> model.set_width(0.5)
     """
-    if widths is not None:
+    if widths is not None and width_lib.are_configs(widths) and triangular:
+        raise ValueError(
+            "triangular=True needs numeric widths (its staircase follows "
+            "the width rule); configurations (dicts) cannot be triangular."
+        )
+    if widths is not None and not width_lib.are_configs(widths):
         widths = sorted(
             width_lib.validate_width(w, (1e-9, float("inf"))) for w in widths
         )

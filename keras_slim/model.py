@@ -76,7 +76,10 @@ class SlimmableModel(keras.Model):
             the network's layers are then built at the max width.
         widths: A fixed list of widths (S-Net); the range becomes its min
             and max. Required when the network has
-            `SwitchableBatchNormalization`.
+            `SwitchableBatchNormalization`. May instead be a list of
+            configurations (dicts layer name -> channels, e.g. AutoSlim's
+            searched ones, trained together as one S-Net); `width_range`
+            then stays as given (its max sets the layers' channels).
         divisor: Channel counts are multiples of this.
         min_channels: Smallest channel count of any layer (default divisor).
         outputs_logits: Whether the network outputs logits (for
@@ -130,7 +133,8 @@ class SlimmableModel(keras.Model):
                 f"layers; got {network!r}."
             )
         self.network = network
-        if widths is not None:
+        configs = widths is not None and width_lib.are_configs(widths)
+        if widths is not None and not configs:
             widths = sorted(
                 width_lib.validate_width(w, (1e-9, float("inf")))
                 for w in widths
@@ -138,6 +142,10 @@ class SlimmableModel(keras.Model):
             if len(set(widths)) != len(widths):
                 raise ValueError(f"`widths` has duplicates: {widths}.")
             width_range = (widths[0], widths[-1])
+        elif configs:
+            # Searched configurations (AutoSlim): channels per layer within
+            # the range's max width; ordered by size once the groups are known.
+            widths = [{str(k): int(v) for k, v in w.items()} for w in widths]
         self.widths = widths
         self.width_range = width_lib.validate_width_range(width_range)
         self.divisor = int(divisor)
@@ -160,6 +168,14 @@ class SlimmableModel(keras.Model):
         }
 
         self._find_slim_layers()
+        if configs:
+            counts = [self.channels_for(w) for w in widths]
+            if len({tuple(c) for c in counts}) != len(counts):
+                raise ValueError(
+                    "`widths` has configurations with the same channels."
+                )
+            order = sorted(range(len(widths)), key=lambda i: sum(counts[i]))
+            self.widths = [widths[i] for i in order]
         # The width used by predict/evaluate/export, as variables so that a
         # traced function follows set_width without retracing.
         self._active_channels = keras.Variable(
@@ -183,6 +199,8 @@ class SlimmableModel(keras.Model):
         self.width_seed = 0
         self._width_metrics = {}
         self.built = True
+        if width is None and configs:
+            width = self.widths[-1]  # the largest configuration
         if width is not None:
             # A loaded model: its variables hold this width's channels.
             self.set_width(width)
@@ -272,6 +290,14 @@ class SlimmableModel(keras.Model):
 
     def _validate_width(self, width):
         width = width_lib.validate_width(width, self.width_range)
+        if self.widths is not None and isinstance(self.widths[0], dict):
+            if self.switchable:
+                raise ValueError(
+                    "This network switches between its configurations "
+                    "(dicts layer name -> channels) only (S-Net); got width "
+                    f"{width}."
+                )
+            return width
         if self.widths is not None:
             matches = [w for w in self.widths if abs(w - width) < 1e-6]
             if matches:
@@ -317,6 +343,12 @@ class SlimmableModel(keras.Model):
 
     def width_index(self, width):
         """Position of `width` in the S-Net width list (0 for US-Nets)."""
+        if isinstance(width, dict) and self.widths and isinstance(
+                self.widths[0], dict):
+            counts = self.channels_for(width)
+            for index, listed in enumerate(self.widths):
+                if self.channels_for(listed) == counts:
+                    return index
         if self.widths is None or isinstance(width, dict):
             return len(self.widths) - 1 if self.widths else 0
         width = self._validate_width(width)
@@ -528,8 +560,14 @@ class SlimmableModel(keras.Model):
     def reported_widths(self):
         """Widths whose loss and metrics `fit` logs individually."""
         if self.widths is not None:
-            return sorted(self.widths, reverse=True)
+            return self._widest_first()
         return [self.width_range[1], self.width_range[0]]
+
+    def _widest_first(self):
+        # Numbers sort; configurations are already ordered by size.
+        if isinstance(self.widths[0], dict):
+            return list(reversed(self.widths))
+        return sorted(self.widths, reverse=True)
 
     @property
     def metrics(self):
@@ -539,7 +577,7 @@ class SlimmableModel(keras.Model):
     def training_widths(self):
         """The widths trained in one step, widest first (traced per step)."""
         if self.widths is not None:
-            return sorted(self.widths, reverse=True)
+            return self._widest_first()
         return steps.sandwich_widths(
             self.width_range,
             self.sandwich_size,
@@ -604,7 +642,7 @@ class SlimmableModel(keras.Model):
             unscale(total_loss), sample_weight=batch_size
         )
         for width, loss, y_pred in zip(widths, losses, predictions):
-            if not isinstance(width, float):
+            if tf.is_tensor(width):
                 continue  # random sandwich widths are not logged one by one
             loss_metric, *metrics = self._width_metrics[
                 width_lib.width_tag(width)

@@ -128,8 +128,31 @@ def validate_width_range(width_range):
 
 
 def width_tag(width):
-    """Formats a width for metric names: `0.25 -> "w0.25"`."""
+    """Formats a width for metric names: `0.25 -> "w0.25"`.
+
+    A configuration (dict) gets its `width_suffix` ("cfg" + a hash).
+    """
+    if isinstance(width, dict):
+        return width_suffix(width)
     return f"w{width:.2f}"
+
+
+def are_configs(widths):
+    """Whether a `widths` list holds configurations (dicts), not numbers.
+
+    Raises:
+        ValueError: for a list mixing both, or an empty list.
+    """
+    widths = list(widths)
+    if not widths:
+        raise ValueError("`widths` is empty; pass at least one width.")
+    kinds = {isinstance(w, dict) for w in widths}
+    if len(kinds) > 1:
+        raise ValueError(
+            "`widths` mixes numbers and configurations (dicts layer name -> "
+            "channels); pass one kind."
+        )
+    return kinds == {True}
 
 
 def width_suffix(width):

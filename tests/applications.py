@@ -27,6 +27,7 @@ def _family_builders():
     from keras.src.applications import densenet
     from keras.src.applications import efficientnet
     from keras.src.applications import efficientnet_v2
+    from keras.src.applications import inception_resnet_v2
     from keras.src.applications import nasnet
     from keras.src.applications import resnet
 
@@ -47,6 +48,25 @@ def _family_builders():
         return lambda: resnet.ResNet(
             stack_fn, version == 2, version == 1, name=f"resnet_v{version}",
             **sized(32))
+
+    def small_inception_resnet():
+        # The family's own blocks, one of each type (the full network has
+        # 10 + 20 + 10), on a smaller stem and reductions.
+        conv_bn = inception_resnet_v2.conv2d_bn
+        block = inception_resnet_v2.inception_resnet_block
+        inputs = keras.Input((32, 32, 3))
+        x = conv_bn(inputs, 32, 3, strides=2)
+        x = block(x, scale=0.17, block_type="block35", block_idx=1)
+        x = conv_bn(x, 64, 3, strides=2)
+        x = block(x, scale=0.1, block_type="block17", block_idx=1)
+        x = conv_bn(x, 96, 3, strides=2)
+        x = block(x, scale=0.2, block_type="block8", block_idx=1)
+        x = block(x, scale=1.0, activation=None, block_type="block8",
+                  block_idx=2)
+        x = conv_bn(x, 128, 1, name="conv_7b")
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        outputs = keras.layers.Dense(10, activation="softmax")(x)
+        return keras.Model(inputs, outputs, name="inception_resnet_small")
 
     return {
         "MobileNet": ("MobileNet alpha=0.25", 32,
@@ -71,8 +91,8 @@ def _family_builders():
                      lambda: densenet.DenseNet([1, 2, 1, 1], **sized(32))),
         "Inception": ("InceptionV3", 75,
                       lambda: apps.InceptionV3(**sized(75))),
-        "InceptionResNet": ("InceptionResNetV2", 75,
-                            lambda: apps.InceptionResNetV2(**sized(75))),
+        "InceptionResNet": ("InceptionResNetV2 blocks (one of each type)",
+                            32, small_inception_resnet),
         "Xception": ("Xception", 71, lambda: apps.Xception(**sized(71))),
         "NASNet": ("NASNet, 1 block per stage, 96 penultimate filters", 32,
                    lambda: nasnet.NASNet(
@@ -101,7 +121,7 @@ def builders():
 
 def check_conversion(name, input_size, export_dir=None, fit=True,
                      widths=CHECK_WIDTHS, tolerance=1e-4, build=None,
-                     **kwargs):
+                     run_eagerly=False, **kwargs):
     """Converts one application and checks everything a user relies on.
 
     Args:
@@ -111,6 +131,8 @@ def check_conversion(name, input_size, export_dir=None, fit=True,
         export_dir: Where to export width 0.5 to TFLite (verified against
             Keras by the exporter); None skips the export.
         fit: Run one sandwich-rule `fit` step.
+        run_eagerly: Run that step eagerly (tracing the sandwich step of a
+            model with hundreds of layers takes most of a minute).
         widths: Widths at which `strip(model, w)` must equal the model.
         tolerance: Allowed max |difference| (the outputs are probabilities).
         build: `fn() -> keras.Model` instead of the named builder.
@@ -177,6 +199,7 @@ def check_conversion(name, input_size, export_dir=None, fit=True,
             keras.optimizers.SGD(1e-3),
             keras.losses.SparseCategoricalCrossentropy(),
             sandwich_size=3,
+            run_eagerly=run_eagerly,
         )
         history = model.fit(x, np.array([1, 2]), epochs=1, verbose=0)
         result["fit_loss"] = float(history.history["loss"][-1])

@@ -12,6 +12,10 @@ from tests import applications
 
 # The large ones take most of the time; they still run in CI.
 _LARGE = {"InceptionResNet", "Inception", "Xception", "VGG"}
+# Hundreds of layers: their sandwich fit step runs eagerly, as tracing it
+# takes most of a minute (graph-mode fit of the same layer types is checked
+# on the smaller families and in test_model.py).
+_EAGER_FIT = {"InceptionResNet", "Inception", "Xception", "NASNet"}
 
 
 FAMILIES = applications._family_builders()
@@ -24,7 +28,8 @@ FAMILIES = applications._family_builders()
 def test_every_family_converts_exactly(family, tmp_path):
     what, size, build = FAMILIES[family]
     result = applications.check_conversion(
-        what, size, export_dir=tmp_path / "tflite", build=build
+        what, size, export_dir=tmp_path / "tflite", build=build,
+        run_eagerly=family in _EAGER_FIT,
     )
     assert result["tflite_verified"]
     assert 0 < result["params_at_half"] < result["params"]

@@ -3,7 +3,6 @@
 import contextlib
 
 import keras
-import numpy as np
 import pytest
 
 import keras_slim

@@ -245,6 +245,15 @@ def define_flags():
         "calibration_examples", _DEFAULTS.calibration_examples,
         "Training examples per width for the final BN calibration.",
     )
+    flags.DEFINE_string(
+        "searched_config", _DEFAULTS.searched_config,
+        "FILE:NAME[,NAME...]: train configurations found by "
+        "keras_slim.search.autoslim (FILE its output JSON) from scratch. "
+        "One name with --method=plain trains that network; one or more "
+        "with --method=snet train them together as one S-Net whose widths "
+        "are the configurations (private BN each). --width_range must "
+        "have the max width the search's supernet had.",
+    )
     flags.DEFINE_list(
         "export", list(_DEFAULTS.export),
         "At the end, also write one verified file per report width and a "

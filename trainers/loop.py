@@ -93,6 +93,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 200
     max_checkpoints: int = 3
     calibration_examples: int = 5000
+    searched_config: str = ""
     export: tuple = ()
     quantize: str = ""
     verbose: int = 1
@@ -369,7 +370,7 @@ def evaluate_widths(model, dataset, widths, per_output=False):
             total += float(batch_total)
         per = [float(h) / max(total, 1.0) for h in np.atleast_1d(hits)]
         accuracies.append(per if per_output else per[-1])
-    model.set_width(model.width_range[1])
+    model.set_width(model.reported_widths[0])  # the widest width
     return accuracies
 
 
@@ -514,7 +515,9 @@ def _print_report(report):
     rows = [("width", "channels", "val accuracy")]
     for entry in report["widths"]:
         rows.append((
-            f"{entry['width']:.4g}",
+            (width_lib.width_tag(entry["width"])
+             if isinstance(entry["width"], dict)
+             else f"{entry['width']:.4g}"),
             "-".join(str(c) for c in entry["channels"]),
             f"{entry['accuracy']:.4f}",
         ))
@@ -700,7 +703,8 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
         "num_validation": info.num_validation,
         "widths": [
             {
-                "width": float(width),
+                # A searched configuration stays a dict layer -> channels.
+                "width": width if isinstance(width, dict) else float(width),
                 "channels": [int(c) for c in model.channels_for(width)],
                 "accuracy": float(accuracy[-1]),
                 # One accuracy per exit for early-exit models.

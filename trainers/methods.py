@@ -66,16 +66,58 @@ class Method:
     build_fn: Optional[Callable] = None
     controller_fn: Optional[Callable] = None
 
+    def searched_configs(self, config):
+        """The configurations `--searched_config` names, or None."""
+        spec = getattr(config, "searched_config", "")
+        if not spec:
+            return None
+        path, _, names = spec.rpartition(":")
+        names = [n.strip() for n in names.split(",") if n.strip()]
+        if not path or not names:
+            raise ValueError(
+                "--searched_config must be FILE:NAME[,NAME...]; got "
+                f"{spec!r}."
+            )
+        if self.widths_mode == RANGE or self.triangular:
+            raise ValueError(
+                f"--searched_config trains fixed configurations; "
+                f"--method={self.name} does not (use plain for one "
+                "configuration, snet for one or more)."
+            )
+        if self.widths_mode == FULL and len(names) != 1:
+            raise ValueError(
+                f"--method={self.name} trains one network; --searched_config "
+                f"names {len(names)} ({names}). Use --method=snet to train "
+                "them together."
+            )
+        from keras_slim import search
+
+        found = search.load_configs(path)
+        unknown = [n for n in names if n not in found]
+        if unknown:
+            raise ValueError(
+                f"--searched_config: {unknown} not in '{path}', which has "
+                f"{sorted(found)}."
+            )
+        return [found[n] for n in names]
+
     def slim_kwargs(self, config):
         """Arguments of `keras_slim.slim` / the zoo builders."""
         kwargs = {"triangular": self.triangular}
-        if self.widths_mode == FULL:
+        searched = self.searched_configs(config)
+        if searched is not None:
+            # Channels of the search's supernet: its max width.
+            kwargs["widths"] = searched
+            kwargs["width_range"] = tuple(config.width_range)
+            kwargs["switchable_bn"] = (
+                self.switchable_bn and len(searched) > 1)
+        elif self.widths_mode == FULL:
             kwargs["widths"] = [1.0]
         elif self.widths_mode == LIST:
             kwargs["widths"] = sorted(config.widths)
         else:
             kwargs["width_range"] = tuple(config.width_range)
-        if self.widths_mode != RANGE:
+        if self.widths_mode != RANGE and searched is None:
             # Always explicit: slim() would default to switchable BN for
             # any width list, AWN and the plain network share theirs.
             kwargs["switchable_bn"] = self.switchable_bn
@@ -98,6 +140,9 @@ class Method:
 
     def report_widths(self, config):
         """Widths evaluated (after BN calibration) in the final report."""
+        searched = self.searched_configs(config)
+        if searched is not None:
+            return searched
         if config.report_widths:
             return sorted(float(w) for w in config.report_widths)
         if self.widths_mode == FULL:

@@ -235,8 +235,6 @@ def _is_early_exit(model):
 
 def signature_key(width):
     """The signature name of a width in a multi-width file: "w0_25"."""
-    from keras_slim.width import width_suffix
-
     return width_suffix(width).replace(".", "_")
 
 

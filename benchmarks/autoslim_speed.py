@@ -1,0 +1,141 @@
+"""AutoSlim search speed: zoo MobileNetV2 (CIFAR), 1.5x supernet, 1,024 images.
+
+Untrained weights are fine for speed (the work per step does not depend on
+them). Runs `--max_steps` greedy steps of `keras_slim.search.autoslim` with
+cached prefixes and reports seconds per step, then times the same step
+without reuse (every candidate from the input) and reports the measured
+ratio, the MAC-count work ratio, and how many steps the three MAC targets
+need at most and at least (a cost-only walk that always removes the
+smallest / largest MAC bin), to bound the total search time.
+
+    flock /work/wt/heavy.lock python benchmarks/autoslim_speed.py \
+        --max_steps 2 --out /tmp/autoslim_speed.json
+
+`--max_steps 0` runs the whole search to the smallest target.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+import keras_slim  # noqa: E402
+from keras_slim.search import greedy as autoslim_lib  # noqa: E402
+
+
+def cost_only_steps(space, targets, pick):
+    """Greedy steps to reach min(targets) when `pick` chooses by MACs."""
+    chosen = {g: int(space.model.full_channels[
+        space.model.channel_plan.index[g]]) for g in space.groups}
+    steps = 0
+    reached = {}
+    while True:
+        macs = space.cost(space.counts(chosen))["macs"]
+        for target in targets:
+            if macs <= target and target not in reached:
+                reached[target] = steps
+        if macs <= min(targets):
+            return reached
+        options = []
+        for g in space.groups:
+            count = space.narrower(chosen, g)
+            if count is not None:
+                trial = dict(chosen, **{g: count})
+                options.append((space.cost(space.counts(trial))["macs"], g,
+                                trial))
+        chosen = pick(options)[2]
+        steps += 1
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--max_width", type=float, default=1.5)
+    parser.add_argument("--targets", default="1.25,1.0,0.75",
+                        help="uniform widths whose MACs are the targets")
+    parser.add_argument("--bins", type=int, default=12)
+    parser.add_argument("--max_steps", type=int, default=2,
+                        help="greedy steps to time (0 = the whole search)")
+    parser.add_argument("--uncached", type=int, default=1,
+                        help="1 = also time one step without prefix reuse")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    model = keras_slim.models.mobilenet_v2(width_range=(0.35, args.max_width))
+    rng = np.random.default_rng(0)
+    x = rng.random((args.images, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, args.images)
+    widths = [float(w) for w in args.targets.split(",")]
+    targets = [keras_slim.profile(model, w)["macs"] for w in widths]
+    common.log(f"targets (MACs of uniform widths {widths}): {targets}")
+
+    start = time.perf_counter()
+    space = autoslim_lib._Search(model, "macs", args.bins, None)
+    setup = time.perf_counter() - start
+    most = cost_only_steps(space, targets, lambda o: max(o, key=lambda t: t[0]))
+    fewest = cost_only_steps(space, targets,
+                             lambda o: min(o, key=lambda t: t[0]))
+    common.log(f"cost model {setup:.1f} s; {len(space.groups)} groups; steps "
+               f"to the targets: {fewest} (largest bins) .. {most} "
+               "(smallest bins)")
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        result = keras_slim.search.autoslim(
+            model, (x, y), targets=targets, bins=args.bins,
+            num_images=args.images, max_steps=args.max_steps or None,
+            progress_path=os.path.join(folder, "progress.json"), verbose=1)
+        total = time.perf_counter() - start
+    steps = result["history"][1:]
+    common.log(f"search call {total:.1f} s for {len(steps)} steps; "
+               f"s/step {[round(r['seconds'], 1) for r in steps]}; MAC work "
+               f"ratio {result['stats']['work_ratio']:.3f}")
+    report = {
+        "images": args.images, "max_width": args.max_width,
+        "groups": len(space.groups), "targets": targets,
+        "target_widths": widths, "bins": args.bins,
+        "cost_model_seconds": setup,
+        "steps_to_targets_bounds": {"fewest": fewest, "most": most},
+        "search_call_seconds": total,
+        "seconds_per_step": [r["seconds"] for r in steps],
+        "work_ratio_macs": result["stats"]["work_ratio"],
+        "finished": result["finished"],
+    }
+    if args.uncached:
+        runner = keras_slim.search.runner.Runner(
+            model, space.costs.program, space.costs.cuts,
+            x, y)
+        chosen = {g: int(c) for g, c in result["history"][-1]["chosen"].items()}
+        current = space.counts(chosen)
+        candidates = []
+        for g in space.groups:
+            count = space.narrower(chosen, g)
+            if count is not None:
+                candidates.append((g, space.counts(dict(chosen, **{g: count}))))
+        runner.step(current, candidates[:1])  # trace the segments
+        start = time.perf_counter()
+        cached_scores = runner.step(current, candidates)
+        cached = time.perf_counter() - start
+        start = time.perf_counter()
+        scratch = [runner.accuracy(counts) for _, counts in candidates]
+        uncached = time.perf_counter() - start
+        assert scratch == cached_scores, "reuse changed a score"
+        common.log(f"one step: cached {cached:.1f} s, uncached "
+                   f"{uncached:.1f} s, measured ratio {cached / uncached:.3f}")
+        report.update(step_cached_seconds=cached,
+                      step_uncached_seconds=uncached,
+                      measured_ratio=cached / uncached)
+    print(json.dumps(report, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Searched channel configurations: JSON files and per-layer dicts.
+
+A configuration is a dict layer name -> channels, the form every width
+argument of keras_slim accepts (`set_width`, `calibrate_bn`, `strip`,
+`profile`, the exporters, the trainers' `--searched_config`).
+"""
+
+import json
+import os
+
+FORMAT = "keras_slim.search/1"
+
+
+def config_from_counts(model, counts):
+    """The dict layer name -> channels of group `counts` (every layer).
+
+    Args:
+        model: A `keras_slim.SlimmableModel`.
+        counts: Channel counts aligned with `model.channel_groups`.
+
+    Example:
+
+    >>> config_from_counts(model, model.channels_for(0.5))
+    {'stem': 16, 'block1_project': 8, ...}
+    """
+    by_group = dict(zip(model.channel_groups, (int(c) for c in counts)))
+    return {
+        name: by_group[group]
+        for name, group in model._group_of_layer.items()
+    }
+
+
+def write_json(path, data):
+    """Writes `data` as JSON atomically (a crash leaves the old file)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(temporary, path)
+
+
+def save_configs(path, results):
+    """Writes a search result (see `autoslim`) as JSON, atomically."""
+    write_json(path, dict(results, format=FORMAT))
+
+
+def load_configs(path):
+    """Reads the configurations of an `autoslim` output file.
+
+    Args:
+        path: A JSON file written by `keras_slim.search.autoslim`.
+
+    Returns:
+        dict name -> configuration (dict layer name -> channels), largest
+        target first.
+
+    Raises:
+        ValueError: for a missing file or a file that is not a search
+            result.
+
+    Example:
+
+    >>> configs = keras_slim.search.load_configs("search.json")
+    >>> model.set_width(configs["macs_40M"])
+    >>> keras_slim.strip(model, configs["macs_40M"])
+    """
+    data = read_results(path)
+    return {
+        entry["name"]: {k: int(v) for k, v in entry["channels"].items()}
+        for entry in data["configs"]
+    }
+
+
+def read_results(path):
+    """The whole search result of an `autoslim` output file (a dict)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"No search result file at '{path}'.")
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"'{path}' is not JSON ({error}); pass a file written by "
+                "keras_slim.search.autoslim."
+            ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not (
+        isinstance(data.get("configs"), list)
+    ):
+        raise ValueError(
+            f"'{path}' is not a keras_slim.search result (expected "
+            f"format '{FORMAT}' with a 'configs' list)."
+        )
+    return data

@@ -1,0 +1,445 @@
+"""AutoSlim: a greedy one-shot search of per-layer channel counts.
+
+(Named `greedy` so that `keras_slim.search.autoslim` is the function.)
+"""
+
+import hashlib
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_slim.model import SlimmableModel
+from keras_slim.search import configs as configs_lib
+from keras_slim.search.cost import CostModel
+from keras_slim.search.cost import fingerprint
+from keras_slim.search.runner import Runner
+from keras_slim.search.runner import search_arrays
+
+METRICS = ("macs", "params", "latency")
+# The key of each metric in a result's configuration entries.
+_ENTRY_KEY = {"macs": "macs", "params": "params", "latency": "latency_ms"}
+
+
+def _human(value, metric):
+    if metric == "latency":
+        return f"{value:.3g}ms"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if value >= scale:
+            return f"{value / scale:.4g}{suffix}"
+    return f"{value:.4g}"
+
+
+def _round_to(value, divisor):
+    return max(divisor, int(round(value / divisor)) * divisor)
+
+
+class _Search:
+    """The search space: groups, bins, reachable costs."""
+
+    def __init__(self, model, metric, bins, latency):
+        self.model = model
+        self.costs = CostModel(model)
+        plan = model.channel_plan
+        named = set(model._group_of_layer.values())
+        self.groups = [
+            g for g in plan.independent_groups
+            if g in self.costs.cuts and g in named
+            and plan.minimums[plan.index[g]] < plan.full[plan.index[g]]
+        ]
+        if not self.groups:
+            raise ValueError(
+                f"Model '{model.name}' has no slimmable channel group to "
+                "search (every group is fixed, derived from another or has "
+                "its minimum channel count already). Make it with "
+                "keras_slim.slim(model, width_range=(low, high))."
+            )
+        self.metric = metric
+        self.latency = latency
+        self.minimum, self.step_size = {}, {}
+        for g in self.groups:
+            i = plan.index[g]
+            divisor = int(plan.divisors[i])
+            self.minimum[g] = int(plan.minimums[i])
+            # One bin: 1/bins of the group, in whole multiples of its divisor.
+            self.step_size[g] = _round_to(plan.full[i] / bins, divisor)
+
+    def counts(self, chosen):
+        """Counts of every group from the searched groups' counts."""
+        return self.model.channel_plan.counts_for_groups(chosen)
+
+    def cost(self, counts):
+        priced = self.costs.cost(counts)
+        if self.latency is not None:
+            priced["latency"] = self.latency.predict(self.costs, counts)
+        return priced
+
+    def narrower(self, chosen, group):
+        count = chosen[group]
+        if count <= self.minimum[group]:
+            return None
+        return max(self.minimum[group], count - self.step_size[group])
+
+
+def _weights_hash(model, x, labels):
+    digest = hashlib.sha1()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(
+            keras.ops.convert_to_numpy(weight)).tobytes())
+    digest.update(np.ascontiguousarray(x).tobytes())
+    digest.update(np.ascontiguousarray(labels).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _uniform_width(space, value):
+    """The widest uniform width whose metric cost is at most `value`."""
+    model = space.model
+    low, high = model.width_range
+    plan = model.channel_plan
+    if space.cost(plan.counts(low).tolist())[space.metric] > value:
+        return low
+    for _ in range(40):
+        mid = (low + high) / 2
+        if space.cost(plan.counts(mid).tolist())[space.metric] <= value:
+            low = mid
+        else:
+            high = mid
+    # Floor, not round: rounding up could cross to the next channel count.
+    return math.floor(low * 1e4) / 1e4
+
+
+def autoslim(
+    model,
+    search_data,
+    targets,
+    metric="macs",
+    bins=12,
+    num_images=1024,
+    names=None,
+    output_path=None,
+    progress_path=None,
+    latency_table=None,
+    max_steps=None,
+    seed=0,
+    verbose=1,
+):
+    """Searches per-layer channel counts for resource targets (AutoSlim).
+
+    Starts from the full (max-width) network. At every step each searchable
+    channel group (layers tied by `Add` / `Concatenate` / squeeze-excitation
+    move together; depthwise layers and derived groups follow their
+    producer; the input and the classifier's outputs never change) is
+    narrowed by one bin (`full / bins` channels rounded to its divisor,
+    never below the group's minimum), every such candidate is scored on the
+    fixed search set, and the best one is kept: highest accuracy, then the
+    lowest cost, then the group order. Whenever the cost first drops to or
+    below a target (largest first) that configuration is recorded; the
+    search stops below the smallest target. No training happens inside.
+
+    Candidates are scored with exact BatchNormalization statistics: the
+    whole search set runs as one batch and every BN layer normalises with
+    that batch's statistics of the candidate's own activations, which is
+    what `keras_slim.calibrate_bn` followed by `evaluate` computes on the
+    same images. A sub-network's BN statistics differ from the full
+    width's, so scoring with the supernet's moving statistics would rank
+    candidates by how closely they match the full width instead of by
+    their accuracy.
+
+    Each candidate shares every layer before the first one its group
+    affects with the current network: those tensors are computed once per
+    step and only each candidate's suffix runs (see
+    `keras_slim.search.runner`). The result's "stats" report the saved
+    work.
+
+    Args:
+        model: A `keras_slim.SlimmableModel` (e.g. a 1.5x supernet trained
+            with the sandwich rule).
+        search_data: `(x, y)` numpy arrays or a finite `tf.data.Dataset` of
+            `(x, y)` batches (held-out training images, no augmentation).
+        targets: Resource targets in `metric` units (MACs, parameters, or
+            milliseconds), each within the reachable range.
+        metric: "macs", "params" or "latency" (needs `latency_table`).
+        bins: Channels removed per step: 1/bins of a group.
+        num_images: Search-set size; a larger `search_data` is subsampled
+            with `seed`; None uses all of it.
+        names: Names of the configurations, aligned with `targets`
+            (default e.g. "macs_40M").
+        output_path: Where to write the JSON result (see `load_configs`).
+        progress_path: A JSON file holding the search's progress, written
+            after every step; a search started again with the same model,
+            data and settings continues from its last finished step.
+        latency_table: A `LatencyTable` (see `latency_table`) or a path to
+            one, for `metric="latency"` or to report predicted latency.
+        max_steps: Stop after this many steps in this call (progress is
+            kept; call again to continue). None: run to the end.
+        seed: Seed of the search-set subsample.
+        verbose: 0 = silent, 1 = a Keras progress bar.
+
+    Returns:
+        A dict with "configs" (per target, largest first: name, target,
+        metric, macs, params, latency_ms, search_accuracy, step, channels
+        (layer name -> channels) and "uniform": the widest uniform width
+        with at most the same cost (or the model's min width, with
+        "within_cost" False) and its search accuracy), "history" (one row per
+        step), "range" (the reachable costs), "finished" and "stats"
+        (seconds per step, the cached / uncached work ratio).
+
+    Raises:
+        ValueError: for a target outside the reachable range (the message
+            gives the range), empty search data, a model without a
+            slimmable group, an unknown metric or a latency table measured
+            on another model.
+
+    Example:
+
+    >>> supernet = keras_slim.slim(base, width_range=(0.35, 1.5))
+    >>> ...  # train briefly with the sandwich rule
+    >>> result = keras_slim.search.autoslim(
+    ...     supernet, (x_held_out, y_held_out), targets=[80e6, 60e6, 40e6],
+    ...     output_path="search.json", progress_path="search_progress.json")
+    >>> configs = keras_slim.search.load_configs("search.json")
+    >>> supernet.set_width(configs["macs_40M"])
+
+    Reference:
+        Yu & Huang, AutoSlim: Towards One-Shot Architecture Search for
+        Channel Numbers, 2019 (https://arxiv.org/abs/1903.11728).
+    """
+    if not isinstance(model, SlimmableModel):
+        raise ValueError(
+            "autoslim() searches a keras_slim.SlimmableModel (made by "
+            f"keras_slim.slim or the model zoo); got {type(model).__name__}."
+        )
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}; got {metric!r}.")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2; got {bins!r}.")
+    if isinstance(targets, (int, float)):
+        targets = [targets]
+    targets = list(targets)
+    if not targets:
+        raise ValueError("Pass at least one target.")
+    for target in targets:
+        if isinstance(target, bool) or not isinstance(
+            target, (int, float, np.integer, np.floating)
+        ) or not math.isfinite(target):
+            raise ValueError(
+                f"Targets must be finite numbers in {metric} units; got "
+                f"{target!r}."
+            )
+    if names is not None and len(names) != len(targets):
+        raise ValueError(
+            f"names has {len(names)} entries for {len(targets)} targets."
+        )
+    if names is not None and len(set(names)) != len(names):
+        raise ValueError(f"names must be distinct; got {names}.")
+    # A dataset is read up to num_images; arrays are subsampled with seed.
+    is_dataset = isinstance(search_data, tf.data.Dataset)
+    x, labels = search_arrays(search_data, num_images if is_dataset else None)
+    if num_images is not None and len(x) > int(num_images):
+        order = np.random.default_rng(seed).permutation(len(x))
+        chosen = np.sort(order[: int(num_images)])
+        x, labels = x[chosen], labels[chosen]
+
+    latency = None
+    if latency_table is not None:
+        from keras_slim.search.latency import LatencyTable
+
+        latency = (latency_table if isinstance(latency_table, LatencyTable)
+                   else LatencyTable.load(latency_table))
+    if metric == "latency" and latency is None:
+        raise ValueError(
+            'metric="latency" needs latency_table= (a LatencyTable from '
+            "keras_slim.search.latency_table, or a path to its JSON file)."
+        )
+    space = _Search(model, metric, bins, latency)
+    if latency is not None:
+        latency.check(model, space.costs.program)
+
+    full_counts = list(model.full_channels)
+    full_chosen = {g: full_counts[model.channel_plan.index[g]]
+                   for g in space.groups}
+    min_counts = space.counts(dict(space.minimum))
+    full_cost = space.cost(full_counts)[metric]
+    min_cost = space.cost(min_counts)[metric]
+    for target in targets:
+        if not min_cost <= target <= full_cost:
+            raise ValueError(
+                f"Target {target:g} ({metric}) is outside the reachable "
+                f"range [{min_cost:g}, {full_cost:g}] of this model: the "
+                "smallest cost has every searchable group at its minimum "
+                "channels, the largest is the full network."
+            )
+    order = sorted(range(len(targets)), key=lambda i: -targets[i])
+    if names is None:
+        names = [f"{metric}_{_human(t, metric)}" for t in targets]
+        if len(set(names)) != len(names):
+            names = [f"{n}_{i}" for i, n in enumerate(names)]
+    plan_targets = [(names[i], float(targets[i])) for i in order]
+
+    settings = {
+        "fingerprint": fingerprint(model, space.costs.program),
+        "weights_and_data": _weights_hash(model, x, labels),
+        "metric": metric, "bins": bins, "targets": plan_targets,
+    }
+    progress = None
+    if progress_path is not None and os.path.isfile(progress_path):
+        with open(progress_path) as f:
+            progress = json.load(f)
+        if progress.get("settings") != json.loads(json.dumps(settings)):
+            raise ValueError(
+                f"The progress file '{progress_path}' belongs to another "
+                "search (different model, weights, data or settings). "
+                "Delete it or pass another progress_path."
+            )
+    runner = Runner(model, space.costs.program, space.costs.cuts, x, labels)
+
+    def entry(name, target, chosen, accuracy, step):
+        counts = space.counts(chosen)
+        priced = space.cost(counts)
+        return {
+            "name": name, "target": target, "metric": metric,
+            "macs": priced["macs"], "params": priced["params"],
+            "latency_ms": priced.get("latency"),
+            "search_accuracy": accuracy, "step": step,
+            "channels": configs_lib.config_from_counts(model, counts),
+        }
+
+    if progress is None:
+        start = time.perf_counter()
+        accuracy = runner.accuracy(full_counts)
+        progress = {
+            "settings": settings, "recorded": [],
+            "history": [{
+                "step": 0, "group": None, "chosen": full_chosen,
+                "accuracy": accuracy,
+                **space.cost(full_counts),
+                "seconds": time.perf_counter() - start,
+                "work_cached": 0.0, "work_uncached": 0.0,
+            }],
+        }
+    recorded = {e["name"] for e in progress["recorded"]}
+
+    def record(row):
+        cost = space.cost(space.counts(row["chosen"]))[metric]
+        for name, target in plan_targets:
+            if name not in recorded and cost <= target:
+                progress["recorded"].append(entry(
+                    name, target, row["chosen"], row["accuracy"], row["step"]
+                ))
+                recorded.add(name)
+
+    def save_progress():
+        if progress_path is not None:
+            configs_lib.write_json(progress_path, progress)
+
+    record(progress["history"][-1])
+    save_progress()
+    bar = keras.utils.Progbar(
+        None, verbose=verbose, unit_name="step",
+        stateful_metrics=["cost", "accuracy"],
+    )
+    steps_done = 0
+    while len(recorded) < len(plan_targets) and (
+        max_steps is None or steps_done < int(max_steps)
+    ):
+        last = progress["history"][-1]
+        chosen = {g: int(c) for g, c in last["chosen"].items()}
+        current = space.counts(chosen)
+        candidates, picks = [], []
+        for g in space.groups:
+            count = space.narrower(chosen, g)
+            if count is not None:
+                picks.append((g, dict(chosen, **{g: count})))
+                candidates.append((g, space.counts(picks[-1][1])))
+        if not candidates:
+            break
+        start = time.perf_counter()
+        scores = runner.step(current, candidates)
+        seconds = time.perf_counter() - start
+        priced = [space.cost(counts) for _, counts in candidates]
+        best = min(
+            range(len(candidates)),
+            key=lambda i: (-scores[i], priced[i][metric], i),
+        )
+        # Work in MACs: the current network up to the last cut used, plus
+        # each candidate's suffix, against a full pass per candidate.
+        cached, uncached = _work(space, runner, current, candidates)
+        row = {
+            "step": last["step"] + 1, "group": picks[best][0],
+            "chosen": picks[best][1], "accuracy": scores[best],
+            **priced[best], "seconds": seconds,
+            "work_cached": cached, "work_uncached": uncached,
+        }
+        progress["history"].append(row)
+        record(row)
+        save_progress()
+        steps_done += 1
+        bar.update(row["step"], values=[
+            ("cost", row[metric]), ("accuracy", row["accuracy"])])
+    finished = len(recorded) == len(plan_targets)
+    result = _result(space, runner, progress, plan_targets, finished, metric)
+    if output_path is not None:
+        configs_lib.save_configs(output_path, result)
+    return result
+
+
+def _work(space, runner, current, candidates):
+    def suffix_macs(counts, cut):
+        return sum(macs for row, macs, _ in space.costs.layer_costs(counts)
+                   if row["index"] >= cut)
+
+    cuts = [runner.cuts[g] for g, _ in candidates]
+    cached = suffix_macs(current, 0) - suffix_macs(current, max(cuts))
+    uncached = 0.0
+    for (group, counts), cut in zip(candidates, cuts):
+        cached += suffix_macs(counts, cut)
+        uncached += suffix_macs(counts, 0)
+    return float(cached), float(uncached)
+
+
+def _result(space, runner, progress, plan_targets, finished, metric):
+    by_name = {e["name"]: e for e in progress["recorded"]}
+    configs = []
+    for name, _ in plan_targets:
+        if name not in by_name:
+            continue
+        found = dict(by_name[name])
+        width = _uniform_width(space, found[_ENTRY_KEY[metric]])
+        counts = space.model.channel_plan.counts(width).tolist()
+        priced = space.cost(counts)
+        found["uniform"] = {
+            "width": width, "macs": priced["macs"],
+            "params": priced["params"], "latency_ms": priced.get("latency"),
+            "search_accuracy": runner.accuracy(counts),
+            # False when even the narrowest uniform width costs more.
+            "within_cost": priced[metric] <= found[_ENTRY_KEY[metric]],
+        }
+        configs.append(found)
+    steps = progress["history"][1:]
+    cached = sum(r["work_cached"] for r in steps)
+    uncached = sum(r["work_uncached"] for r in steps)
+    full_cost = progress["history"][0]
+    return {
+        "model": space.model.name,
+        "fingerprint": progress["settings"]["fingerprint"],
+        "metric": metric,
+        "bins": progress["settings"]["bins"],
+        "num_images": int(len(runner.labels)),
+        "range": {"min": space.cost(space.counts(dict(space.minimum)))[metric],
+                  "max": full_cost[metric]},
+        "finished": finished,
+        "configs": configs,
+        "history": progress["history"],
+        "stats": {
+            "steps": len(steps),
+            "seconds": float(sum(r["seconds"] for r in steps)),
+            "seconds_per_step": (
+                float(np.mean([r["seconds"] for r in steps])) if steps
+                else None),
+            "work_ratio": cached / uncached if uncached else None,
+        },
+    }

@@ -1,0 +1,217 @@
+"""Scoring channel configurations on a fixed search set, reusing prefixes.
+
+Every greedy candidate narrows one channel group of the current network;
+the calls before the first call that group affects compute exactly what
+they compute for the current network. `Runner` splits the network at those
+cuts into segments (one traced `tf.function` each, with the channel counts
+as a tensor, so no retracing per candidate), walks the current network once
+through them, and starts each candidate from the tensors crossing its cut:
+only the suffix is computed. Only the tensors crossing the current cut are
+held, never every activation.
+
+Batch normalisation uses the exact statistics of the search set: the whole
+set runs as one batch with each BN layer normalising by that batch's mean
+and variance of the candidate's own activations (what
+`keras_slim.calibrate_bn` followed by `evaluate` computes on the same
+images). A narrower sub-network's activations have different statistics
+from the full width's, so the moving statistics of the supernet would rank
+candidates by how well they happen to match the full width, not by how good
+they are.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_slim.layers import scope as aw
+
+
+def search_arrays(search_data, num_images=None):
+    """`(x, labels)` numpy arrays from `(x, y)` arrays or a finite dataset.
+
+    Labels may be class indices or one-hot rows. Raises a clear error for
+    empty data.
+    """
+    if isinstance(search_data, tf.data.Dataset):
+        if search_data.cardinality() == tf.data.INFINITE_CARDINALITY:
+            if num_images is None:
+                raise ValueError(
+                    "The search dataset is infinite; pass num_images."
+                )
+        xs, ys, seen = [], [], 0
+        for batch in search_data:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError(
+                    "The search dataset must yield (x, y) batches with "
+                    "labels; got a batch without labels."
+                )
+            xs.append(np.asarray(batch[0]))
+            ys.append(np.asarray(batch[1]))
+            seen += len(xs[-1])
+            if num_images is not None and seen >= num_images:
+                break
+        if not xs:
+            raise ValueError(
+                "The search data is empty; pass at least one labelled image "
+                "(about 1,000 held-out training images is usual)."
+            )
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    elif isinstance(search_data, (tuple, list)) and len(search_data) == 2:
+        x, y = (np.asarray(v) for v in search_data)
+    else:
+        raise ValueError(
+            "search_data must be (x, y) numpy arrays or a tf.data.Dataset of "
+            f"(x, y) batches; got {type(search_data).__name__}."
+        )
+    if num_images is not None:
+        x, y = x[: int(num_images)], y[: int(num_images)]
+    if len(x) == 0:
+        raise ValueError(
+            "The search data is empty; pass at least one labelled image "
+            "(about 1,000 held-out training images is usual)."
+        )
+    if len(x) != len(y):
+        raise ValueError(
+            f"search_data has {len(x)} images but {len(y)} labels."
+        )
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    return x, y.reshape(len(y)).astype("int64")
+
+
+class Runner:
+    """Accuracy of channel configurations on one search set, exact BN.
+
+    Args:
+        model: A `keras_slim.SlimmableModel`.
+        program: Its `keras_slim.search.program.Program`.
+        cuts: dict group -> index of the first call the group affects
+            (`CostModel.cuts`).
+        x, labels: The search set (numpy), run as one batch.
+
+    Example:
+
+    >>> runner = Runner(model, costs.program, costs.cuts, x, labels)
+    >>> runner.accuracy(model.full_channels)
+    >>> runner.step(current, [("stem", narrower_counts)])
+    """
+
+    def __init__(self, model, program, cuts, x, labels):
+        self.model = model
+        self.program = program
+        self.cuts = dict(cuts)
+        self.labels = np.asarray(labels)
+        self.x = tf.constant(x, dtype=model.network.inputs[0].dtype)
+        self.points = sorted(set(self.cuts.values()) | {0})
+        self.points.append(program.cut_size)
+        self._width_index = model.width_index({})
+        self._segments = [None] * (len(self.points) - 1)
+
+    def _state(self, counts):
+        return aw.ActiveWidth(
+            {g: counts[i] for i, g in enumerate(self.model.channel_groups)},
+            self._width_index,
+            update_moving_stats=False,
+            # Collecting moments makes every BN layer normalise with the
+            # statistics of this batch (the whole search set), in
+            # inference mode otherwise (no dropout).
+            collect_moments=[],
+        )
+
+    def _segment(self, i, values):
+        """The traced function of segment `i` (built on first use)."""
+        if self._segments[i] is None:
+            start, stop = self.points[i], self.points[i + 1]
+            live_in = self.program.live_at(start)
+            live_out = self.program.live_at(stop)
+            # Channel counts vary per candidate: leave channel axes unknown
+            # so one trace serves all of them.
+            signature = [
+                tf.TensorSpec(
+                    list(values[t].shape[:-1]) + [None], values[t].dtype
+                )
+                for t in live_in
+            ] + [tf.TensorSpec([len(self.model.channel_groups)], tf.int32)]
+
+            def run(*args):
+                *tensors, counts = args
+                out = self.program.run(
+                    start, stop, dict(zip(live_in, tensors)),
+                    self._state(counts), keep=live_out,
+                )
+                return [out[t] for t in live_out]
+
+            self._segments[i] = (
+                tf.function(run, input_signature=signature),
+                live_in, live_out,
+            )
+        return self._segments[i]
+
+    def _advance(self, i, values, counts):
+        first = self._segments[i] is None
+        function, live_in, live_out = self._segment(i, values)
+        arguments = [values[t] for t in live_in] + [counts]
+        if first:
+            # Each segment traces once; TensorFlow counts the segments'
+            # first traces together (same Python code) and would warn
+            # about "retracing".
+            logger = tf.get_logger()
+            level = logger.level
+            logger.setLevel("ERROR")
+            try:
+                outputs = function(*arguments)
+            finally:
+                logger.setLevel(level)
+        else:
+            outputs = function(*arguments)
+        return dict(zip(live_out, outputs))
+
+    def _finish(self, i, values, counts):
+        """Logits from the tensors crossing `points[i]`, at `counts`."""
+        counts = tf.constant(np.asarray(counts), tf.int32)
+        for j in range(i, len(self.points) - 1):
+            values = self._advance(j, values, counts)
+        return values[self.program.output_id].numpy()
+
+    def _score(self, logits):
+        return float(np.mean(np.argmax(logits, axis=-1) == self.labels))
+
+    def logits(self, counts):
+        """Logits of the whole search set at group `counts` (no reuse)."""
+        return self._finish(0, {self.program.input_id: self.x}, counts)
+
+    def accuracy(self, counts):
+        """Search-set accuracy at group `counts`, computed from scratch."""
+        return self._score(self.logits(counts))
+
+    def step(self, current, candidates, return_logits=False):
+        """Scores candidates that each narrow one group of `current`.
+
+        Walks `current` through the segments once; each candidate starts
+        from the tensors crossing its group's cut.
+
+        Args:
+            current: Group counts of the current network.
+            candidates: List of `(group, counts)`.
+            return_logits: Also return each candidate's logits.
+
+        Returns:
+            A list of accuracies (and of logits), aligned with
+            `candidates`.
+        """
+        by_point = {}
+        for position, (group, counts) in enumerate(candidates):
+            point = self.points.index(self.cuts[group])
+            by_point.setdefault(point, []).append((position, counts))
+        scores = [None] * len(candidates)
+        logits = [None] * len(candidates)
+        values = {self.program.input_id: self.x}
+        current = tf.constant(np.asarray(current), tf.int32)
+        last = max(by_point) if by_point else -1
+        for i in range(len(self.points) - 1):
+            for position, counts in by_point.get(i, []):
+                logits[position] = self._finish(i, values, counts)
+                scores[position] = self._score(logits[position])
+            if i >= last:
+                break
+            values = self._advance(i, values, current)
+        return (scores, logits) if return_logits else scores

@@ -1,0 +1,399 @@
+"""keras_slim.search: AutoSlim greedy channel search."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_slim
+from keras_slim import search
+from keras_slim.search.cost import CostModel
+from keras_slim.search.runner import Runner
+
+
+def _base_model(input_shape=(8, 8, 1), classes=10):
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    y = keras.layers.Conv2D(16, 3, padding="same", name="conv2")(x)
+    y = keras.layers.BatchNormalization(name="bn2")(y)
+    x = keras.layers.Add()([x, y])
+    x = keras.layers.Conv2D(24, 3, strides=2, padding="same", name="conv3")(x)
+    x = keras.layers.BatchNormalization(name="bn3")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.BatchNormalization(name="bn_dw")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes, name="classifier")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype("float32")[..., None]
+    return x, data.target.astype("int64")
+
+
+def _train(digits, epochs=3):
+    keras.utils.set_random_seed(0)
+    model = keras_slim.slim(_base_model(), width_range=(0.25, 1.5), divisor=4)
+    model.compile("adam", "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x, y = digits
+    model.fit(x[:1200], y[:1200], batch_size=64, epochs=epochs, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    return _train(digits)
+
+
+def _search_set(digits):
+    x, y = digits
+    return x[1200:1456], y[1200:1456]
+
+
+def test_cost_model_matches_profile(trained):
+    costs = CostModel(trained)
+    rng = np.random.default_rng(0)
+    config = {}
+    for name, group in trained._group_of_layer.items():
+        full = trained.full_channels[trained.channel_groups.index(group)]
+        config.setdefault(group, (name, int(rng.integers(1, full // 4)) * 4))
+    config = {name: c for name, c in config.values()}
+    for width in (1.5, 1.0, 0.25, config):
+        profiled = keras_slim.profile(trained, width)
+        priced = costs.cost(trained.channels_for(width))
+        assert priced == {"macs": profiled["macs"],
+                          "params": profiled["params"]}
+
+
+def test_cost_model_follows_concatenate_and_flatten():
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(8, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(12, 3, padding="same", name="b")(inputs)
+    x = keras.layers.BatchNormalization()(keras.layers.Concatenate()([a, b]))
+    x = keras.layers.Conv2D(16, 1, name="d")(x)
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
+    model = keras_slim.slim(keras.Model(inputs, outputs), width_range=(0.25, 1))
+    costs = CostModel(model)
+    assert costs.cuts == {"a": 0, "b": 1, "d": 4}
+    for width in (1.0, 0.5, {"a": 3, "b": 12, "d": 5}):
+        profiled = keras_slim.profile(model, width)
+        assert costs.cost(model.channels_for(width)) == {
+            "macs": profiled["macs"], "params": profiled["params"]}
+
+
+def test_cached_prefix_equals_full_evaluation(trained, digits):
+    costs = CostModel(trained)
+    x, y = _search_set(digits)
+    runner = Runner(trained, costs.program, costs.cuts, x, y)
+    assert len(set(costs.cuts.values())) > 1  # there is a prefix to reuse
+    current = list(trained.channels_for(1.0))
+    candidates = []
+    for group in costs.cuts:
+        counts = list(current)
+        counts[trained.channel_groups.index(group)] -= 4
+        candidates.append((group, counts))
+    scores, logits = runner.step(current, candidates, return_logits=True)
+    for (group, counts), score, cached in zip(candidates, scores, logits):
+        scratch = runner.logits(counts)
+        np.testing.assert_array_equal(cached, scratch)
+        assert score == runner.accuracy(counts)
+
+
+def test_exact_bn_equals_calibrate_then_evaluate(trained, digits):
+    costs = CostModel(trained)
+    x, y = _search_set(digits)
+    runner = Runner(trained, costs.program, costs.cuts, x, y)
+    config = {"conv1": 8, "conv3": 12}
+    counts = trained.channels_for(config)
+    # One calibration batch: with several, calibrate_bn's deeper layers see
+    # inputs normalised with per-batch statistics (1e-3 apart on logits).
+    keras_slim.calibrate_bn(trained, x, widths=[config], batch_size=len(x),
+                            verbose=0)
+    trained.set_width(config)
+    expected = trained.predict(x, verbose=0)
+    trained.set_width(1.5)
+    np.testing.assert_allclose(runner.logits(counts), expected, atol=1e-5)
+    assert runner.accuracy(counts) == np.mean(expected.argmax(-1) == y)
+
+
+def test_greedy_picks_the_least_harmful_group(digits):
+    # Hand-made case: the classifier ignores the last bin of conv3's group
+    # (its weights are zero), so removing that bin cannot change any
+    # prediction, while every other candidate changes the network.
+    model = _train(digits)
+    kernel = model.get_layer("classifier").kernel
+    zeroed = kernel.numpy()
+    zeroed[-4:] = 0.0
+    kernel.assign(zeroed)
+    x, y = _search_set(digits)
+    costs = CostModel(model)
+    runner = Runner(model, costs.program, costs.cuts, x, y)
+    full = runner.accuracy(model.full_channels)
+    result = search.autoslim(model, (x, y), targets=[
+        costs.cost(model.full_channels)["macs"] - 1], bins=9, verbose=0)
+    first = result["history"][1]
+    assert first["group"] == "conv3"
+    assert first["chosen"]["conv3"] == 36 - 4
+    assert first["accuracy"] == full
+    assert result["configs"][0]["step"] == 1
+
+
+@pytest.fixture(scope="module")
+def searched(trained, digits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("search")
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    targets = [0.5 * full, 0.8 * full]
+    result = search.autoslim(
+        trained, _search_set(digits), targets=targets, bins=6,
+        output_path=folder / "search.json", verbose=0,
+    )
+    return result, targets, folder
+
+
+def test_targets_recorded_largest_first_below_target(searched):
+    result, targets, _ = searched
+    assert result["finished"]
+    configs = result["configs"]
+    assert [c["target"] for c in configs] == sorted(targets, reverse=True)
+    for config in configs:
+        assert config["macs"] <= config["target"]
+        # Recorded at the first step whose cost reached the target.
+        previous = result["history"][config["step"] - 1]
+        assert previous["macs"] > config["target"]
+        uniform = config["uniform"]
+        assert uniform["within_cost"] == (uniform["macs"] <= config["macs"])
+        assert uniform["within_cost"] or uniform["width"] == 0.25
+    assert configs[0]["step"] < configs[1]["step"]
+    # It stops at the first step below the smallest target.
+    assert result["history"][-1]["step"] == configs[-1]["step"]
+    # Two groups: the shared prefix is computed once either way.
+    assert 0 < result["stats"]["work_ratio"] <= 1
+
+
+def test_search_is_deterministic(trained, digits, searched):
+    result, targets, _ = searched
+    again = search.autoslim(trained, _search_set(digits), targets=targets,
+                            bins=6, verbose=0)
+    assert [c["channels"] for c in again["configs"]] == [
+        c["channels"] for c in result["configs"]]
+    assert [r["group"] for r in again["history"]] == [
+        r["group"] for r in result["history"]]
+
+
+def test_resume_after_interruption(trained, digits, searched, tmp_path):
+    result, targets, _ = searched
+    progress = tmp_path / "progress.json"
+    partial = search.autoslim(trained, _search_set(digits), targets=targets,
+                              bins=6, progress_path=progress, max_steps=2,
+                              verbose=0)
+    assert not partial["finished"] and len(partial["history"]) == 3
+    resumed = search.autoslim(trained, _search_set(digits), targets=targets,
+                              bins=6, progress_path=progress, verbose=0)
+    assert resumed["finished"]
+    assert [c["channels"] for c in resumed["configs"]] == [
+        c["channels"] for c in result["configs"]]
+    # A progress file of another search is refused.
+    with pytest.raises(ValueError, match="another search"):
+        search.autoslim(trained, _search_set(digits), targets=targets,
+                        bins=4, progress_path=progress, verbose=0)
+
+
+def test_configs_round_trip_and_are_accepted_everywhere(
+        trained, searched, tmp_path):
+    result, _, folder = searched
+    configs = search.load_configs(folder / "search.json")
+    assert list(configs) == [c["name"] for c in result["configs"]]
+    name = list(configs)[-1]
+    config = configs[name]
+    entry = result["configs"][-1]
+    assert config == entry["channels"]
+    profiled = keras_slim.profile(trained, config)
+    assert (profiled["macs"], profiled["params"]) == (
+        entry["macs"], entry["params"])
+    stripped = keras_slim.strip(trained, config)
+    for layer, channels in config.items():
+        assert stripped.get_layer(layer).get_config().get(
+            "filters", channels) == channels
+    keras_slim.calibrate_bn(trained, np.zeros((8, 8, 8, 1), "float32"),
+                            widths=[config], verbose=0)
+    trained.set_width(config)
+    assert trained.predict(np.zeros((2, 8, 8, 1)), verbose=0).shape == (2, 10)
+    trained.set_width(trained.width_range[1])
+    keras_slim.export.to_tflite(trained, tmp_path / "tflite", widths=[config])
+    manifest = json.loads((tmp_path / "tflite" / "manifest.json").read_text())
+    (export,) = manifest["exports"]
+    assert export["macs"] == entry["macs"]
+
+
+def test_plots_are_written(trained, searched, tmp_path):
+    result, _, folder = searched
+    search.plots.plot_channels(folder / "search.json", trained,
+                               tmp_path / "channels.png")
+    search.plots.plot_accuracy(result, tmp_path / "accuracy.png",
+                               retrained={"searched": [(1e5, 0.9)]})
+    for name in ("channels.png", "accuracy.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_errors(trained, digits, tmp_path):
+    costs = CostModel(trained)
+    full = costs.cost(trained.full_channels)["macs"]
+    with pytest.raises(ValueError, match=r"reachable range \[\d+, \d+\]"):
+        search.autoslim(trained, _search_set(digits), targets=[full * 2],
+                        verbose=0)
+    with pytest.raises(ValueError, match="reachable range"):
+        search.autoslim(trained, _search_set(digits), targets=[1], verbose=0)
+    x, y = _search_set(digits)
+    with pytest.raises(ValueError, match="empty"):
+        search.autoslim(trained, (x[:0], y[:0]), targets=[full], verbose=0)
+    with pytest.raises(ValueError, match="latency_table"):
+        search.autoslim(trained, (x, y), targets=[1.0], metric="latency",
+                        verbose=0)
+    with pytest.raises(ValueError, match="metric must be"):
+        search.autoslim(trained, (x, y), targets=[full], metric="flops",
+                        verbose=0)
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(inputs))
+    fixed = keras_slim.slim(keras.Model(inputs, outputs))
+    with pytest.raises(ValueError, match="no slimmable channel group"):
+        search.autoslim(fixed, (x, y), targets=[1], verbose=0)
+    with pytest.raises(ValueError, match="not a slimmable layer"):
+        trained.set_width({"nonexistent": 4})
+    with pytest.raises(ValueError, match="can have 1 to"):
+        trained.set_width({"conv1": 400})
+    with pytest.raises(ValueError, match="not a keras_slim.search result"):
+        (tmp_path / "bad.json").write_text("{}")
+        search.load_configs(tmp_path / "bad.json")
+    other = search.LatencyTable("0123456789ab", {"conv1": [[1.0, 0.1]]})
+    with pytest.raises(ValueError, match="another model"):
+        search.autoslim(trained, (x, y), targets=[full], latency_table=other,
+                        verbose=0)
+
+
+def test_latency_table_predicts_and_is_checked(tmp_path):
+    model = keras_slim.slim(_base_model(), width_range=(0.5, 1.0), divisor=4)
+    path = tmp_path / "latency.json"
+    table = search.latency_table(model, path, levels=2, num_runs=5,
+                                 warmup=1, verbose=0)
+    assert path.exists()
+    loaded = search.latency_table(model, path)
+    assert loaded.layers == table.layers
+    # Fitted on the whole network at min and max width: their mean error
+    # is zero by construction, each within the measurements' spread.
+    gaps = [table.predict_config(model, check["width"]) - check["measured_ms"]
+            for check in table.checks]
+    assert [c["width"] for c in table.checks] == [0.5, 1.0]
+    assert abs(sum(gaps)) < 1e-9
+    assert set(table.layers) == {"conv1", "conv2", "conv3", "dw",
+                                 "classifier"}
+    other = keras_slim.slim(_base_model(classes=5), width_range=(0.5, 1.0))
+    with pytest.raises(ValueError, match="another model"):
+        search.latency_table(other, path)
+    # A search by predicted latency.
+    full = table.predict_config(model, 1.0)
+    rng = np.random.default_rng(0)
+    data = (rng.random((32, 8, 8, 1), dtype=np.float32),
+            rng.integers(0, 10, 32))
+    result = search.autoslim(model, data, targets=[0.9 * full],
+                             metric="latency", latency_table=path, verbose=0)
+    (found,) = result["configs"]
+    assert found["latency_ms"] <= 0.9 * full < result["history"][
+        found["step"] - 1]["latency"]
+    assert found["latency_ms"] == pytest.approx(
+        table.predict_config(model, found["channels"]))
+
+
+def test_slimmable_model_trains_configurations_as_widths(digits, tmp_path):
+    small = {"conv1": 8, "conv3": 12}
+    large = {"conv1": 16, "conv3": 24}
+    model = keras_slim.slim(_base_model(), width_range=(0.25, 1.5),
+                            widths=[large, small], divisor=4)
+    assert model.switchable and model.widths == [small, large]
+    assert model.training_widths() == [large, small]
+    assert model.width_index(small) == 0 and model.width_index(large) == 1
+    model.compile("adam", "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x, y = digits
+    history = model.fit(x[:256], y[:256], epochs=1, verbose=0)
+    tag = keras_slim.width.width_tag(small)
+    assert f"loss_{tag}" in history.history
+    model.set_width(small)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.widths == model.widths
+    np.testing.assert_allclose(
+        loaded.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0),
+        atol=1e-6)
+    with pytest.raises(ValueError, match="mixes numbers and configurations"):
+        keras_slim.slim(_base_model(), widths=[small, 1.0])
+
+
+def tiny_named_cnn(input_shape=(8, 8, 1), num_classes=10):
+    """A stock CNN with named layers, for `--model=test_search:...`."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv_a")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same",
+                            name="conv_b")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+@pytest.mark.parametrize("method,names", [
+    ("plain", ["small"]), ("snet", ["small", "large"])])
+def test_trainers_train_searched_configs(tmp_path, method, names):
+    from keras_slim.search import configs as configs_lib
+    from trainers import loop
+
+    found = {"small": {"conv_a": 4, "conv_b": 8},
+             "large": {"conv_a": 8, "conv_b": 12}}
+    path = tmp_path / "search.json"
+    configs_lib.save_configs(path, {"configs": [
+        {"name": n, "channels": c} for n, c in found.items()]})
+    config = loop.TrainConfig(
+        method=method, model=f"{__name__}:tiny_named_cnn", dataset="digits",
+        width_range=(0.25, 1.0), searched_config=f"{path}:{','.join(names)}",
+        batch_size=32, train_steps=4, steps_per_loop=2,
+        checkpoint_every_steps=0, model_dir=str(tmp_path / "run"),
+        verbose=0, calibration_examples=64,
+    )
+    report = loop.train(config)
+    assert [w["width"] for w in report["widths"]] == [found[n] for n in names]
+    channels = {n: [c["conv_a"], c["conv_b"]] for n, c in found.items()}
+    assert [w["channels"] for w in report["widths"]] == [
+        channels[n] for n in names]
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    assert model.switchable == (len(names) > 1)
+    assert sorted(map(str, model.widths)) == sorted(
+        str(found[n]) for n in names)
+
+
+def test_trainers_searched_config_errors(tmp_path):
+    from keras_slim.search import configs as configs_lib
+    from trainers import loop
+    from trainers import methods
+
+    path = tmp_path / "search.json"
+    configs_lib.save_configs(path, {"configs": [
+        {"name": "a", "channels": {"conv_a": 4}}]})
+    config = loop.TrainConfig(searched_config=f"{path}:b")
+    with pytest.raises(ValueError, match=r"\['b'\] not in"):
+        methods.get("snet").slim_kwargs(config)
+    config = loop.TrainConfig(searched_config=f"{path}:a,a")
+    with pytest.raises(ValueError, match="Use --method=snet"):
+        methods.get("plain").slim_kwargs(config)
+    with pytest.raises(ValueError, match="does not"):
+        methods.get("us").slim_kwargs(config)
