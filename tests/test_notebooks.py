@@ -21,6 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "colab").glob("*.ipynb"))
 EXPECTED = [
     "any_width.ipynb",
+    "autoslim.ipynb",
     "early_exits.ipynb",
     "quickstart.ipynb",
     "repr.ipynb",
