@@ -96,16 +96,39 @@ def _expand_nested(call_function):
                 outputs = call(inner, outputs, **inner_kwargs)
             return outputs
         if isinstance(layer, keras.Model) and getattr(layer, "inputs", None):
-            inner = keras.models.clone_model(
-                layer,
-                input_tensors=args[0],
-                clone_function=lambda op: op,
-                call_function=call,
-            )
-            return inner.output
+            return _call_traced(layer, args[0], call)
         return call_function(layer, *args, **kwargs)
 
     return call
+
+
+def _call_traced(model, inputs, call):
+    """Runs a nested functional model's layers one by one on `inputs`.
+
+    `clone_model(..., input_tensors=inputs)` only accepts inputs that are
+    `keras.Input`s, so a backbone called on a preprocessed tensor (the usual
+    transfer-learning set-up) would fail; replaying the nested model's
+    traced calls works on any tensor.
+    """
+    calls, traced = trace(model)
+    values = {
+        id(old): new
+        for old, new in zip(traced.inputs, keras.tree.flatten(inputs))
+    }
+
+    def resolve(value):
+        if isinstance(value, keras.KerasTensor):
+            return values[id(value)]
+        return value
+
+    for inner in calls:
+        args, kwargs = keras.tree.map_structure(
+            resolve, (inner.args, inner.kwargs))
+        outputs = call(inner.layer, *args, **kwargs)
+        for old, new in zip(inner.outputs, keras.tree.flatten(outputs)):
+            values[id(old)] = new
+    outputs = [values[id(t)] for t in traced.outputs]
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 @dataclasses.dataclass

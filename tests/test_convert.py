@@ -382,6 +382,28 @@ def test_official_mobilenet_v2_channels_match_the_papers_macs():
     assert keras_slim.strip(model, 0.35).get_layer("head").filters == 1280
 
 
+def test_a_nested_backbone_called_on_a_preprocessed_tensor_converts():
+    # The transfer-learning set-up: inputs -> preprocessing -> backbone
+    # (a nested functional model whose input is not the model's Input).
+    inner_in = keras.Input((8, 8, 4))
+    y = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(inner_in)
+    y = keras.layers.BatchNormalization()(y)
+    backbone = keras.Model(inner_in, y, name="backbone")
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(0.5)(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same")(x)
+    x = backbone(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    base = _randomize_bn(keras.Model(inputs, keras.layers.Dense(3)(x)))
+    x = _inputs(base)
+    model = keras_slim.slim(base, width_range=(0.25, 1.5))
+    with _no_check():
+        model.set_width(1.0)
+        assert_close(model(x), base(x), atol=1e-5)
+        model.set_width(0.5)
+        assert_close(keras_slim.strip(model, 0.5)(x), model(x), atol=1e-5)
+
+
 def test_counts_the_divisor_rounds_down_stay_exact_at_width_one():
     # make_divisible(26, 8) is 24: EfficientNetV2-B2's 26-channel squeeze
     # crashed the weight copy (and width 1.0 would not be the original).
