@@ -175,5 +175,12 @@ def trace(model, input_tensors=None):
         calls.append(Call(layer, args, kwargs, keras.tree.flatten(outputs)))
         return outputs
 
-    traced = replay(model, record, input_tensors=input_tensors)
+    functional = as_functional(model)
+    if functional.compiled:
+        # clone_model would compile the traced copy as well (a second
+        # optimizer, its variables built); the trace needs the graph only.
+        functional = keras.Model(
+            functional.input, functional.output, name=functional.name
+        )
+    traced = replay(functional, record, input_tensors=input_tensors)
     return calls, traced

@@ -106,7 +106,7 @@ def test_add_exits_structure_and_cumulative_macs():
     structure = ExitStructure(model.network, model.after)
     assert "c2" in structure.stage_layers[1]
     assert all(n.startswith("exit1_head") for n in
-               [node.operation.name for node in structure.head_nodes[0]])
+               [call.layer.name for call in structure.head_calls[0]])
 
 
 def test_ensemble_indexing_is_the_same_in_training_and_inference():

@@ -195,6 +195,37 @@ def bn_and_bias_net():
     return keras.Model(inputs, keras.layers.Dense(10)(x))
 
 
+def test_conv_bn_pairs_come_from_the_graph_not_from_past_calls():
+    """The BN after each conv is found in a fresh trace of the model:
+    profile() calling every layer again must not hide it, a SlimmableModel's
+    network is searched, and a shared BN or a conv feeding two layers gets
+    none."""
+    def pairs(model):
+        controller = repr_lib.RePrController(model, drop_fraction=0.3)
+        return {u.name: u.bn.name if u.bn is not None else None
+                for u in controller.units}
+
+    model = bn_and_bias_net()
+    model.compile(keras.optimizers.Adam(), "mse")
+    keras_slim.profile(model)  # a second call of conv1 and bn1
+    assert pairs(model) == {"conv1": "bn1", "conv2": None}
+    # Tracing a compiled model builds no second optimizer.
+    assert not keras_slim.graph.trace(model)[1].compiled
+    slim = keras_slim.slim(bn_and_bias_net(), width_range=(0.5, 1.0))
+    assert pairs(slim) == {"conv1": "bn1", "conv2": None}
+
+    inputs = keras.Input((8, 8, 2))
+    shared = keras.layers.BatchNormalization(name="shared")
+    x = keras.layers.Conv2D(2, 1, name="first")(inputs)
+    a = shared(keras.layers.Conv2D(2, 1, name="a")(x))
+    b = shared(keras.layers.Conv2D(2, 1, name="b")(a))
+    forked = keras.layers.Conv2D(2, 1, name="forked")(b)
+    y = keras.layers.Add()([keras.layers.BatchNormalization()(forked),
+                            keras.layers.ReLU()(forked)])
+    assert pairs(keras.Model(inputs, y)) == {
+        "a": None, "b": None, "forked": None}
+
+
 class Recorder(keras.callbacks.Callback):
     """Weights, outputs and slots after `t` steps (and the events due then:
     it runs after `RePrCallback`, which fires them at batch begin)."""

@@ -94,27 +94,22 @@ def insert_gradient_rescale(network, after):
     structure = graph.ExitStructure(network, after)
     scales = boosting.gradient_rescale_scales(structure.num_exits)
     cut_ids = {id(t): k for k, t in enumerate(structure.cuts)}
-    head_entry = {}  # id(node) -> index of the cut it reads
-    for k, nodes in enumerate(structure.head_nodes):
-        for node in nodes:
-            if any(id(t) == id(structure.cuts[k]) for t in node.input_tensors):
-                head_entry[id(node)] = k
-    (old_input,) = network.inputs
-    new_input = graph.new_input_like(
-        old_input, old_input._keras_history.operation.name
-    )
-    tensors = {id(old_input): new_input}
+    head_entry = {}  # id(call) -> index of the cut it reads
+    for k, calls in enumerate(structure.head_calls):
+        for call in calls:
+            if any(id(t) == id(structure.cuts[k]) for t in call.inputs):
+                head_entry[id(call)] = k
+    new_input = graph.new_input_like(structure.input, structure.input_name)
+    tensors = {id(structure.input): new_input}
     head_inputs = {}
 
-    def override(node):
-        k = head_entry.get(id(node))
+    def override(call):
+        k = head_entry.get(id(call))
         return None if k is None else {id(structure.cuts[k]): head_inputs[k]}
 
-    for node in graph.network_nodes(network):
-        if node.is_input:
-            continue
-        graph.replay([node], tensors, override)
-        for tensor in node.outputs:
+    for call in structure.calls:
+        graph.replay([call], tensors, override)
+        for tensor in call.outputs:
             k = cut_ids.get(id(tensor))
             if k is None:
                 continue
@@ -126,7 +121,7 @@ def insert_gradient_rescale(network, after):
             tensors[id(tensor)] = GradientRescale(
                 trunk_scale, name=f"exit{k + 1}_trunk_grad_rescale"
             )(features)
-    outputs = [tensors[id(t)] for t in network.outputs]
+    outputs = [tensors[id(t)] for t in structure.outputs]
     return keras.Model(new_input, outputs, name=network.name)
 
 
@@ -240,32 +235,36 @@ def add_exits(
             f"got {tuple(output.shape)}."
         )
     num_classes = int(output.shape[-1])
-    output_layer = output._keras_history.operation.name
+    calls, traced = graph_lib.trace(functional)
+    (traced_output,) = traced.outputs
+    last_call = graph.producers(calls).get(id(traced_output))
+    output_layer = (
+        last_call.layer.name if last_call is not None
+        else graph.input_layer_name(functional)  # the output is the input
+    )
     if output_layer in after:
         raise ValueError(
             f"'{output_layer}' is the backbone's output layer: the last exit "
             "is always the backbone's own output."
         )
-    cut_nodes = {id(graph.layer_node(functional, n)): i
+    cut_calls = {id(graph.layer_call(calls, n)): i
                  for i, n in enumerate(after)}
 
     # The backbone's graph again, with a head after every cut.
-    (old_input,) = functional.inputs
+    (traced_input,) = traced.inputs
     new_input = graph.new_input_like(
-        old_input, old_input._keras_history.operation.name
+        traced_input, graph.input_layer_name(functional)
     )
-    tensors = {id(old_input): new_input}
+    tensors = {id(traced_input): new_input}
     exit_outputs = {}
-    for node in graph.network_nodes(functional):
-        if node.is_input:
-            continue
-        graph.replay([node], tensors)
-        if id(node) in cut_nodes:
-            k = cut_nodes[id(node)]
+    for call in calls:
+        graph.replay([call], tensors)
+        if id(call) in cut_calls:
+            k = cut_calls[id(call)]
             build = _head_for(head, k + 1, num_classes)
-            exit_outputs[k] = build(tensors[id(node.outputs[0])])
+            exit_outputs[k] = build(tensors[id(call.outputs[0])])
     outputs = [exit_outputs[k] for k in range(len(after))]
-    outputs.append(tensors[id(output)])
+    outputs.append(tensors[id(traced_output)])
     network = keras.Model(new_input, outputs, name=functional.name)
     graph.ExitStructure(network, after)  # clear errors before slimming
 

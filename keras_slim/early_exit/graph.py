@@ -4,76 +4,92 @@ An early-exit network with `N` exits is cut, after the layers named in
 `after`, into `N` stages: stage 1 runs from the input to the first cut and
 exit 1's logits; stage `k` runs from the features at cut `k - 1` to the
 features at cut `k` and exit `k`'s logits; the last stage ends at the final
-output. `ExitStructure` finds each stage's layers by walking the graph back
-from its outputs and checks what makes staged inference possible: every
+output. `ExitStructure` finds each stage's layer calls by walking the graph
+back from its outputs and checks what makes staged inference possible: every
 stage is computable from the features the previous stage hands on (so each
 cut is a true cut point of the network), and no layer belongs to two stages
 (nothing is computed twice). The exporters rebuild stage models from these
-node lists (`replay`), and the MAC count of each exit is the sum over its
+call lists (`replay`), and the MAC count of each exit is the sum over its
 stages.
+
+The graph is read with `keras_slim.graph.trace` (public Keras API only):
+its `Call`s and tensors belong to a traced copy of the network that shares
+the network's layers, so the tensors `ExitStructure` holds (input, cuts,
+outputs) are the traced copy's, and a call's producer is looked up in a map
+from tensor ids to calls instead of in Keras' node bookkeeping.
 """
 
 import keras
 
-
-def _producer(tensor):
-    operation, node_index, _ = tensor._keras_history
-    return operation._inbound_nodes[node_index]
+from keras_slim import graph as graph_lib
 
 
-def network_nodes(network):
-    """The nodes of a functional model, inputs first (topological order)."""
-    depths = sorted(network._nodes_by_depth, reverse=True)
-    return [node for d in depths for node in network._nodes_by_depth[d]]
+def producers(calls):
+    """A dict `id(tensor) -> Call` from each call's outputs to the call."""
+    return {id(t): call for call in calls for t in call.outputs}
 
 
-def layer_node(network, name):
-    """The single node of layer `name` in `network`.
+def input_layer_name(model):
+    """The name of the `InputLayer` of a one-input functional `model`.
+
+    `keras.Input(shape)` names the layer ("input_layer") and its tensor
+    ("keras_tensor") differently; a rebuilt network keeps the layer's name.
+    """
+    (tensor,) = model.inputs
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) and (
+            layer.output is tensor
+        ):
+            return layer.name
+    return tensor.name
+
+
+def layer_call(calls, name):
+    """The single call of layer `name` among `calls` (from `trace`).
 
     Raises:
-        ValueError: if the network has no such layer, or calls it more than
-            once (its output would be ambiguous).
+        ValueError: if no call is of such a layer, or the layer is called
+            more than once (its output would be ambiguous).
     """
-    nodes = [
-        n for n in network_nodes(network)
-        if n.operation is not None and n.operation.name == name
-    ]
-    if not nodes:
-        names = [
-            n.operation.name for n in network_nodes(network)
-            if n.operation is not None and not n.is_input
-        ]
+    matches = [c for c in calls if c.layer.name == name]
+    if not matches:
+        names = [c.layer.name for c in calls]
         raise ValueError(
             f"The network has no layer '{name}'. Its layers include: "
             f"{names[:12]}{' ...' if len(names) > 12 else ''}."
         )
-    if len(nodes) > 1:
+    if len(matches) > 1:
         raise ValueError(
-            f"Layer '{name}' is called {len(nodes)} times in the network; an "
-            "exit must follow a layer that is called once."
+            f"Layer '{name}' is called {len(matches)} times in the network; "
+            "an exit must follow a layer that is called once."
         )
-    return nodes[0]
+    return matches[0]
 
 
-def ancestors(tensors, stop=()):
-    """Nodes needed to compute `tensors`, not looking past `stop` tensors.
+def ancestors(tensors, producer, stop=()):
+    """Calls needed to compute `tensors`, not looking past `stop` tensors.
+
+    Args:
+        tensors: Tensors of a traced graph.
+        producer: `producers(calls)` of that graph.
+        stop: Tensors taken as given.
 
     Returns:
-        `(node_ids, reached_input)`: the ids of the (non-input) nodes, and
-        whether the walk reached a model input.
+        `(call_ids, reached_input)`: the ids of the calls, and whether the
+        walk reached a model input (a tensor no call produces).
     """
     stop = {id(t) for t in stop}
     seen, reached_input = set(), False
     pending = [t for t in tensors if id(t) not in stop]
     while pending:
-        node = _producer(pending.pop())
-        if id(node) in seen:
-            continue
-        if node.is_input:
+        call = producer.get(id(pending.pop()))
+        if call is None:
             reached_input = True
             continue
-        seen.add(id(node))
-        pending.extend(t for t in node.input_tensors if id(t) not in stop)
+        if id(call) in seen:
+            continue
+        seen.add(id(call))
+        pending.extend(t for t in call.inputs if id(t) not in stop)
     return seen, reached_input
 
 
@@ -87,17 +103,31 @@ class ExitStructure:
             off (the cuts).
 
     Attributes:
+        calls: Every `keras_slim.graph.Call` of the network, in topological
+            order (nested models expanded), from `keras_slim.graph.trace`.
+        input: The input tensor the calls start from.
+        input_name: The name of the network's input layer.
         cuts: The `N - 1` cut tensors (outputs of the `after` layers).
         outputs: The `N` exit outputs.
-        stage_nodes: Per stage, its nodes in topological order.
+        stage_calls: Per stage, its calls in topological order.
         stage_layers: Per stage, the names of its layers.
-        head_nodes: Per early exit, the nodes only its output needs (the
+        head_calls: Per early exit, the calls only its output needs (the
             exit head; empty list for the last exit).
+
+    The tensors (`input`, `cuts`, `outputs` and those of the calls) belong
+    to a traced copy of `network` that shares its layers: rebuild stages
+    from them with `replay`.
 
     Raises:
         ValueError: naming the problem, if a stage needs more than the
             previous stage's features, a layer would run in two stages, the
             cuts are not in computation order, or an exit's head is empty.
+
+    Example:
+
+    >>> structure = ExitStructure(model.network, model.after)
+    >>> structure.stage_layers[0][:2]
+    ['conv1', 'bn1']
     """
 
     def __init__(self, network, after):
@@ -106,7 +136,10 @@ class ExitStructure:
                 "An early-exit network must have exactly one input; this one "
                 f"has {len(network.inputs)}."
             )
-        self.outputs = list(network.outputs)
+        self.input_name = input_layer_name(network)
+        self.calls, traced = graph_lib.trace(network)
+        (self.input,) = traced.inputs
+        self.outputs = list(traced.outputs)
         num_exits = len(self.outputs)
         after = list(after)
         if len(after) != num_exits - 1:
@@ -116,17 +149,17 @@ class ExitStructure:
                 f"branch off); got {len(after)}: {after}."
             )
         self.after = after
-        self.cuts = [layer_node(network, name).outputs[0] for name in after]
-        order = network_nodes(network)
-        position = {id(node): i for i, node in enumerate(order)}
-        self.stage_nodes, self.head_nodes = [], []
+        producer = producers(self.calls)
+        self._producer = producer
+        self.cuts = [layer_call(self.calls, name).outputs[0] for name in after]
+        self.stage_calls, self.head_calls = [], []
         previous_ids = set()
         for k in range(num_exits):
             targets = [self.outputs[k]]
             if k < num_exits - 1:
                 targets.append(self.cuts[k])
             stop = [self.cuts[k - 1]] if k > 0 else []
-            ids, reached_input = ancestors(targets, stop)
+            ids, reached_input = ancestors(targets, producer, stop)
             if k > 0 and reached_input:
                 what = f"Exit {k + 1}" + (
                     f" (or the cut '{after[k]}')" if k < len(after) else ""
@@ -141,31 +174,32 @@ class ExitStructure:
                 )
             shared = ids & previous_ids
             if shared:
-                node = next(n for n in order if id(n) in shared)
+                call = next(c for c in self.calls if id(c) in shared)
                 raise ValueError(
-                    f"Layer '{node.operation.name}' would run in stage {k} "
+                    f"Layer '{call.layer.name}' would run in stage {k} "
                     f"and stage {k + 1}: exit {k} depends on layers after "
                     f"the cut '{after[k - 1]}', or the cuts are not in "
                     "computation order."
                 )
-            nodes = sorted(
-                (n for n in order if id(n) in ids), key=lambda n: position[id(n)]
-            )
-            self.stage_nodes.append(nodes)
+            # `self.calls` is in topological order, so each stage is too.
+            calls = [c for c in self.calls if id(c) in ids]
+            self.stage_calls.append(calls)
             previous_ids = ids
             if k < num_exits - 1:
-                head_ids, _ = ancestors([self.outputs[k]], [self.cuts[k]])
+                head_ids, _ = ancestors(
+                    [self.outputs[k]], producer, [self.cuts[k]]
+                )
                 if not head_ids:
                     raise ValueError(
                         f"Exit {k + 1}'s output is the output of '{after[k]}' "
                         "itself; an exit needs a head (e.g. "
                         "keras_slim.layers.ExitHead) after the cut."
                     )
-                self.head_nodes.append(
-                    [n for n in nodes if id(n) in head_ids]
+                self.head_calls.append(
+                    [c for c in calls if id(c) in head_ids]
                 )
         self.stage_layers = [
-            [n.operation.name for n in nodes] for nodes in self.stage_nodes
+            [c.layer.name for c in calls] for calls in self.stage_calls
         ]
 
     @property
@@ -174,36 +208,52 @@ class ExitStructure:
 
     def output_layer_names(self):
         """The name of the layer that produces each exit's output."""
-        return [t._keras_history.operation.name for t in self.outputs]
+        return [self._producer[id(t)].layer.name for t in self.outputs]
 
 
-def replay(nodes, tensor_map, override=None):
-    """Calls the layers of `nodes` again on the tensors of `tensor_map`.
+def _substitute(structure, mapping):
+    """`structure` with each KerasTensor replaced by `mapping[id(tensor)]`."""
+    return keras.tree.map_structure(
+        lambda t: mapping[id(t)] if isinstance(t, keras.KerasTensor) else t,
+        structure,
+    )
+
+
+def replay(calls, tensor_map, override=None):
+    """Calls the layers of `calls` again on the tensors of `tensor_map`.
 
     Args:
-        nodes: Nodes in topological order.
+        calls: `keras_slim.graph.Call`s in topological order.
         tensor_map: dict `id(original tensor) -> new tensor`; filled in with
-            each replayed node's outputs.
-        override: Optional `override(node) -> dict` of replacements for
-            `tensor_map` seen by that node only.
+            each replayed call's outputs.
+        override: Optional `override(call) -> dict` of replacements for
+            `tensor_map` seen by that call only.
 
     Returns:
         `tensor_map`.
+
+    Example:
+
+    >>> structure = ExitStructure(network, after)
+    >>> entry = new_input_like(structure.input, "images")
+    >>> tensors = replay(structure.stage_calls[0],
+    ...                  {id(structure.input): entry})
+    >>> stage1 = keras.Model(entry, tensors[id(structure.outputs[0])])
     """
-    for node in nodes:
+    for call in calls:
         mapping = tensor_map
-        extra = override(node) if override is not None else None
+        extra = override(call) if override is not None else None
         if extra:
             mapping = {**tensor_map, **extra}
-        missing = [t for t in node.input_tensors if id(t) not in mapping]
+        missing = [t for t in call.inputs if id(t) not in mapping]
         if missing:
             raise ValueError(
-                f"Layer '{node.operation.name}' reads a tensor outside the "
+                f"Layer '{call.layer.name}' reads a tensor outside the "
                 "part of the graph being rebuilt."
             )
-        args, kwargs = node.arguments.fill_in(mapping)
-        outputs = node.operation(*args, **kwargs)
-        for old, new in zip(node.outputs, keras.tree.flatten(outputs)):
+        args, kwargs = _substitute((call.args, call.kwargs), mapping)
+        outputs = call.layer(*args, **kwargs)
+        for old, new in zip(call.outputs, keras.tree.flatten(outputs)):
             tensor_map[id(old)] = new
     return tensor_map
 

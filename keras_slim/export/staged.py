@@ -76,12 +76,12 @@ def stage_models(model, width):
     structure = ExitStructure(stripped, model.after)
     weights = model.ensemble_weights
     num_exits = structure.num_exits
-    (image_input,) = stripped.inputs
+    image_input = structure.input
     tag = width_suffix(width)
     base = f"{model.network.name}_{tag}"
 
     def segment(k, source, tensor_map):
-        replay(structure.stage_nodes[k], tensor_map)
+        replay(structure.stage_calls[k], tensor_map)
         raw = tensor_map[id(structure.outputs[k])]
         features = (
             tensor_map[id(structure.cuts[k])] if k < num_exits - 1 else None
@@ -123,7 +123,7 @@ def stage_models(model, width):
         tensor_map = {id(image_input): entry}
         ensemble = None
         for j in range(k + 1):
-            replay(structure.stage_nodes[j], tensor_map)
+            replay(structure.stage_calls[j], tensor_map)
             raw = tensor_map[id(structure.outputs[j])]
             if ensemble is None or weights[j] == 0:
                 ensemble = raw
@@ -139,7 +139,9 @@ def _feeds(stage, images, previous):
     """Inputs of a Keras stage model, by name."""
     feeds = {}
     for tensor in stage.inputs:
-        name = tensor._keras_history.operation.name
+        # A stage's inputs are `keras.Input(name=...)`, whose tensors carry
+        # the name.
+        name = tensor.name
         feeds[name] = previous["next_features"] if name == "features" else (
             images if name == "images" else previous["logits"]
         )
@@ -147,7 +149,7 @@ def _feeds(stage, images, previous):
 
 
 def _keras_stage_outputs(stage, feeds):
-    order = [t._keras_history.operation.name for t in stage.inputs]
+    order = [t.name for t in stage.inputs]
     values = [feeds[name] for name in order]
     outputs = stage(values[0] if len(values) == 1 else values,
                     training=False)
@@ -310,7 +312,7 @@ def _convert(keras_model, path, fmt, quantize, opset):
 
     from keras_slim.export.onnx import _convert as convert_onnx
 
-    names = [t._keras_history.operation.name for t in keras_model.inputs]
+    names = [t.name for t in keras_model.inputs]
     signature = [
         tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype or "float32",
                       name=name)

@@ -43,6 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_slim import graph as graph_lib
 from keras_slim.repr import ranking as ranking_lib
 from keras_slim.repr import reinit as reinit_lib
 from keras_slim.repr import schedule as schedule_lib
@@ -59,20 +60,48 @@ def _is_variable(value):
     return isinstance(value, (keras.Variable, tf.Variable))
 
 
-def following_batch_norm(conv):
+def graph_calls(model):
+    """Every layer call of the functional graphs in `model`.
+
+    A Sequential or functional model is traced whole with
+    `keras_slim.graph.trace` (nested models expanded); a subclassed model
+    (e.g. a `SlimmableModel`) through the Sequential and functional models
+    among its layers. A model with no such graph gives an empty list.
+
+    Example:
+
+    >>> calls = graph_calls(model)
+    >>> bn = following_batch_norm(model.get_layer("conv1"), calls)
+    """
+    if getattr(model, "inputs", None):  # Sequential (built) or functional
+        return graph_lib.trace(model)[0]
+    calls = []
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.Model):
+            calls.extend(graph_calls(layer))
+    return calls
+
+
+def following_batch_norm(conv, calls):
     """The BatchNormalization that alone consumes `conv`'s output, or None.
 
-    Found from the functional graph: the conv layer has one outbound node
-    and it is a `keras.layers.BatchNormalization` (or subclass, e.g. a
-    slim BN) called only there.
+    Found from the functional graph (`calls`, from `graph_calls`): one call
+    reads `conv`'s output, it is a `keras.layers.BatchNormalization` (or
+    subclass, e.g. a slim BN), and that layer is called only there.
+    Counting calls in a fresh trace, not Keras' per-layer node lists, keeps
+    the answer right after `profile()`, `strip()` or any other rebuild of
+    the model has called its layers again.
     """
-    nodes = getattr(conv, "_outbound_nodes", [])
-    if len(nodes) != 1:
+    outputs = {id(t) for c in calls if c.layer is conv for t in c.outputs}
+    consumers = [
+        c for c in calls for t in c.inputs if id(t) in outputs
+    ]
+    if len(consumers) != 1:
         return None
-    layer = nodes[0].operation
+    layer = consumers[0].layer
     if not isinstance(layer, keras.layers.BatchNormalization):
         return None
-    if len(getattr(layer, "_inbound_nodes", [])) != 1:
+    if sum(c.layer is layer for c in calls) != 1:
         return None
     return layer
 
@@ -457,7 +486,8 @@ class RePrController:
             model, exclude_first=exclude_first, layers=layers
         )
         self.layer_names = [layer.name for layer in convs]
-        self._warn_if_graph_unknown(convs)
+        calls = graph_calls(model)
+        self._warn_if_graph_unknown(convs, calls)
         strategy = getattr(model, "distribute_strategy", None) or (
             tf.distribute.get_strategy()
         )
@@ -470,7 +500,7 @@ class RePrController:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
             self.units = [
-                FilterUnit(conv, following_batch_norm(conv), i)
+                FilterUnit(conv, following_batch_norm(conv, calls), i)
                 for i, conv in enumerate(convs)
             ]
         self.state = RePrState(self.events_done, self.units)
@@ -478,8 +508,9 @@ class RePrController:
         self.event_seconds = 0.0
         self._warned = set()
 
-    def _warn_if_graph_unknown(self, convs):
-        has_graph = all(getattr(c, "_inbound_nodes", None) for c in convs)
+    def _warn_if_graph_unknown(self, convs, calls):
+        called = {id(c.layer) for c in calls}
+        has_graph = all(id(conv) in called for conv in convs)
         has_bn = any(
             isinstance(layer, keras.layers.BatchNormalization)
             for layer in ranking_lib.ordered_layers(self.model)
