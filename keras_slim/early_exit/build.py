@@ -13,24 +13,13 @@ from keras_slim.training import boosting
 
 
 def _functional(backbone):
-    if isinstance(backbone, keras.Sequential):
-        if not backbone.built or not backbone.inputs:
-            raise ValueError(
-                "add_exits() needs a built backbone with a known input "
-                "shape: add a keras.Input to the Sequential model."
-            )
-        inputs = keras.Input(batch_shape=backbone.inputs[0].shape)
-        outputs = inputs
-        for layer in backbone.layers:
-            outputs = layer(outputs)
-        return keras.Model(inputs, outputs, name=backbone.name)
-    if not getattr(backbone, "inputs", None):
+    try:
+        return graph_lib.as_functional(backbone)
+    except ValueError as error:
         raise ValueError(
-            "add_exits() takes a Sequential or functional Keras model (or a "
-            "keras_slim.SlimmableModel of one); got a subclassed "
-            f"{type(backbone).__name__}. Rebuild it with the functional API."
-        )
-    return backbone
+            f"add_exits() takes a built Sequential or functional Keras model "
+            f"(or a keras_slim.SlimmableModel of one): {error}"
+        ) from None
 
 
 def _slim_settings(model):
