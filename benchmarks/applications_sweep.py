@@ -61,6 +61,19 @@ def main():
                 if row["converts"] and row.get("input_size") == _sizes(
                     row["model"], args.input_size)}
     rows = []
+
+    def save():
+        (out / "applications.json").write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {platform.processor() or ''}"
+                       f" {__import__('os').cpu_count()} cores",
+            "versions": {"keras": keras.__version__,
+                         "tensorflow": tf.__version__},
+            "seconds": round(time.time() - started),
+            "command": " ".join(["python"] + sys.argv),
+            "rows": rows,
+        }, indent=2))
+
     for i, name in enumerate(names):
         if name in done:
             rows.append(done[name])
@@ -75,16 +88,8 @@ def main():
             traceback.print_exc(limit=2)
         rows.append(row)
         keras.backend.clear_session()
-        (out / "applications.json").write_text(json.dumps({
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.machine()}, {platform.processor() or ''}"
-                       f" {__import__('os').cpu_count()} cores",
-            "versions": {"keras": keras.__version__,
-                         "tensorflow": tf.__version__},
-            "seconds": round(time.time() - started),
-            "command": " ".join(["python"] + sys.argv),
-            "rows": rows,
-        }, indent=2))
+        save()
+    save()  # the rows kept from a previous run too
     lines = [
         "| model | converts | width 1.0 vs original | strip vs model "
         "| params | params at 0.5 | TFLite verified |",
