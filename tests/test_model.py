@@ -266,6 +266,26 @@ def test_calibration_computes_exact_population_statistics(tmp_path):
                  model.predict(x[:16], verbose=0), atol=0)
 
 
+def test_calibration_traces_once_for_every_width_and_call():
+    x, _ = digits(100)
+    model = keras_slim.slim(small_cnn(), width_range=(0.25, 1.0))
+    keras_slim.calibrate_bn(model, x, widths=[0.25, 0.5], batch_size=50,
+                            verbose=0)
+    first = model.calibration_key(0.75)
+    keras_slim.calibrate_bn(model, x, widths=[0.75, 1.0], batch_size=50,
+                            verbose=0)
+    run = model._calibration_program.run
+    assert run.experimental_get_tracing_count() == 1
+    assert first in model.calibrations
+    # The kept trace still computes the exact statistics of a new width.
+    mean, variance = _population_moments(model, x, 0.75)
+    stored_mean, stored_var = (
+        v.numpy() for v in model.bn_layers[0].calibrated[first])
+    np.testing.assert_allclose(stored_mean[:len(mean)], mean, atol=1e-5)
+    np.testing.assert_allclose(stored_var[:len(mean)], variance, rtol=1e-4,
+                               atol=1e-6)
+
+
 def test_calibration_errors():
     model = keras_slim.slim(small_cnn())
     empty = tf.data.Dataset.from_tensor_slices(
