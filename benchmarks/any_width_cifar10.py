@@ -21,8 +21,8 @@ Outputs (in `--output_dir`): `results.json`, `results.md` and
 
 Usage:
 
-    python benchmarks/any_width_cifar10.py --quick      # < 15 min, 2 cores
-    python benchmarks/any_width_cifar10.py              # full, ~1.3 h
+    python -m benchmarks.any_width_cifar10 --quick      # < 15 min, 2 cores
+    python -m benchmarks.any_width_cifar10              # full, ~1.3 h
 
 The data is `shared/data/cifar10-jpeg-train.tar.gz`, extracted once to
 `--cache_dir` (default `~/.cache/keras_slim/cifar10`, outside the repo).
@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from common import DEFAULT_ARCHIVE, DEFAULT_CACHE, cifar10_folder, log
+from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, cifar10_folder, log
 
 
 # The paper's test widths and the widths of k-width training.

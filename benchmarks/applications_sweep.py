@@ -10,8 +10,8 @@ rows that converted and checks the others again. Writes `applications.json` and
 `applications.md` (the README's table) to `--output_dir`.
 
 Usage:
-    python benchmarks/applications_sweep.py --output_dir results/applications
-    python benchmarks/applications_sweep.py --models MobileNetV3Small,VGG16
+    python -m benchmarks.applications_sweep --output_dir results/applications
+    python -m benchmarks.applications_sweep --models MobileNetV3Small,VGG16
 """
 
 import argparse
@@ -22,10 +22,7 @@ import sys
 import time
 import traceback
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from common import log  # noqa: E402  (benchmarks/common.py)
+from benchmarks.common import log
 
 
 def _sizes(name, size):
@@ -34,13 +31,13 @@ def _sizes(name, size):
                       "Xception": 71}.get(name, 0))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="results/applications")
     parser.add_argument("--models", default="",
                         help="Comma-separated builder names (default: all).")
     parser.add_argument("--input_size", type=int, default=96)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import keras
     import tensorflow as tf

@@ -18,8 +18,8 @@ search keeps a progress file and finished trainings are kept in
 
 Usage:
 
-    python benchmarks/autoslim_cifar10.py --quick   # ResNet-20, ~17 min
-    python benchmarks/autoslim_cifar10.py           # MobileNetV2 1.5x
+    python -m benchmarks.autoslim_cifar10 --quick   # ResNet-20, ~17 min
+    python -m benchmarks.autoslim_cifar10           # MobileNetV2 1.5x
 
 On 2 CPU cores one greedy step of MobileNetV2 1.5x with 1,024 search images
 takes about 2 minutes (see `autoslim_speed.py`), and reaching 0.75x MACs
@@ -41,13 +41,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from any_width_cifar10 import accuracy  # noqa: E402
-from any_width_cifar10 import compile_model  # noqa: E402
-from any_width_cifar10 import load_cifar10  # noqa: E402
-from any_width_cifar10 import normalize  # noqa: E402
-from any_width_cifar10 import split  # noqa: E402
-from any_width_cifar10 import train_dataset  # noqa: E402
-from common import DEFAULT_ARCHIVE, DEFAULT_CACHE, log  # noqa: E402
+from benchmarks.any_width_cifar10 import accuracy  # noqa: E402
+from benchmarks.any_width_cifar10 import compile_model  # noqa: E402
+from benchmarks.any_width_cifar10 import load_cifar10  # noqa: E402
+from benchmarks.any_width_cifar10 import normalize  # noqa: E402
+from benchmarks.any_width_cifar10 import split  # noqa: E402
+from benchmarks.any_width_cifar10 import train_dataset  # noqa: E402
+from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, log  # noqa: E402
 
 
 def parse_args(argv=None):

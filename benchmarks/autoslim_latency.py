@@ -7,8 +7,7 @@ networks: uniform widths and non-uniform configurations (each group at a
 random bin, as searched networks are; or the configurations of a search
 result with `--search_json`). Reports the relative error of each.
 
-    flock /work/wt/heavy.lock python benchmarks/autoslim_latency.py \
-        --out /tmp/autoslim_latency.json
+    python -m benchmarks.autoslim_latency --output_dir autoslim_latency_results
 """
 
 import argparse
@@ -20,21 +19,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
+from benchmarks import common  # noqa: E402
 import keras_slim  # noqa: E402
 from keras_slim import search  # noqa: E402
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max_width", type=float, default=1.5)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--random_configs", type=int, default=6)
     parser.add_argument("--search_json", default=None)
     parser.add_argument("--num_runs", type=int, default=30)
-    parser.add_argument("--table", default="/tmp/autoslim_latency_table.json")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    parser.add_argument("--table", default=None,
+                        help="a latency table to load (one measured on a "
+                        "phone); default: measure one into --output_dir")
+    parser.add_argument("--output_dir", default="autoslim_latency_results")
+    args = parser.parse_args(argv)
+    os.makedirs(args.output_dir, exist_ok=True)
+    if args.table is None:
+        args.table = os.path.join(args.output_dir, "latency_table.json")
+        if os.path.exists(args.table):
+            os.remove(args.table)  # measured by this run, not an old one
 
     model = keras_slim.models.mobilenet_v2(width_range=(0.35, args.max_width))
     start = time.perf_counter()
@@ -77,9 +83,8 @@ def main():
               "max_abs_relative_error": float(errors.max())}
     common.log(f"mean |error| {100 * errors.mean():.1f}%, max "
                f"{100 * errors.max():.1f}%")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ ratio, the MAC-count work ratio, and how many steps the three MAC targets
 need at most and at least (a cost-only walk that always removes the
 smallest / largest MAC bin), to bound the total search time.
 
-    flock /work/wt/heavy.lock python benchmarks/autoslim_speed.py \
-        --max_steps 2 --out /tmp/autoslim_speed.json
+    python -m benchmarks.autoslim_speed --max_steps 2 \
+        --output_dir autoslim_speed_results
 
 `--max_steps 0` runs the whole search to the smallest target.
 """
@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
+from benchmarks import common  # noqa: E402
 import keras_slim  # noqa: E402
 from keras_slim.search import greedy as autoslim_lib  # noqa: E402
 
@@ -53,7 +53,7 @@ def cost_only_steps(space, targets, pick):
         steps += 1
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--max_width", type=float, default=1.5)
@@ -63,9 +63,10 @@ def main():
     parser.add_argument("--max_steps", type=int, default=2,
                         help="greedy steps to time (0 = the whole search)")
     parser.add_argument("--uncached", type=int, default=1,
-                        help="1 = also time one step without prefix reuse")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+                        help="interleaved repeats of one step with and "
+                        "without prefix reuse (0 = skip)")
+    parser.add_argument("--output_dir", default="autoslim_speed_results")
+    args = parser.parse_args(argv)
 
     model = keras_slim.models.mobilenet_v2(width_range=(0.35, args.max_width))
     rng = np.random.default_rng(0)
@@ -119,22 +120,31 @@ def main():
             if count is not None:
                 candidates.append((g, space.counts(dict(chosen, **{g: count}))))
         runner.step(current, candidates[:1])  # trace the segments
-        start = time.perf_counter()
-        cached_scores = runner.step(current, candidates)
-        cached = time.perf_counter() - start
-        start = time.perf_counter()
-        scratch = [runner.accuracy(counts) for _, counts in candidates]
-        uncached = time.perf_counter() - start
-        assert scratch == cached_scores, "reuse changed a score"
-        common.log(f"one step: cached {cached:.1f} s, uncached "
-                   f"{uncached:.1f} s, measured ratio {cached / uncached:.3f}")
-        report.update(step_cached_seconds=cached,
-                      step_uncached_seconds=uncached,
-                      measured_ratio=cached / uncached)
+        cached, uncached = [], []
+        for repeat in range(args.uncached):
+            # Interleaved, alternating order: load changes hit both alike.
+            order = ("cached", "uncached")[::1 if repeat % 2 == 0 else -1]
+            for kind in order:
+                start = time.perf_counter()
+                if kind == "cached":
+                    cached_scores = runner.step(current, candidates)
+                    cached.append(time.perf_counter() - start)
+                else:
+                    scratch = [runner.accuracy(counts)
+                               for _, counts in candidates]
+                    uncached.append(time.perf_counter() - start)
+            assert scratch == cached_scores, "reuse changed a score"
+        ratio = common.spread(np.asarray(cached) / np.asarray(uncached))
+        common.log(f"one step: cached {np.median(cached):.1f} s, uncached "
+                   f"{np.median(uncached):.1f} s, measured ratio "
+                   f"{ratio['median']:.3f}")
+        report.update(step_cached_seconds=common.spread(cached),
+                      step_uncached_seconds=common.spread(uncached),
+                      measured_ratio=ratio)
     print(json.dumps(report, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":

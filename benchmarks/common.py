@@ -1,8 +1,9 @@
 """Helpers shared by the benchmark scripts: logging, spread statistics and
 the CIFAR-10 JPEG archive.
 
-The scripts run as `python benchmarks/NAME.py`, which puts this folder on
-`sys.path`, so they import it as `common`.
+Every benchmark is a module of the `benchmarks` package, run from the
+repository root as `python -m benchmarks.NAME` or through the suite entry
+point `python -m benchmarks --suite NAME`.
 """
 
 import os

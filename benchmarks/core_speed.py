@@ -16,7 +16,7 @@ A/B variants measured in the same run: `slim_norm_old` traces the BN
 moving-statistics update through the previous gather/scatter path.
 
 Usage:
-    python benchmarks/core_speed.py --repeats 10 --output_dir results/core_speed
+    python -m benchmarks.core_speed --repeats 10 --output_dir results/core_speed
 """
 
 import argparse
@@ -33,7 +33,7 @@ import keras_slim
 from keras_slim import width as width_lib
 from keras_slim.layers import normalization as norm_lib
 
-from common import spread
+from benchmarks.common import spread
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 FIXED_WIDTHS = [1.0, 0.25, 0.5, 0.75]
@@ -209,6 +209,42 @@ def section_sandwich(spec_name, args):
     return out
 
 
+def section_calibrate(spec_name, args):
+    """BN calibration of one width vs one inference pass over the same data.
+
+    Calibration is a forward pass that also accumulates exact BN
+    statistics, so `model.predict` over the same images is its floor.
+    """
+    builder, data_fn, batch = SPECS[spec_name]
+    x, _ = data_fn()
+    model = keras_slim.slim(builder(), width_range=(0.25, 1.0))
+    out = {}
+    for w in FIXED_WIDTHS:
+        def calibrate(w=w):
+            keras_slim.calibrate_bn(model, x, widths=[w], batch_size=batch,
+                                    verbose=0)
+
+        def predict(w=w):
+            model.set_width(w)
+            model.predict(x, batch_size=batch, verbose=0)
+
+        calibrate(), predict()  # trace both once
+        times = {"calibrate": [], "predict": []}
+        for r in range(args.repeats):
+            order = [("calibrate", calibrate), ("predict", predict)]
+            for name, fn in order[::1 if r % 2 == 0 else -1]:
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1e3)
+        tag = f"w{w:g}"
+        out[f"calibrate {tag} ({len(x)} images), ms"] = spread(
+            times["calibrate"])
+        out[f"predict {tag}, ms"] = spread(times["predict"])
+        out[f"calibrate/predict {tag}"] = spread(
+            np.asarray(times["calibrate"]) / np.asarray(times["predict"]))
+    return out
+
+
 def section_trace(args):
     """First-call and first-epoch overhead on digits with `model.fit`.
 
@@ -298,14 +334,15 @@ def markdown(results, command):
             for name, s in rows.items():
                 if not isinstance(s, dict) or "median" not in s:
                     continue
-                unit = "ratio" if "/" in name else "ms/step"
+                unit = ("ratio" if "/" in name else
+                        "ms" if name.endswith("ms") else "ms/step")
                 lines.append(f"| {name} | {s['median']:.3f} | {s['p10']:.3f} "
                              f"| {s['p90']:.3f} | {unit} |")
             lines.append("")
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="results/core_speed")
     parser.add_argument("--repeats", type=int, default=10)
@@ -316,17 +353,17 @@ def main():
     parser.add_argument("--trace_epochs", type=int, default=4)
     parser.add_argument("--trace_repeats", type=int, default=3)
     parser.add_argument("--models", default="cifar_cnn,digits_cnn")
-    parser.add_argument("--sections", default="full,sandwich,trace")
+    parser.add_argument("--sections", default="full,sandwich,calibrate,trace")
     parser.add_argument("--grappler", default="default",
                         choices=["default", "off", "no_remap"],
                         help="tf.config.optimizer setting for this process")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.grappler == "off":
         tf.config.optimizer.set_experimental_options(
             {"disable_meta_optimizer": True})
     elif args.grappler == "no_remap":
         tf.config.optimizer.set_experimental_options({"remapping": False})
-    command = "python benchmarks/core_speed.py " + " ".join(
+    command = "python -m benchmarks.core_speed " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items())
     sections = args.sections.split(",")
     models = args.models.split(",")
@@ -337,6 +374,9 @@ def main():
     if "sandwich" in sections:
         results["(b) sandwich n=4 vs sum of stock steps"] = {
             m: section_sandwich(m, args) for m in models}
+    if "calibrate" in sections:
+        results["(d) BN calibration per width vs predict"] = {
+            m: section_calibrate(m, args) for m in models}
     if "trace" in sections:
         results["trace"] = section_trace(args)
     text = markdown(results, command)

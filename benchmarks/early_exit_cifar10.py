@@ -26,8 +26,8 @@ Outputs (`--output_dir`): results.json, results.md and budget_curves.png.
 
 Usage:
 
-    python benchmarks/early_exit_cifar10.py --quick   # < 20 min on 2 cores
-    python benchmarks/early_exit_cifar10.py           # full setting
+    python -m benchmarks.early_exit_cifar10 --quick   # < 20 min on 2 cores
+    python -m benchmarks.early_exit_cifar10           # full setting
 
 The data is `shared/data/cifar10-jpeg-train.tar.gz`, decoded once into
 `--cache_dir` (see any_width_cifar10.py, whose loading code this reuses).
@@ -41,12 +41,12 @@ import time
 
 import numpy as np
 
-from any_width_cifar10 import compile_model
-from any_width_cifar10 import load_cifar10
-from any_width_cifar10 import normalize
-from any_width_cifar10 import save_atomic
-from any_width_cifar10 import train_dataset
-from common import DEFAULT_ARCHIVE, DEFAULT_CACHE, log
+from benchmarks.any_width_cifar10 import compile_model
+from benchmarks.any_width_cifar10 import load_cifar10
+from benchmarks.any_width_cifar10 import normalize
+from benchmarks.any_width_cifar10 import save_atomic
+from benchmarks.any_width_cifar10 import train_dataset
+from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, log
 
 METHODS = ("boosted", "plain", "width_depth")
 LABELS = {

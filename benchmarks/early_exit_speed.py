@@ -23,8 +23,8 @@ resnet_exits`, ResNet-20 with 5 exits, width 1.0):
       Goal: < 1 s.
 
 Usage:
-    python benchmarks/early_exit_speed.py --output_dir results/ee_speed
-    python benchmarks/early_exit_speed.py --repeats 3 --rounds 3  # faster
+    python -m benchmarks.early_exit_speed --output_dir results/ee_speed
+    python -m benchmarks.early_exit_speed --repeats 3 --rounds 3  # faster
 """
 
 import argparse
@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from common import log, spread
+from benchmarks.common import log, spread
 
 
 def parse_args(argv=None):

@@ -25,8 +25,8 @@ each round gives one median per file, and ratios are formed per round.
 Reported: median and p10/p90 over rounds.
 
 Usage:
-    python benchmarks/export_benchmark.py --output_dir results/export
-    python benchmarks/export_benchmark.py --resolutions 32 --rounds 3 \
+    python -m benchmarks.export_benchmark --output_dir results/export
+    python -m benchmarks.export_benchmark --resolutions 32 --rounds 3 \
         --output_dir /tmp/export_quick
 """
 
@@ -46,7 +46,7 @@ import keras_slim
 from keras_slim import export
 from keras_slim.models import mobilenet_v2
 
-from common import log, spread
+from benchmarks.common import log, spread
 
 
 def write_tflite(keras_model, path):

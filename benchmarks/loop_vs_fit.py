@@ -37,8 +37,8 @@ The data is `shared/data/cifar10-jpeg-train.tar.gz`, extracted once to
 `--cache_dir` (default `~/.cache/keras_slim/cifar10`, outside the repo).
 
 Usage:
-    python benchmarks/loop_vs_fit.py                # ~20 min on 2 cores
-    python benchmarks/loop_vs_fit.py --repeats 3
+    python -m benchmarks.loop_vs_fit                # ~20 min on 2 cores
+    python -m benchmarks.loop_vs_fit --repeats 3
 Outputs: `--output_dir/loop_vs_fit.json` and `loop_vs_fit.md`.
 """
 
@@ -57,7 +57,7 @@ from keras_slim import data as data_lib
 from trainers import loop
 from trainers import methods
 
-from common import DEFAULT_ARCHIVE, DEFAULT_CACHE, cifar10_folder, log, spread
+from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, cifar10_folder, log, spread
 
 PER_CALL = 20  # steps per call of the multi-step variants
 
@@ -181,7 +181,7 @@ def compare_drivers(config, info, train_ds, steps, repeats):
     return rates, train_steps
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE))
@@ -191,7 +191,7 @@ def main():
     parser.add_argument("--steps", type=int, default=40,
                         help="Steps per measurement.")
     parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.steps < 2 * PER_CALL:
         parser.error(f"--steps must be at least {2 * PER_CALL} (two calls "
                      f"of {PER_CALL} steps).")

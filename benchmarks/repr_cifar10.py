@@ -27,10 +27,10 @@ Outputs (in `--output_dir`): `results.json`, `results.md` and
 
 Usage:
 
-    python benchmarks/repr_cifar10.py --quick     # < 20 min on 2 cores
-    python benchmarks/repr_cifar10.py --subset    # the paper's schedule, 10k images
-    python benchmarks/repr_cifar10.py             # full: see README
-    python benchmarks/repr_cifar10.py --seeds 0,1,2 --runs convnet_standard,convnet_repr
+    python -m benchmarks.repr_cifar10 --quick     # < 20 min on 2 cores
+    python -m benchmarks.repr_cifar10 --subset    # the paper's schedule, 10k images
+    python -m benchmarks.repr_cifar10             # full: see README
+    python -m benchmarks.repr_cifar10 --seeds 0,1,2 --runs convnet_standard,convnet_repr
 
 An interrupted run restarted with the same arguments trains only the runs
 it had not finished.
@@ -50,12 +50,9 @@ import time
 
 import numpy as np
 
-from common import DEFAULT_ARCHIVE, DEFAULT_CACHE, REPO, log, spread
+from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, REPO, log, spread
 
-# The ResNet-20 optimizer comes from the trainers (one implementation):
-# import this checkout's packages, not an installed copy.
-sys.path.insert(0, str(REPO))
-from any_width_cifar10 import load_cifar10, normalize, split, train_dataset
+from benchmarks.any_width_cifar10 import load_cifar10, normalize, split, train_dataset
 
 RUNS = ("convnet_standard", "convnet_repr", "convnet_repr_l2",
         "resnet20_standard", "resnet20_repr", "resnet20_repr_per_layer")
@@ -517,7 +514,7 @@ def main(argv=None):
     report.update(
         quick=args.quick,
         setting=args.setting_name,
-        command=" ".join(["python benchmarks/repr_cifar10.py",
+        command=" ".join(["python -m benchmarks.repr_cifar10",
                           *(argv if argv is not None else sys.argv[1:])]),
         date=time.strftime("%Y-%m-%d"),
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
