@@ -1,0 +1,137 @@
+"""The benchmark harness: a smoke run of real suites, records, reports.
+
+Runs `python -m benchmarks` as a user would, on the two suites that have
+`--smoke` settings (tiny, no CIFAR-10 archive needed), then checks every
+record against the schema and generates a README section from them.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import harness
+from benchmarks import report
+from benchmarks import suites
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    done = _run("--suite", "core_speed,early_exit_speed", "--smoke",
+                "--out", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return out, done.stdout
+
+
+def test_smoke_run_writes_valid_records_reports_and_plots(smoke_run):
+    out, stdout = smoke_run
+    assert "2 of 2 suites ok" in stdout
+    for name in ("core_speed", "early_exit_speed"):
+        record = json.loads((out / f"{name}.json").read_text())
+        harness.validate(record)
+        assert record["status"] == "ok" and record["mode"] == "smoke"
+        assert record["command"].startswith(
+            "python -m benchmarks --suite core_speed,early_exit_speed "
+            "--smoke")
+        assert record["versions"]["tensorflow"] and record["machine"]["cpus"]
+        assert record["seconds"] > 0
+        text = (out / record["report"]).read_text()
+        assert record["module_command"] in text
+        for figure in record["figures"]:
+            assert figure["name"] in text
+            if "p10" in figure:
+                assert figure["p10"] <= figure["value"] <= figure["p90"]
+                assert figure["n"] >= 2
+    core = json.loads((out / "core_speed.json").read_text())
+    # The headline figures are the ratios the module measured, not copies.
+    measured = core["results"]["results"][
+        "(d) BN calibration per width vs predict"]["digits_cnn"]
+    names = {f["name"]: f["value"] for f in core["figures"]}
+    key = "BN calibration of a width · digits_cnn · calibrate/predict w1"
+    assert names[key] == measured["calibrate/predict w1"]["median"]
+    assert (out / "core_speed.png").stat().st_size > 1000
+    assert "core_speed.png" in core["plots"]
+    thresholds = json.loads((out / "early_exit_speed.json").read_text())
+    assert {f["goal"] for f in thresholds["figures"]} == {"< 1"}
+
+
+def test_a_finished_suite_is_kept_when_run_again(smoke_run):
+    out, _ = smoke_run
+    before = (out / "early_exit_speed.json").read_text()
+    record, kept = harness.run_suite(
+        suites.SUITES["early_exit_speed"], "smoke", out,
+        "core_speed,early_exit_speed")
+    assert kept and (out / "early_exit_speed.json").read_text() == before
+    assert record["status"] == "ok"
+
+
+def test_readme_section_is_generated_from_the_records(smoke_run, tmp_path):
+    out, _ = smoke_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Results\n\n{report.BEGIN}\nstale text\n"
+                      f"{report.END}\n\n## After\nkept\n")
+    records = report.update_readme(readme, out)
+    text = readme.read_text()
+    assert [r["suite"] for r in records] == ["core_speed", "early_exit_speed"]
+    assert "stale text" not in text and text.endswith("## After\nkept\n")
+    for record in records:
+        assert harness.provenance(record) in text
+        assert record["figures"][0]["name"] in text
+    assert text.index("`core_speed`") < text.index("`early_exit_speed`")
+    # Regenerating from the same records changes nothing.
+    report.update_readme(readme, out)
+    assert readme.read_text() == text
+    assert (out / "index.md").exists()
+
+
+def test_bad_input_is_refused_with_what_is_allowed(tmp_path):
+    done = _run("--suite", "nope", "--quick", "--out", str(tmp_path))
+    assert done.returncode == 2 and "choose from core_speed" in done.stderr
+    done = _run("--suite", "repr", "--smoke", "--out", str(tmp_path))
+    assert done.returncode == 2 and "no smoke setting" in done.stderr
+    done = _run("--suite", "repr", "--out", str(tmp_path))
+    assert done.returncode == 2 and "--quick" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="no generated results section"):
+        report.update_readme(readme, tmp_path)
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_validate_names_what_is_wrong():
+    with pytest.raises(ValueError, match="missing 'figures'.*"
+                                         "'seconds' is str"):
+        harness.validate({"format": harness.RECORD_FORMAT,
+                          "seconds": "1"})
+    good = {key: 1.0 if isinstance(kind, tuple) else kind()
+            for key, kind in harness.REQUIRED.items()}
+    good.update(format=harness.RECORD_FORMAT, mode="quick", status="ok",
+                seconds=1.0, figures=[{"name": "r", "value": 2.0,
+                                       "unit": "ratio", "p10": 1.0,
+                                       "p90": 1.5, "n": 3}])
+    with pytest.raises(ValueError, match="median outside p10-p90"):
+        harness.validate(good)
+    good["figures"][0]["p90"] = 2.5
+    assert harness.validate(good) is good
+
+
+def test_every_suite_has_quick_and_full_settings_and_a_budget():
+    assert sum(s.minutes["quick"] for s in suites.SUITES.values()) <= 45
+    for suite in suites.SUITES.values():
+        assert {"quick", "full"} <= set(suite.argv), suite.name
+        assert suite.minutes["full"] <= 150, suite.name
+        assert suite.kind in ("speed", "accuracy")
+        assert "--output_dir" not in suite.argv["quick"]
