@@ -279,6 +279,17 @@ def test_errors(trained, digits, tmp_path):
                         verbose=0)
 
 
+def test_whole_network_fit_is_exact_at_both_widths():
+    # Layers timed alone at 2/3 of their share in the network, + 0.5 ms.
+    scale, overhead = search.latency.fit_whole_network([1.0, 4.0],
+                                                        [2.0, 6.5])
+    assert scale == pytest.approx(1.5) and overhead == pytest.approx(0.5)
+    assert overhead + scale * 2.0 == pytest.approx(3.5)  # in between
+    # Timings that cannot tell the widths apart: scale 1, mean gap.
+    assert search.latency.fit_whole_network([1.0, 4.0], [2.0, 2.0]) == (
+        1.0, pytest.approx(-0.5))
+
+
 def test_latency_table_predicts_and_is_checked(tmp_path):
     model = keras_slim.slim(_base_model(), width_range=(0.5, 1.0), divisor=4)
     path = tmp_path / "latency.json"
@@ -293,6 +304,8 @@ def test_latency_table_predicts_and_is_checked(tmp_path):
             for check in table.checks]
     assert [c["width"] for c in table.checks] == [0.5, 1.0]
     assert abs(sum(gaps)) < 1e-9
+    if table.scale != 1.0:  # both points fitted exactly
+        assert max(abs(g) for g in gaps) < 1e-9
     assert set(table.layers) == {"conv1", "conv2", "conv3", "dw",
                                  "classifier"}
     other = keras_slim.slim(_base_model(classes=5), width_range=(0.5, 1.0))

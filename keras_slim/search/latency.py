@@ -6,9 +6,12 @@ layer of the network is converted alone to TFLite at a few channel levels
 interpreter. A configuration's latency is predicted as the sum, over
 layers, of the layer's latency interpolated in its MACs between the
 measured levels (less the interpreter's fixed cost per invocation, timed on
-a trivial model), plus a constant for everything else (activations, BN
-folded away by the converter, pooling, that fixed cost once), fitted on the
-whole network at the full and minimum widths. Tables are JSON, so one can
+a trivial model), scaled, plus a constant for everything else (activations,
+BN folded away by the converter, pooling, that fixed cost once). Scale and
+constant are fitted on the whole network at the minimum and full widths, so
+both are predicted exactly: a layer timed alone runs with other caches and
+per-op costs than inside the network, and a constant alone left the
+prediction of narrow networks 20-50% too high on this machine. Tables are JSON, so one can
 be measured on a phone and loaded here; each records the model's
 fingerprint (`keras_slim.search.fingerprint`) and a table of another model
 is refused.
@@ -92,6 +95,8 @@ class LatencyTable:
         fingerprint: The architecture the table was measured on.
         layers: dict layer name -> list of `[macs, milliseconds]`, sorted.
         overhead_ms: Latency not attributed to any layer.
+        scale: Factor from the sum of single-layer latencies to their share
+            in the whole network.
         device: Free text saying where it was measured.
 
     Example:
@@ -101,13 +106,14 @@ class LatencyTable:
     """
 
     def __init__(self, fingerprint, layers, overhead_ms=0.0, device="",
-                 num_threads=1, checks=None):
+                 num_threads=1, checks=None, scale=1.0):
         self.fingerprint = str(fingerprint)
         self.layers = {
             str(k): sorted([float(m), float(t)] for m, t in v)
             for k, v in layers.items()
         }
         self.overhead_ms = float(overhead_ms)
+        self.scale = float(scale)
         self.device = str(device)
         self.num_threads = int(num_threads)
         self.checks = list(checks or [])
@@ -135,11 +141,15 @@ class LatencyTable:
 
     def predict(self, costs, counts):
         """Predicted milliseconds of group `counts` (`costs`: CostModel)."""
-        total = self.overhead_ms
+        return float(self.overhead_ms + self.scale * self._layer_sum(
+            costs, counts))
+
+    def _layer_sum(self, costs, counts):
+        total = 0.0
         for row, macs, _ in costs.layer_costs(counts):
             if row["name"] in self.layers and macs > 0:
                 total += self.layer_latency(row["name"], macs)
-        return float(total)
+        return total
 
     def predict_config(self, model, width):
         """Predicted milliseconds of a width or configuration of `model`."""
@@ -151,7 +161,8 @@ class LatencyTable:
         return {
             "format": FORMAT, "fingerprint": self.fingerprint,
             "device": self.device, "num_threads": self.num_threads,
-            "overhead_ms": self.overhead_ms, "layers": self.layers,
+            "overhead_ms": self.overhead_ms, "scale": self.scale,
+            "layers": self.layers,
             "checks": self.checks,
         }
 
@@ -175,7 +186,21 @@ class LatencyTable:
             )
         return cls(data["fingerprint"], data["layers"],
                    data.get("overhead_ms", 0.0), data.get("device", ""),
-                   data.get("num_threads", 1), data.get("checks"))
+                   data.get("num_threads", 1), data.get("checks"),
+                   data.get("scale", 1.0))
+
+
+def fit_whole_network(layer_sums, measured):
+    """`(scale, overhead)` with measured = overhead + scale * layer sum.
+
+    Exact through the two points (min and max width) when the whole
+    network is slower at the larger one; otherwise (timings too noisy to
+    tell them apart) the scale stays 1 and the constant is the mean gap.
+    """
+    (s0, s1), (w0, w1) = layer_sums, measured
+    scale = (w1 - w0) / (s1 - s0) if s1 > s0 and w1 > w0 else 1.0
+    overhead = float(np.mean([w0 - scale * s0, w1 - scale * s1]))
+    return float(scale), overhead
 
 
 def latency_table(model, path=None, levels=3, num_runs=30, warmup=3,
@@ -260,17 +285,18 @@ def latency_table(model, path=None, levels=3, num_runs=30, warmup=3,
             progress.add(1)
     table = LatencyTable(fingerprint(model, costs.program), layers, 0.0,
                          device, num_threads)
-    # The rest of the network (and the interpreter's fixed cost): the mean
-    # gap between the whole network and the layer sum at min and max width.
-    gaps, checks = [], []
+    # Scale and constant (the rest of the network and the interpreter's
+    # fixed cost): whole = overhead + scale * layer sum, exact at the min
+    # and max widths.
+    sums, wholes, checks = [], [], []
     for width in (low, high):
         whole = profile_latency(model, width=width, num_runs=int(num_runs),
                                 warmup=int(warmup),
                                 num_threads=int(num_threads))["median_ms"]
-        predicted = table.predict(costs, plan.counts(width).tolist())
-        gaps.append(whole - predicted)
+        sums.append(table._layer_sum(costs, plan.counts(width).tolist()))
+        wholes.append(whole)
         checks.append({"width": float(width), "measured_ms": whole})
-    table.overhead_ms = float(np.mean(gaps))
+    table.scale, table.overhead_ms = fit_whole_network(sums, wholes)
     table.checks = checks
     if path is not None:
         table.save(path)
