@@ -2,8 +2,9 @@
 
     python -m benchmarks --list
     python -m benchmarks --suite all --quick --out benchmarks/results
-    python -m benchmarks --suite early_exits,repr --full --out results
-    python -m benchmarks.report --out benchmarks/results --readme README.md
+    python -m benchmarks --suite early_exits,repr --full \
+        --out benchmarks/results_full
+    python -m benchmarks.report --readme README.md
 
 Each suite writes `OUT/NAME.json`, `OUT/NAME.md` and `OUT/NAME.png`; see
 `benchmarks/harness.py` for the record and `benchmarks/suites.py` for what
@@ -36,7 +37,8 @@ def main(argv=None):
                         help="rerun suites whose record is already finished")
     parser.add_argument("--readme", default=None,
                         help="afterwards, regenerate this README's results "
-                        "section from every record in --out")
+                        "section from the records in --out (and in "
+                        "benchmarks/results[_full])")
     parser.add_argument("--list", action="store_true",
                         help="list the suites, their modes and minutes")
     args = parser.parse_args(argv)
@@ -55,7 +57,10 @@ def main(argv=None):
     except ValueError as error:
         parser.error(str(error))
     if args.readme:
-        report.update_readme(args.readme, args.out)
+        outs = [args.out] + [
+            o for o in report.DEFAULT_OUTS if os.path.isdir(o)
+            and os.path.abspath(o) != os.path.abspath(args.out)]
+        report.update_readme(args.readme, outs)
     failed = [r["suite"] for r in records if r["status"] != "ok"]
     total = sum(r["seconds"] for r in records) / 60
     print(f"\n{len(records) - len(failed)} of {len(records)} suites ok "

@@ -274,6 +274,8 @@ def _say(verbose, text):
 def _number(value, unit):
     if unit == "accuracy":
         return f"{100 * value:.2f}%"
+    if unit == "points":
+        return f"{value:+.2f}"
     if unit in ("abs",):
         return f"{value:.2g}"
     if unit in ("models",):

@@ -94,6 +94,18 @@ def test_readme_section_is_generated_from_the_records(smoke_run, tmp_path):
     report.update_readme(readme, out)
     assert readme.read_text() == text
     assert (out / "index.md").exists()
+    # A second folder (a full run of one suite): both shown, full first.
+    full = tmp_path / "full"
+    full.mkdir()
+    record = json.loads((out / "early_exit_speed.json").read_text())
+    record.update(mode="full", command="python -m benchmarks --suite "
+                  "early_exit_speed --full --out full")
+    (full / "early_exit_speed.json").write_text(json.dumps(record))
+    report.update_readme(readme, [out, full])
+    text = readme.read_text()
+    assert text.index("`early_exit_speed` (full)") < text.index(
+        "`early_exit_speed` (smoke)")
+    assert "--out full" in text and "1 suites (full)" in text
 
 
 def test_bad_input_is_refused_with_what_is_allowed(tmp_path):
