@@ -21,7 +21,7 @@ from keras_slim.export.manifest import read_manifest
 from keras_slim.export.onnx import run_onnx
 from keras_slim.export.onnx import to_onnx
 from keras_slim.export.onnx import to_onnx_dynamic
-from keras_slim.export.tflite import convert_keras_model
+from keras_slim.export.converters import convert_keras_model
 from keras_slim.export.tflite import run_tflite
 from keras_slim.export.tflite import signature_key
 from keras_slim.export.tflite import to_tflite

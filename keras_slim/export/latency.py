@@ -6,7 +6,7 @@ import time
 import keras
 import numpy as np
 
-from keras_slim.export.tflite import convert_keras_model
+from keras_slim.export.converters import convert_keras_model
 from keras_slim.model import SlimmableModel
 from keras_slim.stripping import strip
 

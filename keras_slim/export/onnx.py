@@ -14,42 +14,12 @@ import numpy as np
 
 from keras_slim import graph
 from keras_slim.export import manifest as mf
+from keras_slim.export import staged
+from keras_slim.export.converters import check_opset
+from keras_slim.export.converters import function_to_onnx
 from keras_slim.stripping import strip
 
 # tf2onnx 1.17 emits opsets 13..18 with TF 2.21 (it refuses newer ones).
-MIN_OPSET, MAX_OPSET = 13, 18
-
-
-def _check_opset(opset):
-    is_int = isinstance(opset, (int, np.integer)) and not isinstance(
-        opset, bool)
-    if not is_int or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(
-            f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET} (what "
-            f"tf2onnx supports here); got {opset!r}."
-        )
-
-
-def _quiet():
-    """Silences tf2onnx's INFO chatter (it logs every rewrite pass)."""
-    import logging
-
-    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
-
-
-def _convert(function, input_signature, opset, output_path):
-    import tf2onnx
-
-    _quiet()
-    model_proto, _ = tf2onnx.convert.from_function(
-        function,
-        input_signature=input_signature,
-        opset=int(opset),
-        output_path=output_path,
-    )
-    return model_proto
-
-
 def run_onnx(path, *inputs):
     """Runs an ONNX file with onnxruntime (CPU) on positional inputs.
 
@@ -119,11 +89,7 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
     """
     import tensorflow as tf
 
-    from keras_slim.export.tflite import _is_early_exit
-
-    if _is_early_exit(model):
-        from keras_slim.export import staged
-
+    if staged.is_early_exit(model):
         if fold_bn:
             raise ValueError("fold_bn is not supported for staged export.")
         return staged.export_staged(
@@ -136,7 +102,7 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
             "to early-exit models only)."
         )
     mf.check_model(model)
-    _check_opset(opset)
+    check_opset(opset)
     plans = mf.check_widths(model, widths)
     samples = mf.as_samples(model, None)
     spec = mf.input_signature(model)
@@ -148,7 +114,7 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
                 lambda x, net=stripped: net(x, training=False)
             )
             name = f"{model.network.name}_{tag}.onnx"
-            _convert(function, [spec], opset, stage.file(name))
+            function_to_onnx(function, [spec], opset, stage.file(name))
             result = mf.compare(
                 mf.keras_reference(stripped, samples),
                 run_onnx(stage.file(name), samples),
@@ -328,15 +294,13 @@ def to_onnx_dynamic(model, path, opset=17, check_widths=None, tolerance=None):
     """
     import tensorflow as tf
 
-    from keras_slim.export.tflite import _is_early_exit
-
     mf.check_model(model)
-    if _is_early_exit(model):
+    if staged.is_early_exit(model):
         raise ValueError(
             "to_onnx_dynamic() writes a single-output graph; export an "
             "early-exit model stage by stage with to_onnx()."
         )
-    _check_opset(opset)
+    check_opset(opset)
     low, high = model.width_range
     if check_widths is None:
         check_widths = model.widths or [low, round((low + high) / 2, 4), high]
@@ -363,7 +327,7 @@ def to_onnx_dynamic(model, path, opset=17, check_widths=None, tolerance=None):
     try:
         with _moving_statistics(model):
             with _onnx_compatible(model):
-                _convert(tf.function(run, input_signature=signature),
+                function_to_onnx(tf.function(run, input_signature=signature),
                          signature, opset, temp)
             # The reference runs the layers as they are, not as traced for
             # ONNX.

@@ -32,6 +32,9 @@ from keras_slim.early_exit.graph import ExitStructure
 from keras_slim.early_exit.graph import new_input_like
 from keras_slim.early_exit.graph import replay
 from keras_slim.export import manifest as mf
+from keras_slim.export.converters import check_opset
+from keras_slim.export.converters import convert_keras_model
+from keras_slim.export.converters import function_to_onnx
 from keras_slim.layers.exit_head import EnsembleLogits
 from keras_slim.layers.exit_head import ExitConfidence
 from keras_slim.stripping import strip
@@ -39,6 +42,13 @@ from keras_slim.width import width_suffix
 
 FORMATS = ("tflite", "onnx")
 _QUANTIZATIONS = (None, "float16", "dynamic")
+
+
+def is_early_exit(model):
+    """Whether `model` is a `keras_slim.EarlyExitModel`."""
+    from keras_slim.early_exit.model import EarlyExitModel
+
+    return isinstance(model, EarlyExitModel)
 
 
 def check_early_exit_model(model):
@@ -303,14 +313,10 @@ def _cascade_generic(runners, images, values):
 
 def _convert(keras_model, path, fmt, quantize, opset):
     if fmt == "tflite":
-        from keras_slim.export.tflite import convert_keras_model
-
         with open(path, "wb") as f:
             f.write(convert_keras_model(keras_model, quantize))
         return
     import tensorflow as tf
-
-    from keras_slim.export.onnx import _convert as convert_onnx
 
     names = [t.name for t in keras_model.inputs]
     signature = [
@@ -323,7 +329,7 @@ def _convert(keras_model, path, fmt, quantize, opset):
         return keras_model(list(inputs) if len(inputs) > 1 else inputs[0],
                            training=False)
 
-    convert_onnx(tf.function(function), signature, opset, path)
+    function_to_onnx(tf.function(function), signature, opset, path)
 
 
 def _compare_all(reference, actual, quantize, tolerance):
@@ -426,13 +432,11 @@ def export_staged(
     >>> keras_slim.export.to_tflite(model, "out/", thresholds=policy)
     >>> keras_slim.export.run_cascade("out/", x_test[:100]).labels
     """
-    from keras_slim.export.onnx import _check_opset
-
     check_early_exit_model(model)
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
     if format == "onnx":
-        _check_opset(opset)
+        check_opset(opset)
         if quantize is not None:
             raise ValueError("ONNX stages are exported in float32 only.")
     elif quantize not in _QUANTIZATIONS:

@@ -8,67 +8,18 @@ interpreter against Keras.
 """
 
 import contextlib
-import io
 import os
 import tempfile
 
 import numpy as np
 
 from keras_slim.export import manifest as mf
+from keras_slim.export import staged
+from keras_slim.export.converters import MAX_CALIBRATION_SAMPLES
+from keras_slim.export.converters import configure_converter
+from keras_slim.export.converters import convert_keras_model
 from keras_slim.stripping import strip
 from keras_slim.width import width_suffix
-
-# Representative samples fed to the int8 calibration.
-_MAX_CALIBRATION_SAMPLES = 200
-
-
-def _configure(converter, quantize, samples):
-    import tensorflow as tf
-
-    if quantize is None:
-        return
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-
-        def representative_dataset():
-            for sample in samples[:_MAX_CALIBRATION_SAMPLES]:
-                yield [sample[None].astype("float32")]
-
-        converter.representative_dataset = representative_dataset
-        # Every op in int8 (fail instead of silently keeping float ops); the
-        # model's inputs and outputs stay float32 (quantized at the edges),
-        # so the file is a drop-in replacement for the float one.
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-        ]
-
-
-def convert_keras_model(keras_model, quantize=None, representative_data=None):
-    """Converts a plain Keras model to a TFLite flatbuffer.
-
-    Args:
-        keras_model: A Keras model of stock layers (e.g. from `strip`).
-        quantize: None, "float16", "dynamic" or "int8".
-        representative_data: Inputs (numpy array) for "int8" calibration.
-
-    Returns:
-        The flatbuffer as `bytes`.
-    """
-    import tensorflow as tf
-
-    mf.check_quantize(quantize, representative_data)
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    samples = None
-    if representative_data is not None:
-        samples = np.asarray(representative_data, "float32")
-    _configure(converter, quantize, samples)
-    # from_keras_model goes through keras' model.export, which prints a
-    # description of the artifact it saves to a temporary directory.
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
-
 
 def _interpreter(model):
     from ai_edge_litert.interpreter import Interpreter
@@ -180,9 +131,7 @@ def to_tflite(
     per exit); see `keras_slim.export.export_staged`, which also takes
     `thresholds`.
     """
-    if _is_early_exit(model):
-        from keras_slim.export import staged
-
+    if staged.is_early_exit(model):
         if fold_bn:
             raise ValueError("fold_bn is not supported for staged export.")
         return staged.export_staged(
@@ -200,7 +149,7 @@ def to_tflite(
     plans = mf.check_widths(model, widths)
     samples = mf.as_samples(
         model, representative_data,
-        limit=_MAX_CALIBRATION_SAMPLES if representative_data is not None
+        limit=MAX_CALIBRATION_SAMPLES if representative_data is not None
         else None,
     )
     suffix = "" if quantize is None else f"_{quantize}"
@@ -225,12 +174,6 @@ def to_tflite(
                 format="tflite", quantization=quantize or "float32",
             ))
         return stage.commit(entries, model)
-
-
-def _is_early_exit(model):
-    from keras_slim.early_exit.model import EarlyExitModel
-
-    return isinstance(model, EarlyExitModel)
 
 
 def signature_key(width):
@@ -293,7 +236,7 @@ def to_tflite_multi(
     import tensorflow as tf
 
     mf.check_model(model)
-    if _is_early_exit(model):
+    if staged.is_early_exit(model):
         raise ValueError(
             "to_tflite_multi() writes single-output widths; export an "
             "early-exit model stage by stage with to_tflite()."
@@ -301,7 +244,7 @@ def to_tflite_multi(
     mf.check_quantize(quantize, representative_data)
     plans = mf.check_widths(model, widths)
     samples = mf.as_samples(model, representative_data,
-                            limit=_MAX_CALIBRATION_SAMPLES)
+                            limit=MAX_CALIBRATION_SAMPLES)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
@@ -325,7 +268,7 @@ def to_tflite_multi(
             converter = tf.lite.TFLiteConverter.from_saved_model(
                 saved, signature_keys=list(stripped)
             )
-            _configure(converter, quantize, samples)
+            configure_converter(converter, quantize, samples)
             content = converter.convert()
         with open(temp, "wb") as f:
             f.write(content)

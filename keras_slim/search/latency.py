@@ -81,7 +81,7 @@ def _single_layer(row, layer, in_shape, in_channels, out_channels):
 
 
 def _convert(model):
-    from keras_slim.export.tflite import convert_keras_model
+    from keras_slim.export.converters import convert_keras_model
 
     return convert_keras_model(model)
 
