@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, cifar10_folder, log
+from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, cifar10_folder, log, write_atomic
 
 
 # The paper's test widths and the widths of k-width training.
@@ -147,9 +147,7 @@ def load_finished(path, args):
 
 
 def save_atomic(path, report):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(report, indent=2))
 
 
 # --------------------------------------------------------------------- data

@@ -20,6 +20,15 @@ DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "keras_slim" / "cifar10"
 
 
+def write_atomic(path, text):
+    """Writes `text` to `path` through a temporary file and a rename, so an
+    interrupted run never leaves a half-written file behind."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 

@@ -29,6 +29,7 @@ import threading
 import time
 
 from benchmarks import suites as suites_lib
+from benchmarks.common import write_atomic
 
 RECORD_FORMAT = "keras_slim.benchmark/1"
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -101,12 +102,6 @@ def _load(path):
         return json.loads(pathlib.Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_atomic(path, text):
-    tmp = pathlib.Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def command_line(names, mode, out):
@@ -224,8 +219,8 @@ def _write_outputs(record, out):
     if chart:
         record["plots"].insert(0, chart.name)
     validate(record)
-    _write_atomic(out / f"{name}.json", json.dumps(record, indent=1))
-    _write_atomic(out / f"{name}.md", markdown(record, out))
+    write_atomic(out / f"{name}.json", json.dumps(record, indent=1))
+    write_atomic(out / f"{name}.md", markdown(record, out))
 
 
 def run(names, mode, out, force=False, verbose=1):

@@ -50,7 +50,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, REPO, log, spread
+from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, REPO, log, spread, write_atomic
 
 from benchmarks.any_width_cifar10 import load_cifar10, normalize, split, train_dataset
 
@@ -490,12 +490,6 @@ def plot(report, path):
     plt.close(fig)
 
 
-def save_atomic(path, text):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     out = pathlib.Path(args.output_dir)
@@ -549,7 +543,7 @@ def main(argv=None):
             report["wall_seconds"] = report.get("wall_seconds", 0) + (
                 time.time() - wall)
             wall = time.time()
-            save_atomic(results_path, json.dumps(report, indent=2))
+            write_atomic(results_path, json.dumps(report, indent=2))
 
     perf = report.setdefault("performance", {})
     events = {}
@@ -575,8 +569,8 @@ def main(argv=None):
         perf["ranking_resnet56"] = time_ranking()
     report["wall_seconds"] = report.get("wall_seconds", 0) + (
         time.time() - wall)
-    save_atomic(results_path, json.dumps(report, indent=2))
-    save_atomic(out / "results.md", markdown(report))
+    write_atomic(results_path, json.dumps(report, indent=2))
+    write_atomic(out / "results.md", markdown(report))
     plot(report, out / "repr_cifar10.png")
     print(markdown(report))
 

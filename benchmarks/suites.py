@@ -64,19 +64,6 @@ def _spread(name, spread, unit="ratio", goal=None):
     return _figure(name, spread["median"], unit, goal, spread)
 
 
-def _is_spread(value):
-    return isinstance(value, dict) and {"median", "p10", "p90"} <= set(value)
-
-
-def _ratios(tree, path=()):
-    """Every measured ratio (a spread under a key with '/') in a tree."""
-    for key, value in tree.items():
-        if _is_spread(value) and "/" in key:
-            yield " · ".join(path + (key,)), value
-        elif isinstance(value, dict) and not _is_spread(value):
-            yield from _ratios(value, path + (key,))
-
-
 # ------------------------------------------------------------ headlines
 CORE_SECTIONS = {
     "(a) full width: slim vs stock": "train step at full width",
