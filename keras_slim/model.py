@@ -605,10 +605,13 @@ class SlimmableModel(keras.Model):
 
         def hard_loss(y_pred, is_widest):
             if is_widest:
-                return self._compute_loss(
+                return self.compute_loss(
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                     training=True,
                 )
+            # The other widths add only the compiled loss: `compute_loss`
+            # would add the regularisation losses again for every width.
+            # Keras has no public accessor for the compiled loss alone.
             return self._compile_loss(y, y_pred, sample_weight)
 
         with tf.GradientTape() as tape:

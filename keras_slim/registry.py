@@ -130,7 +130,9 @@ def _register_builtins():
     ):
         register_layer(cls, ELEMENTWISE)
     # Element-wise keras.ops (MobileNetV3's hard-swish `relu6(x + 3) / 6`,
-    # ConvNeXt's residual `x + y`).
+    # ConvNeXt's residual `x + y`). A functional graph records them as
+    # operation classes that Keras exports only as functions (`keras.ops`),
+    # hence `keras.src`; the same for the applications' own layers below.
     from keras.src.ops import nn as nn_ops
     from keras.src.ops import numpy as numpy_ops
 

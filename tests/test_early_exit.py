@@ -309,3 +309,21 @@ def test_width_by_depth_set_width_heads_and_sandwich_training():
     assert float(logs["loss"]) == pytest.approx(expected, rel=1e-5)
     assert {"loss_exit1", "accuracy_exit3", "loss_w0.50",
             "accuracy_w0.50"} <= set(logs)
+
+
+def test_fit_adds_the_regularisation_losses_once_per_step():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="b1",
+                            kernel_regularizer=keras.regularizers.L2(0.5))(
+                                inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    model = keras_slim.add_exits(
+        keras.Model(inputs, keras.layers.Dense(10)(x)), after=["b1"],
+        head=ExitHead(filters=(8,), use_bn=False))
+    model.compile(keras.optimizers.SGD(0.0))
+    x, y = digits(32)
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0).history
+    regularisation = float(tf.add_n(model.losses))
+    assert regularisation > 0.1
+    per_exit = history["loss_exit1"][0] + history["loss_exit2"][0]
+    assert_close(history["loss"][0], per_exit + regularisation, atol=1e-5)

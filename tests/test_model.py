@@ -358,3 +358,27 @@ def test_max_width_above_one_builds_wider_layers():
     with pytest.warns(UserWarning, match="no calibrated"):
         model.set_width(1.0)
     assert_close(model.predict(x, verbose=0), base.predict(x, verbose=0))
+
+
+def test_fit_adds_the_regularisation_losses_once_per_step():
+    # The widest width's loss carries the model's regularisation losses;
+    # the other widths add only their compiled loss.
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(
+        8, 3, kernel_regularizer=keras.regularizers.L2(0.5))(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    model = keras_slim.slim(
+        keras.Model(inputs, keras.layers.Dense(10)(x)), widths=[0.5, 1.0])
+    x, y = digits(32)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.SGD(0.0), loss_fn,
+                  inplace_distillation=False)
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    cross_entropy = 0.0
+    for width in (0.5, 1.0):
+        model.set_width(width)
+        cross_entropy += float(loss_fn(y, model(x, training=True)))
+    regularisation = float(tf.add_n(model.losses))
+    assert regularisation > 0.1
+    assert_close(history.history["loss"][0], cross_entropy + regularisation,
+                 atol=1e-5)

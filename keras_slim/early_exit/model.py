@@ -414,7 +414,15 @@ class EarlyExitModel(SlimmableModel):
         return metrics
 
     def _additional_losses(self):
-        losses = [self._aggregate_additional_loss(loss) for loss in self.losses]
+        # Regularisers and `add_loss` terms, summed as Keras' own
+        # `compute_loss` sums them (integer losses cast to floatx).
+        losses = [
+            keras.ops.sum(
+                loss if keras.backend.is_float_dtype(loss.dtype)
+                else keras.ops.cast(loss, keras.backend.floatx())
+            )
+            for loss in self.losses
+        ]
         return tf.add_n(losses) if losses else None
 
     def train_step(self, data):
