@@ -48,6 +48,10 @@ def test_committed_notebooks_are_stripped_and_follow_the_pattern(path):
     # 1. Installs the package in Colab only.
     assert '"google.colab" in sys.modules' in code[0]
     assert "%pip install" in code[0]
+    # ... from an uploaded wheel or a git URL the user sets, with the
+    # export extra; never a placeholder address.
+    assert 'glob.glob("keras_slim-*.whl")' in code[0]
+    assert "[export]" in code[0] and "<" not in code[0]
     # 2. A QUICK switch near the top, read from the environment.
     assert 'QUICK = os.environ.get("KERAS_SLIM_QUICK") == "1"' in code[1]
     # 3. The last cell checks what the prose promises.
