@@ -37,5 +37,5 @@ print("ok", sys.argv[1])
 PY
   )
 done
-"$work/venv/bin/python" -c \
-  "import keras_slim; print('keras_slim installed at', keras_slim.__file__)"
+(cd "$work/content" && "$work/venv/bin/python" -c \
+  "import keras_slim; print('keras_slim installed at', keras_slim.__file__)")
