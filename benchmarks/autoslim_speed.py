@@ -19,7 +19,6 @@ import json
 import os
 import tempfile
 import time
-import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,7 +38,6 @@ def cost_only_steps(space, targets, pick):
     """
     chosen = {g: int(space.model.full_channels[
         space.model.channel_plan.index[g]]) for g in space.groups}
-    cuts = types.SimpleNamespace(cuts=space.costs.cuts)
     steps, work = 0, 0.0
     reached = {}
     while True:
@@ -58,7 +56,8 @@ def cost_only_steps(space, targets, pick):
                 candidates.append((g, space.counts(trial)))
                 options.append((space.cost(candidates[-1][1])["macs"], g,
                                 trial))
-        work += autoslim_lib._work(space, cuts, current, candidates)[0]
+        work += autoslim_lib._work(space, space.costs.cuts, current,
+                                  candidates)[0]
         chosen = pick(options)[2]
         steps += 1
 

@@ -367,7 +367,7 @@ def autoslim(
         )
         # Work in MACs: the current network up to the last cut used, plus
         # each candidate's suffix, against a full pass per candidate.
-        cached, uncached = _work(space, runner, current, candidates)
+        cached, uncached = _work(space, runner.cuts, current, candidates)
         row = {
             "step": last["step"] + 1, "group": picks[best][0],
             "chosen": picks[best][1], "accuracy": scores[best],
@@ -387,15 +387,19 @@ def autoslim(
     return result
 
 
-def _work(space, runner, current, candidates):
+def _work(space, cuts, current, candidates):
+    """MACs per image of one step with cached prefixes, and without.
+
+    `cuts`: group -> index of the first call the group affects.
+    """
     def suffix_macs(counts, cut):
         return sum(macs for row, macs, _ in space.costs.layer_costs(counts)
                    if row["index"] >= cut)
 
-    cuts = [runner.cuts[g] for g, _ in candidates]
-    cached = suffix_macs(current, 0) - suffix_macs(current, max(cuts))
+    starts = [cuts[g] for g, _ in candidates]
+    cached = suffix_macs(current, 0) - suffix_macs(current, max(starts))
     uncached = 0.0
-    for (group, counts), cut in zip(candidates, cuts):
+    for (group, counts), cut in zip(candidates, starts):
         cached += suffix_macs(counts, cut)
         uncached += suffix_macs(counts, 0)
     return float(cached), float(uncached)
