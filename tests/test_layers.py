@@ -149,3 +149,70 @@ def test_triangular_mask_is_lower_triangular_for_square_kernels():
     conv.build((None, 3, 3, 5))
     mask = conv.triangular_mask.numpy()
     np.testing.assert_array_equal(mask, np.tril(np.ones((5, 5))).T)
+
+
+@pytest.mark.parametrize(
+    "layer_cls, kwargs, input_shape, out",
+    [
+        (layers.SlimConv1D, {"filters": 6, "kernel_size": 3,
+                             "padding": "causal"}, (7, 4), 6),
+        (layers.SlimConv3D, {"filters": 5, "kernel_size": 2}, (3, 4, 4, 2), 5),
+        (layers.SlimSeparableConv2D, {"filters": 6, "kernel_size": 3,
+                                      "triangular": True}, (5, 5, 4), 6),
+    ],
+)
+def test_new_layer_contract(layer_cls, kwargs, input_shape, out, tmp_path):
+    run_layer_test(layer_cls, kwargs, input_shape, tmp_path,
+                   expected_output_channels=out)
+
+
+@pytest.mark.parametrize("padding", ["valid", "causal"])
+def test_slim_conv1d_equals_stock_conv1d_with_sliced_weights(padding):
+    rng = np.random.default_rng(0)
+    slim = layers.SlimConv1D(6, 3, padding=padding, channel_group="c")
+    slim.build((None, 9, 5))
+    slim.set_weights([rng.normal(size=w.shape) for w in slim.get_weights()])
+    x = rng.normal(size=(2, 9, 2)).astype("float32")
+    with _scope(c=4):
+        y = slim(x)
+    stock = keras.layers.Conv1D(4, 3, padding=padding)
+    stock.build((None, 9, 2))
+    kernel, bias = slim.get_weights()
+    stock.set_weights([kernel[:, :2, :4], bias[:4]])
+    assert_close(y, stock(x))
+
+
+def test_symbolic_calls_report_the_active_width():
+    # An eager call at 8 of 32 channels gives 8; the symbolic call must too
+    # (it reported 32, the full width).
+    for layer, inputs in (
+        (layers.SlimConv2D(32, 3, channel_group="c"), keras.Input((8, 8, 16))),
+        (layers.SlimDense(32, channel_group="c"), keras.Input((16,))),
+        (layers.SlimConv1D(32, 3, channel_group="c"), keras.Input((8, 16))),
+        (layers.SlimSeparableConv2D(32, 3, channel_group="c"),
+         keras.Input((8, 8, 16))),
+    ):
+        with _scope(c=8):
+            symbolic = layer(inputs)
+            eager = layer(np.zeros((1,) + inputs.shape[1:], "float32"))
+        assert symbolic.shape[-1] == eager.shape[-1] == 8
+        assert layer(inputs).shape[-1] == 32  # no scope: full width
+
+
+def test_separable_conv_keeps_triangular():
+    # SlimSeparableConv2D(triangular=True) used to drop the argument.
+    layer = layers.SlimSeparableConv2D(4, 3, triangular=True)
+    assert layer.triangular
+    assert layer.get_config()["triangular"] is True
+    layer.build((None, 5, 5, 4))
+    mask = keras.ops.convert_to_numpy(layer.triangular_mask)
+    assert_close(mask, np.tril(np.ones((4, 4))).T)
+
+
+def test_batch_norm_refuses_renorm_and_masks():
+    with pytest.raises(ValueError, match="renorm=True"):
+        layers.SlimBatchNormalization(renorm=True)
+    bn = layers.SlimBatchNormalization()
+    x = np.ones((2, 3, 4), "float32")
+    with pytest.raises(ValueError, match="received a mask"):
+        bn(x, mask=np.ones((2, 3), bool))
