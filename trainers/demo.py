@@ -162,10 +162,12 @@ def main(argv):
     print("[4/5] Exporting and verifying one TFLite"
           f"{' and ONNX' if _ONNX.value else ''} file per width")
     tflite = keras_slim.export.to_tflite(
-        model, os.path.join(output_dir, "tflite"), widths=widths)
+        model, os.path.join(output_dir, "tflite"), widths=widths,
+        input_range=keras_slim.data.INPUT_RANGE)
     if _ONNX.value:
         keras_slim.export.to_onnx(
-            model, os.path.join(output_dir, "onnx"), widths=widths)
+            model, os.path.join(output_dir, "onnx"), widths=widths,
+            input_range=keras_slim.data.INPUT_RANGE)
     exports = {float(e["width"]): e for e in tflite["exports"]}
 
     print("[5/5] Evaluating and timing each width")
