@@ -17,16 +17,26 @@ from tests.early_exit_testing import early_exit_model
 from tests.early_exit_testing import head_weights
 from tests.testing import assert_close
 from tests.testing import digits
-from tests.testing import run_layer_test
+from tests.testing import LayerTestCase
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def test_exit_head_layer(tmp_path):
-    head = run_layer_test(
-        ExitHead, {"num_classes": 5, "filters": (4, 6), "hidden_units": (7,)},
-        (8, 8, 3), tmp_path, expected_output_channels=5,
-    )
+class TestExitHead(LayerTestCase):
+    def test_layer_contract(self, tmp_path):
+        # Trainable: 2 kernels, 2 x (gamma, beta), 2 dense kernels + biases;
+        # the two BN layers' moving statistics.
+        self.run_layer_test(
+            ExitHead,
+            {"num_classes": 5, "filters": (4, 6), "hidden_units": (7,)},
+            (8, 8, 3), tmp_path, expected_output_shape=(5,),
+            expected_num_trainable_weights=10,
+            expected_num_non_trainable_weights=4)
+
+
+def test_exit_head_layer():
+    head = ExitHead(num_classes=5, filters=(4, 6), hidden_units=(7,))
+    head(np.zeros((2, 8, 8, 3), "float32"))
     names = [layer.name for layer in head.head_layers]
     assert [type(layer).__name__ for layer in head.head_layers] == [
         "Conv2D", "BatchNormalization", "Activation",

@@ -6,31 +6,127 @@ import pytest
 
 from keras_slim import layers
 from tests.testing import assert_close
-from tests.testing import run_layer_test
+from tests.testing import LayerTestCase
 
 
 def _scope(**channels):
     return layers.active_width(layers.ActiveWidth(channels=channels))
 
 
-@pytest.mark.parametrize(
-    "layer_cls, kwargs, input_shape, out",
-    [
-        (layers.SlimConv2D, {"filters": 6, "kernel_size": 3,
-                             "padding": "same"}, (5, 5, 4), 6),
-        (layers.SlimConv2D, {"filters": 6, "kernel_size": 3,
-                             "triangular": True}, (5, 5, 4), 6),
-        (layers.SlimDepthwiseConv2D, {"kernel_size": 3}, (5, 5, 4), 4),
-        (layers.SlimDense, {"units": 7}, (5,), 7),
-        (layers.SlimDense, {"units": 7, "slim_out": False}, (5,), 7),
-        (layers.SlimBatchNormalization, {"momentum": 0.9}, (3, 3, 4), 4),
-        (layers.SwitchableBatchNormalization, {"num_widths": 3},
-         (3, 3, 4), 4),
-    ],
-)
-def test_layer_contract(layer_cls, kwargs, input_shape, out, tmp_path):
-    run_layer_test(layer_cls, kwargs, input_shape, tmp_path,
-                   expected_output_channels=out)
+# ------------------------------------------------------ the layer contract
+class TestSlimConvolutions(LayerTestCase):
+    def test_conv2d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimConv2D,
+            {"filters": 6, "kernel_size": 3, "padding": "same",
+             "channel_group": "c"},
+            (5, 5, 4), tmp_path, expected_output_shape=(5, 5, 6),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 3}, (5, 5, 2), (5, 5, 3)))
+
+    def test_triangular_conv2d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimConv2D,
+            {"filters": 6, "kernel_size": 3, "triangular": True,
+             "channel_group": "c"},
+            (5, 5, 4), tmp_path, expected_output_shape=(3, 3, 6),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=1,  # the mask
+            narrow=({"c": 3}, (5, 5, 2), (3, 3, 3)))
+
+    def test_conv1d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimConv1D,
+            {"filters": 6, "kernel_size": 3, "padding": "causal",
+             "channel_group": "c"},
+            (7, 4), tmp_path, expected_output_shape=(7, 6),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 2}, (7, 3), (7, 2)))
+
+    def test_conv3d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimConv3D,
+            {"filters": 5, "kernel_size": 2, "channel_group": "c"},
+            (3, 4, 4, 2), tmp_path, expected_output_shape=(2, 3, 3, 5),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 2}, (3, 4, 4, 1), (2, 3, 3, 2)))
+
+    def test_depthwise_conv2d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimDepthwiseConv2D, {"kernel_size": 3}, (5, 5, 4),
+            tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({}, (5, 5, 2), (3, 3, 2)))
+
+    def test_separable_conv2d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimSeparableConv2D,
+            {"filters": 6, "kernel_size": 3, "padding": "same",
+             "triangular": True, "channel_group": "c"},
+            (5, 5, 4), tmp_path, expected_output_shape=(5, 5, 6),
+            expected_num_trainable_weights=3,
+            expected_num_non_trainable_weights=1,
+            narrow=({"c": 3}, (5, 5, 2), (5, 5, 3)))
+
+
+class TestSlimDense(LayerTestCase):
+    def test_dense(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimDense, {"units": 7, "channel_group": "c"}, (5,),
+            tmp_path, expected_output_shape=(7,),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 3}, (2,), (3,)))
+
+    def test_fixed_output_dense(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimDense, {"units": 7, "slim_out": False}, (5,),
+            tmp_path, expected_output_shape=(7,),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 3}, (2,), (7,)))
+
+
+class TestSlimNormalization(LayerTestCase):
+    # gamma, beta; moving mean/variance, active mean/variance, the switch.
+    def test_batch_normalization(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimBatchNormalization, {"momentum": 0.9}, (3, 3, 4),
+            tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=5,
+            narrow=({}, (3, 3, 2), (3, 3, 2)))
+
+    def test_switchable_batch_normalization(self, tmp_path):
+        self.run_layer_test(
+            layers.SwitchableBatchNormalization, {"num_widths": 3},
+            (3, 3, 4), tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=5,
+            narrow=({}, (3, 3, 2), (3, 3, 2)))
+
+    def test_layer_normalization(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimLayerNormalization, {"epsilon": 1e-6}, (3, 3, 4),
+            tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({}, (3, 3, 2), (3, 3, 2)))
+
+
+class TestSlimChannelwise(LayerTestCase):
+    def test_wrapped_prelu(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimChannelwise,
+            lambda: {"layer": keras.layers.PReLU(shared_axes=[1, 2])},
+            (3, 3, 4), tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=1,
+            expected_num_non_trainable_weights=0,
+            narrow=({}, (3, 3, 2), (3, 3, 2)))
 
 
 def _random_case(rng):
@@ -149,21 +245,6 @@ def test_triangular_mask_is_lower_triangular_for_square_kernels():
     conv.build((None, 3, 3, 5))
     mask = conv.triangular_mask.numpy()
     np.testing.assert_array_equal(mask, np.tril(np.ones((5, 5))).T)
-
-
-@pytest.mark.parametrize(
-    "layer_cls, kwargs, input_shape, out",
-    [
-        (layers.SlimConv1D, {"filters": 6, "kernel_size": 3,
-                             "padding": "causal"}, (7, 4), 6),
-        (layers.SlimConv3D, {"filters": 5, "kernel_size": 2}, (3, 4, 4, 2), 5),
-        (layers.SlimSeparableConv2D, {"filters": 6, "kernel_size": 3,
-                                      "triangular": True}, (5, 5, 4), 6),
-    ],
-)
-def test_new_layer_contract(layer_cls, kwargs, input_shape, out, tmp_path):
-    run_layer_test(layer_cls, kwargs, input_shape, tmp_path,
-                   expected_output_channels=out)
 
 
 @pytest.mark.parametrize("padding", ["valid", "causal"])
