@@ -30,7 +30,6 @@ import keras
 import tensorflow as tf
 
 import keras_slim
-from keras_slim import width as width_lib
 from keras_slim.layers import normalization as norm_lib
 
 from benchmarks.common import spread
@@ -97,14 +96,8 @@ def dataset(data, batch):
 
 def _fixed_width_model(model, widths):
     """Trains the given Python-float widths every step (static shapes)."""
+    # Widths without logging slots are trained, not logged.
     model.training_widths = lambda: list(widths)
-    for w in widths:  # per-width loss/metric slots for the extra widths
-        tag = width_lib.width_tag(w)
-        if tag not in model._width_metrics:
-            model._width_metrics[tag] = [
-                keras.metrics.Mean(name=f"loss_{tag}"),
-                keras.metrics.SparseCategoricalAccuracy(name=f"acc_{tag}"),
-            ]
     return model
 
 

@@ -133,9 +133,7 @@ def paired(results, numerator, denominator):
 
 def build_model(config, info, train_ds, steps_per_execution=1):
     keras.utils.set_random_seed(config.seed)
-    model = loop.build_compiled_model(
-        config, info, 351, 100_000, train_ds.element_spec
-    )
+    model = loop.build_compiled_model(config, info, 351, 100_000)
     if steps_per_execution != 1:
         # Same compile arguments, several steps per fit call.
         model.compile(

@@ -21,6 +21,7 @@ import math
 import keras
 import numpy as np
 
+from keras_slim import compat
 from keras_slim import graph
 from keras_slim import registry
 from keras_slim import width as width_lib
@@ -399,8 +400,7 @@ def _kind(layer, ins, call):
             raise _unsupported(
                 layer, "batch renormalization (renorm=True) is not supported"
             )
-        # Keras keeps a tensor's mask in `_keras_mask` (no public accessor).
-        if getattr(call.inputs[0], "_keras_mask", None) is not None:
+        if compat.keras_mask(call.inputs[0]) is not None:
             raise _unsupported(layer, "its input carries a mask")
         return "batch_norm"
     if cls is keras.layers.LayerNormalization:

@@ -15,40 +15,7 @@ from keras_slim.layers.normalization import SwitchableBatchNormalization
 from keras_slim.layers.normalization import _SlimNormalizationBase
 from keras_slim.training import losses as losses_lib
 from keras_slim.training import steps
-
-
-def _accuracy(y_true, y_pred):
-    # "accuracy" means sparse or categorical accuracy depending on the labels,
-    # decided from static shapes at trace time, as Keras' compile does.
-    if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] != 1:
-        return keras.metrics.categorical_accuracy(y_true, y_pred)
-    return keras.metrics.sparse_categorical_accuracy(y_true, y_pred)
-
-
-def _metric_for_width(spec, tag):
-    """A fresh metric object named `<name>_<tag>` built from a compile spec."""
-    if isinstance(spec, str):
-        if spec in ("accuracy", "acc"):
-            return keras.metrics.MeanMetricWrapper(_accuracy, f"{spec}_{tag}")
-        metric = keras.metrics.get(spec)
-        name = spec
-    else:
-        metric, name = spec, getattr(spec, "name", None)
-    if isinstance(metric, keras.metrics.Metric):
-        config = dict(metric.get_config(), name=f"{metric.name}_{tag}")
-        return type(metric).from_config(config)
-    if isinstance(metric, type) and issubclass(metric, keras.metrics.Metric):
-        instance = metric()
-        return type(instance).from_config(
-            dict(instance.get_config(), name=f"{instance.name}_{tag}")
-        )
-    if callable(metric):
-        name = name or getattr(metric, "__name__", "metric")
-        return keras.metrics.MeanMetricWrapper(metric, f"{name}_{tag}")
-    raise ValueError(
-        f"Unsupported metric {spec!r}: pass a metric name, a "
-        "keras.metrics.Metric or a function (y_true, y_pred) -> values."
-    )
+from keras_slim.training.metrics import make_metric
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
@@ -510,9 +477,15 @@ class SlimmableModel(keras.Model):
         """Configures training; see `keras.Model.compile`.
 
         Args:
-            optimizer, loss, metrics, **kwargs: As `keras.Model.compile`.
-                The metrics are reported for the current width by
-                `evaluate`, and per fixed width (`accuracy_w0.25`) by `fit`.
+            optimizer, **kwargs: As `keras.Model.compile`.
+            loss: ONE loss for the network's output(s) (a name, a
+                `keras.losses.Loss` or a function). `compile` warns when it
+                reads probabilities and the network outputs logits, or the
+                reverse.
+            metrics: A list of metrics, computed on the widest width's
+                output(s) during `fit` (and per fixed width, as
+                `accuracy_w0.25`) and at the width set by `set_width`
+                during `evaluate`.
             sandwich_size: Widths per step for a universally slimmable
                 network: max, min and `sandwich_size - 2` random widths.
             inplace_distillation: Narrower widths learn from the max width's
@@ -526,6 +499,18 @@ class SlimmableModel(keras.Model):
                 "jit_compile=True is not supported: XLA rejects convolutions "
                 "whose channel count changes at run time. Leave "
                 "jit_compile='auto' (XLA stays off for this model)."
+            )
+        for option in ("loss_weights", "weighted_metrics"):
+            if kwargs.get(option) is not None:
+                raise ValueError(
+                    f"`{option}` is not supported by {type(self).__name__}: "
+                    "one loss applies to every output; pass sample weights "
+                    "to fit instead."
+                )
+        if isinstance(metrics, dict):
+            raise ValueError(
+                "Pass a list of metrics: they are computed for every output "
+                "(and every logged width)."
             )
         kwargs.setdefault("jit_compile", False)
         if self.widths is None and int(sandwich_size) < 2:
@@ -544,51 +529,82 @@ class SlimmableModel(keras.Model):
                 "are no common batch statistics to synchronize. Turn one of "
                 "them off."
             )
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-        if loss is not None:
-            losses_lib.warn_if_loss_mismatches(loss, self.output_kind, self.name)
+        objective = self.make_objective(loss)
+        # Keras compiles the optimizer and run settings; the loss and the
+        # metrics are the multi-width step's own (see `get_compile_config`).
+        super().compile(optimizer=optimizer, loss=None, metrics=None, **kwargs)
+        self._objective = objective
         self.sandwich_size = int(sandwich_size)
         self.inplace_distillation = bool(inplace_distillation)
         self.per_replica_widths = bool(per_replica_widths)
         self.width_seed = int(width_seed)
-        self._compile_config.config.update(
-            sandwich_size=self.sandwich_size,
-            inplace_distillation=self.inplace_distillation,
-            per_replica_widths=self.per_replica_widths,
-            width_seed=self.width_seed,
-        )
-        specs = list(metrics or [])
-        if isinstance(metrics, dict):
-            raise ValueError("Per-output metric dicts are not supported.")
+        self._compile_args = {
+            "loss": loss,
+            "metrics": metrics,
+            "sandwich_size": self.sandwich_size,
+            "inplace_distillation": self.inplace_distillation,
+            "per_replica_widths": self.per_replica_widths,
+            "width_seed": self.width_seed,
+        }
+        self._build_metrics(list(metrics or []))
+        # Built now, not in the first trace of the train function, where its
+        # variables would make tf.function trace the multi-width step twice
+        # (and where a replica could not create them).
+        self.optimizer.build(self.trainable_variables)
+
+    def make_objective(self, loss):
+        """The per-output objective of the multi-width step for `loss`.
+
+        A `keras_slim.training.LabelObjective` (warning if `loss` reads
+        probabilities where the network outputs logits, or the reverse);
+        `EarlyExitModel` trains its exits as boosted ensembles instead.
+        Returns None for `loss=None` (training then raises).
+        """
+        if loss is None:
+            return None
+        losses_lib.warn_if_loss_mismatches(loss, self.output_kind, self.name)
+        return steps.LabelObjective(
+            losses_lib.resolve_loss(loss), from_logits=self.outputs_logits)
+
+    def _build_metrics(self, specs):
+        """The loss tracker, metrics per output and per logged width."""
+        self._loss_metric = keras.metrics.Mean(name="loss")
+        self._output_metrics = []
+        for name in self._objective_output_names():
+            loss_metric = (
+                None if name is None else keras.metrics.Mean(f"loss_{name}"))
+            self._output_metrics.append(
+                (loss_metric, [make_metric(spec, name) for spec in specs]))
         self._width_metrics = {}
         for width in self.reported_widths:
             tag = width_lib.width_tag(width)
-            self._width_metrics[tag] = [keras.metrics.Mean(name=f"loss_{tag}")]
+            if tag in self._width_metrics:
+                raise ValueError(
+                    f"Two logged widths share the metric tag '{tag}'; "
+                    f"widths {self.reported_widths} must differ by more "
+                    "than 1e-6."
+                )
+            self._width_metrics[tag] = [keras.metrics.Mean(f"loss_{tag}")]
             self._width_metrics[tag] += [
-                _metric_for_width(spec, tag) for spec in specs
-            ]
+                make_metric(spec, tag) for spec in specs]
+
+    def _objective_output_names(self):
+        if getattr(self, "_objective", None) is not None:
+            return self._objective.output_names
+        return (None,) * len(self.network.outputs)
+
+    def get_compile_config(self):
+        """Keras' compile config plus the multi-width step's arguments."""
+        config = super().get_compile_config()
+        if config and getattr(self, "_compile_args", None) is not None:
+            config = dict(config)
+            config.update(
+                keras.saving.serialize_keras_object(self._compile_args))
+        return config
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
-        if self.optimizer is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Outside a strategy scope, Keras (TF backend) defers building the
-        # optimizer and compiled metrics to the first trace of the train
-        # function; variables created there make tf.function trace it a
-        # second time. A multi-width step holds several forward and backward
-        # passes, so that second trace would double the first-epoch
-        # overhead: build up front from the data's spec (no batch is read,
-        # so the first epoch sees the dataset's first shuffle order).
-        if self._distribute_strategy is None and data_batch is None:
-            dataset = getattr(iterator, "_distributed_dataset", None)
-            if isinstance(dataset, tf.data.Dataset):
-                data_batch = dataset.element_spec
-        if self._distribute_strategy is None and data_batch is not None:
-            return self._symbolic_build(data_batch=data_batch)
-        return super()._maybe_symbolic_build(iterator, data_batch)
 
     @property
     def output_kind(self):
@@ -616,8 +632,15 @@ class SlimmableModel(keras.Model):
 
     @property
     def metrics(self):
-        extra = [m for group in self._width_metrics.values() for m in group]
-        return super().metrics + extra
+        # Exactly the metrics the multi-width step updates, each once (Keras
+        # would also list metric attributes it tracks on its own).
+        if getattr(self, "_loss_metric", None) is None:
+            return []
+        metrics = [self._loss_metric]
+        for loss_metric, output_metrics in self._output_metrics:
+            metrics += [loss_metric] if loss_metric is not None else []
+            metrics += output_metrics
+        return metrics + [m for g in self._width_metrics.values() for m in g]
 
     def training_widths(self):
         """The widths trained in one step, widest first (traced per step)."""
@@ -631,84 +654,123 @@ class SlimmableModel(keras.Model):
             per_replica=self.per_replica_widths,
         )
 
+    def forward(self, x, width=None, training=False, update_moving_stats=True):
+        """The network's outputs at `width`, as a list.
+
+        Args:
+            x: Inputs.
+            width: A width or configuration (Python value or scalar tensor);
+                None uses the one `set_width` set.
+            training: Training mode (batch statistics in BN).
+            update_moving_stats: Whether BN in training mode updates its
+                moving statistics in this pass.
+        """
+        index = None
+        if self.widths is not None and width is not None and not (
+            tf.is_tensor(width)
+        ):
+            index = self.width_index(width)
+        state = self._state(width, width_index=index,
+                            update_moving_stats=update_moving_stats)
+        with aw.active_width(state):
+            outputs = self.network(x, training=training)
+        return list(outputs) if isinstance(outputs, (list, tuple)) else [
+            outputs]
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_compiled("training")
         widths = self.training_widths()
 
         def forward(width, is_widest):
             # S-Net trains private BN rows: every width updates its own
             # moving statistics. Shared BN keeps those of the widest pass.
-            state = self._state(
-                width,
-                width_index=(
-                    self.widths.index(width) if self.widths else None
-                ),
-                update_moving_stats=is_widest or self.widths is not None,
-            )
-            with aw.active_width(state):
-                return self.network(x, training=True)
+            return self.forward(
+                x, width, training=True,
+                update_moving_stats=is_widest or self.widths is not None)
 
-        def hard_loss(y_pred, is_widest):
-            if is_widest:
-                return self.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                    training=True,
-                )
-            # The other widths add only the compiled loss: `compute_loss`
-            # would add the regularisation losses again for every width.
-            # Keras has no public accessor for the compiled loss alone.
-            return self._compile_loss(y, y_pred, sample_weight)
-
-        with tf.GradientTape() as tape:
-            losses, predictions = steps.multi_width_losses(
-                forward,
-                widths,
-                hard_loss,
-                inplace_distillation=self.inplace_distillation,
-                from_logits=self.outputs_logits,
-                sample_weight=sample_weight,
-            )
-            total_loss = tf.add_n(losses)
-            scaled_loss = self.optimizer.scale_loss(total_loss)
-        gradients = tape.gradient(scaled_loss, self.trainable_weights)
-        # Kernels read through tf.gather (inputs assembled by Flatten or
-        # Concatenate) get IndexedSlices gradients whose row count follows
-        # the random widths. Collective all-reduces fix an instance's shape
-        # at its first run, so inside a multi-step loop (fit's
-        # steps_per_execution > 1, the trainers' loop) the next step fails
-        # with "Shape mismatch in the collective instance". Dense gradients
-        # always have the variable's shape.
-        gradients = [
-            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-            for g in gradients
-        ]
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-
-        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        unscale = steps.unscale_for_distribution
-        self._loss_tracker.update_state(
-            unscale(total_loss), sample_weight=batch_size
+        total_loss, per_width = steps.multi_width_step(
+            forward,
+            widths,
+            self._objective,
+            self.optimizer,
+            self.trainable_weights,
+            y,
+            sample_weight=sample_weight,
+            inplace_distillation=self.inplace_distillation,
+            regularization=lambda: steps.regularization_loss(self),
         )
-        for width, loss, y_pred in zip(widths, losses, predictions):
+        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+        self._record_outputs(total_loss, *per_width[0], y, sample_weight,
+                             batch_size)
+        unscale = steps.unscale_for_distribution
+        for width, (losses, predictions) in zip(widths, per_width):
             if tf.is_tensor(width):
                 continue  # random sandwich widths are not logged one by one
-            loss_metric, *metrics = self._width_metrics[
-                width_lib.width_tag(width)
-            ]
-            loss_metric.update_state(unscale(loss), sample_weight=batch_size)
+            slot = self._width_metrics.get(width_lib.width_tag(width))
+            if slot is None:
+                continue
+            loss_metric, *metrics = slot
+            loss_metric.update_state(
+                unscale(tf.add_n(losses)), sample_weight=batch_size)
             for metric in metrics:
-                metric.update_state(y, y_pred, sample_weight=sample_weight)
-        # The compiled metrics (e.g. "accuracy") follow the widest width.
-        return self.compute_metrics(
-            x, y, predictions[0], sample_weight=sample_weight
-        )
+                metric.update_state(y, predictions[-1],
+                                    sample_weight=sample_weight)
+        return self._logs(include_widths=True)
 
     def test_step(self, data):
-        # Evaluation runs at the width set by set_width: only the compiled
-        # metrics apply, not the per-width training ones.
-        logs = super().test_step(data)
-        per_width = {m.name for g in self._width_metrics.values() for m in g}
-        return {k: v for k, v in logs.items() if k not in per_width}
+        # Evaluation runs at the width set by set_width: the loss and the
+        # per-output metrics, not the per-width training ones.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_compiled("evaluation")
+        x = self._check_inputs(x)
+        losses, predictions = self._objective(
+            self.forward(x, training=False), y, sample_weight)
+        total_loss = tf.add_n(losses)
+        extra = steps.regularization_loss(self)
+        if extra is not None:
+            total_loss = total_loss + extra
+        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+        self._record_outputs(total_loss, losses, predictions, y,
+                             sample_weight, batch_size)
+        return self._logs(include_widths=False)
+
+    def _check_compiled(self, what):
+        if getattr(self, "_objective", None) is None:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' needs a loss for "
+                f"{what}: compile it with one, e.g. model.compile(optimizer, "
+                "keras.losses.SparseCategoricalCrossentropy(from_logits=True))."
+            )
+
+    def _record_outputs(self, total_loss, losses, predictions, y,
+                        sample_weight, batch_size):
+        unscale = steps.unscale_for_distribution
+        self._loss_metric.update_state(
+            unscale(total_loss), sample_weight=batch_size)
+        for (loss_metric, metrics), loss, prediction in zip(
+            self._output_metrics, losses, predictions
+        ):
+            if loss_metric is not None:
+                loss_metric.update_state(unscale(loss),
+                                         sample_weight=batch_size)
+            for metric in metrics:
+                metric.update_state(y, prediction,
+                                    sample_weight=sample_weight)
+
+    def _logs(self, include_widths):
+        metrics = self.metrics
+        if not include_widths:
+            skip = {id(m) for g in self._width_metrics.values() for m in g}
+            metrics = [m for m in metrics if id(m) not in skip]
+        logs = {}
+        for metric in metrics:
+            result = metric.result()
+            if isinstance(result, dict):
+                logs.update(result)
+            else:
+                logs[metric.name] = result
+        return logs
 
     # ----------------------------------------------------------------- config
     def get_config(self):

@@ -36,6 +36,8 @@ from typing import Callable, Optional
 
 import keras
 
+from keras_slim import compat
+
 ELEMENTWISE = "elementwise"
 PER_CHANNEL = "per_channel"
 KINDS = (ELEMENTWISE, PER_CHANNEL)
@@ -137,12 +139,9 @@ def _register_builtins():
     ):
         register_layer(cls, ELEMENTWISE)
     # Element-wise keras.ops (MobileNetV3's hard-swish `relu6(x + 3) / 6`,
-    # ConvNeXt's residual `x + y`). A functional graph records them as
-    # operation classes that Keras exports only as functions (`keras.ops`),
-    # hence `keras.src`; the same for the applications' own layers below.
-    from keras.src.ops import nn as nn_ops
-    from keras.src.ops import numpy as numpy_ops
-
+    # ConvNeXt's residual `x + y`), recorded as operation classes Keras does
+    # not export (see `keras_slim.compat`).
+    nn_ops, numpy_ops = compat.operation_modules()
     for name in (
         "Abs", "Absolute", "Add", "Subtract", "Multiply", "Divide",
         "TrueDivide", "Maximum", "Minimum", "Negative", "Square", "Sqrt",
@@ -158,16 +157,14 @@ def _register_builtins():
         if hasattr(nn_ops, name):
             register_layer(getattr(nn_ops, name), ELEMENTWISE)
     # Layers of keras.applications models.
-    from keras.src.applications import convnext
-    from keras.src.applications import inception_resnet_v2
-
+    applications = compat.application_layers()
     # `x + scale * branch`: the residual branch is tied to the trunk.
-    register_layer(inception_resnet_v2.CustomScaleLayer, ELEMENTWISE)
+    register_layer(applications["CustomScaleLayer"], ELEMENTWISE)
     register_layer(
-        convnext.LayerScale, PER_CHANNEL,
+        applications["LayerScale"], PER_CHANNEL,
         config_for_channels=lambda config, n: {**config, "projection_dim": n},
     )
-    register_layer(convnext.StochasticDepth, ELEMENTWISE)
+    register_layer(applications["StochasticDepth"], ELEMENTWISE)
     register_layer(layers.PReLU, PER_CHANNEL)
 
 

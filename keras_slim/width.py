@@ -128,13 +128,18 @@ def validate_width_range(width_range):
 
 
 def width_tag(width):
-    """Formats a width for metric names: `0.25 -> "w0.25"`.
+    """Formats a width for metric names: `0.25 -> "w0.25"`, `1 -> "w1.00"`.
 
-    A configuration (dict) gets its `width_suffix` ("cfg" + a hash).
+    Two decimals when they hold the width exactly, else as many digits as
+    it needs (`0.333 -> "w0.333"`), so distinct widths never share a
+    metric. A configuration (dict) gets its `width_suffix`.
     """
     if isinstance(width, dict):
         return width_suffix(width)
-    return f"w{width:.2f}"
+    width = float(width)
+    if abs(width - round(width, 2)) < 1e-9:
+        return f"w{width:.2f}"
+    return f"w{width:g}"
 
 
 def are_configs(widths):

@@ -64,8 +64,7 @@ REPLICA_SCRIPT = textwrap.dedent(
             model_kwargs='{"padding": "same", "n": 8}', batch_size=32,
             per_replica_widths=per_replica)
         with strategy.scope():
-            model = loop.build_compiled_model(
-                config, info, 44, 100, train_ds.element_spec)
+            model = loop.build_compiled_model(config, info, 44, 100)
         train_steps = loop.make_train_function(model, strategy)
         iterator = iter(strategy.experimental_distribute_dataset(
             train_ds.repeat()))

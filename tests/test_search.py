@@ -263,7 +263,9 @@ def test_errors(trained, digits, tmp_path):
                         verbose=0)
     inputs = keras.Input((8, 8, 1))
     outputs = keras.layers.Dense(10)(keras.layers.Flatten()(inputs))
-    fixed = keras_slim.slim(keras.Model(inputs, outputs))
+    with pytest.raises(ValueError, match="nothing in model"):
+        keras_slim.slim(keras.Model(inputs, outputs))  # refused up front
+    fixed = keras_slim.SlimmableModel(keras.Model(inputs, outputs))
     with pytest.raises(ValueError, match="no slimmable channel group"):
         search.autoslim(fixed, (x, y), targets=[1], verbose=0)
     with pytest.raises(ValueError, match="not a slimmable layer"):

@@ -288,9 +288,7 @@ def test_custom_loop_runs_the_same_steps_as_fit():
         train_ds, _, info = data_lib.load(
             "digits", batch_size=64, seed=0, drop_remainder=True
         )
-        model = loop.build_compiled_model(
-            config, info, 22, 100, train_ds.element_spec
-        )
+        model = loop.build_compiled_model(config, info, 22, 100)
         return model, train_ds
 
     reference, train_ds = fresh_model_and_data()

@@ -269,8 +269,7 @@ def build_loss(config, model):
     )
 
 
-def build_compiled_model(config, info, steps_per_epoch, total_steps,
-                         batch_spec):
+def build_compiled_model(config, info, steps_per_epoch, total_steps):
     """Builds and compiles the network of `config` with its optimizer.
 
     Call it inside `strategy.scope()`: model, optimizer state and metrics
@@ -280,7 +279,6 @@ def build_compiled_model(config, info, steps_per_epoch, total_steps,
         config: A `TrainConfig`.
         info: The `keras_slim.data.DatasetInfo` of the training data.
         steps_per_epoch, total_steps: For the learning-rate schedule.
-        batch_spec: `element_spec` of the training batches.
 
     Returns:
         A compiled `SlimmableModel` whose optimizer is built.
@@ -294,11 +292,8 @@ def build_compiled_model(config, info, steps_per_epoch, total_steps,
         metrics=["accuracy"],
         **method.compile_kwargs(config),
     )
-    optimizer.build(model.trainable_variables)
-    # Creates the compiled metrics' and losses' state from the batch spec,
-    # exactly as `fit` does before its first step (rather than lazily,
-    # inside a replica, where variables cannot be created).
-    model._symbolic_build(data_batch=batch_spec)
+    # compile built the optimizer and the step's metrics (here, inside the
+    # strategy's scope: a replica could not create variables).
     return model
 
 
@@ -584,8 +579,7 @@ def train(config, strategy=None):
     stream = _training_stream(config, train_ds, info.num_classes, start_step=0)
     with strategy.scope():
         model = build_compiled_model(
-            config, info, steps_per_epoch, total_steps, stream.element_spec
-        )
+            config, info, steps_per_epoch, total_steps)
     optimizer = model.optimizer
     # Methods that change the network between steps (RePr) keep their
     # state in the checkpoint too.

@@ -4,18 +4,14 @@ import dataclasses
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_slim import graph as graph_lib
-from keras_slim import width as width_lib
 from keras_slim.early_exit import budget as budget_lib
 from keras_slim.early_exit.graph import ExitStructure
-from keras_slim.layers import scope as aw
 from keras_slim.layers.convolution import SlimKernelMixin
 from keras_slim.model import SlimmableModel
-from keras_slim.model import _metric_for_width
 from keras_slim.training import boosting
-from keras_slim.training import steps
+from keras_slim.training import losses as losses_lib
 
 _CROSSENTROPY = {
     "sparse_categorical_crossentropy":
@@ -31,27 +27,15 @@ def _exit_loss(loss):
     if isinstance(loss, str) and loss.lower() in _CROSSENTROPY:
         # Exits output logits (ensembles of logits are not probabilities).
         return _CROSSENTROPY[loss.lower()](from_logits=True)
-    if isinstance(loss, (dict, list, tuple)):
+    if isinstance(loss, keras.losses.Loss) and (
+        loss.get_config().get("from_logits") is False
+    ):
         raise ValueError(
-            "EarlyExitModel takes ONE loss, applied to every exit; got "
-            f"{type(loss).__name__} {loss!r}."
+            "The exits of an EarlyExitModel output logits; pass the loss "
+            f"with from_logits=True (got {type(loss).__name__} with "
+            "from_logits=False)."
         )
-    if isinstance(loss, str):
-        loss = keras.losses.get(loss)
-    if isinstance(loss, keras.losses.Loss):
-        if loss.get_config().get("from_logits") is False:
-            raise ValueError(
-                "The exits of an EarlyExitModel output logits; pass the loss "
-                f"with from_logits=True (got {type(loss).__name__} with "
-                "from_logits=False)."
-            )
-        return loss
-    if callable(loss):
-        return keras.losses.LossFunctionWrapper(loss)
-    raise ValueError(
-        f"Unsupported loss {loss!r}: pass a loss name, a keras.losses.Loss "
-        "or a function (y_true, y_pred) -> values."
-    )
+    return losses_lib.resolve_loss(loss)
 
 
 @dataclasses.dataclass
@@ -212,8 +196,6 @@ class EarlyExitModel(SlimmableModel):
             ensemble_weight, structure.num_exits
         )
         self.num_classes = classes.pop()
-        self._exit_metrics = []
-        self._exit_loss_fn = None
         self._costs = {}
 
     # ----------------------------------------------------------------- exits
@@ -339,200 +321,19 @@ class EarlyExitModel(SlimmableModel):
         )
 
     # ------------------------------------------------------------- training
-    def compile(
-        self,
-        optimizer="rmsprop",
-        loss=None,
-        metrics=None,
-        *,
-        sandwich_size=4,
-        inplace_distillation=True,
-        per_replica_widths=False,
-        width_seed=0,
-        **kwargs,
-    ):
-        """Configures training; see `keras.Model.compile`.
+    def make_objective(self, loss):
+        """Boosted exits: `keras_slim.training.BoostedExitsObjective`.
 
-        Args:
-            optimizer: As `keras.Model.compile`.
-            loss: ONE loss on logits, applied to every exit (default: sparse
-                categorical cross-entropy from logits; the names
-                "sparse_categorical_crossentropy" and
-                "categorical_crossentropy" are taken with
-                `from_logits=True`).
-            metrics: Metrics computed per exit on its ensemble logits and
-                logged as `<name>_exit<k>` (e.g. `accuracy_exit3`).
-            sandwich_size, inplace_distillation, per_replica_widths,
-                width_seed: As `SlimmableModel.compile` (slimmable
-                networks). Distillation is per exit: a narrower width's
-                exit n learns from the widest width's detached `P_n`.
-            **kwargs: As `keras.Model.compile`.
+        ONE loss on logits applies to every exit (default: sparse
+        categorical cross-entropy from logits; the names
+        "sparse_categorical_crossentropy" and "categorical_crossentropy"
+        are taken with `from_logits=True`). Metrics are computed per exit on
+        its ensemble logits and logged as `<name>_exit<k>`; distillation of
+        a narrower width is per exit, from the widest width's detached
+        `P_n`.
         """
-        exit_loss = _exit_loss(loss)
-        if isinstance(metrics, dict):
-            raise ValueError(
-                "Pass a list of metrics; EarlyExitModel computes each one "
-                "for every exit."
-            )
-        specs = list(metrics or [])
-        super().compile(
-            optimizer=optimizer,
-            loss=None,
-            metrics=None,
-            sandwich_size=sandwich_size,
-            inplace_distillation=inplace_distillation,
-            per_replica_widths=per_replica_widths,
-            width_seed=width_seed,
-            **kwargs,
-        )
-        self._exit_loss_fn = exit_loss
-        self._compile_config.config.update(loss=loss, metrics=metrics)
-        self._exit_metrics = [
-            [keras.metrics.Mean(name=f"loss_exit{k}")]
-            + [_metric_for_width(spec, f"exit{k}") for spec in specs]
-            for k in range(1, self.num_exits + 1)
-        ]
-        # Fixed narrower widths: total loss and last-exit metrics.
-        self._width_metrics = {}
-        for width in self.reported_widths[1:]:
-            tag = width_lib.width_tag(width)
-            self._width_metrics[tag] = [keras.metrics.Mean(name=f"loss_{tag}")]
-            self._width_metrics[tag] += [
-                _metric_for_width(spec, tag) for spec in specs
-            ]
-
-    @property
-    def metrics(self):
-        # Only the metrics this model updates, each once (Keras also tracks
-        # metric attributes on its own, and the parent's compile creates
-        # per-width metrics this model replaces).
-        metrics = []
-        if self.compiled and self._loss_tracker is not None:
-            metrics.append(self._loss_tracker)
-        metrics += [m for group in self._exit_metrics for m in group]
-        metrics += [m for g in self._width_metrics.values() for m in g]
-        return metrics
-
-    def _additional_losses(self):
-        # Regularisers and `add_loss` terms, summed as Keras' own
-        # `compute_loss` sums them (integer losses cast to floatx).
-        losses = [
-            keras.ops.sum(
-                loss if keras.backend.is_float_dtype(loss.dtype)
-                else keras.ops.cast(loss, keras.backend.floatx())
-            )
-            for loss in self.losses
-        ]
-        return tf.add_n(losses) if losses else None
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if self._exit_loss_fn is None:
-            raise ValueError("Compile the model before training it.")
-        widths = self.training_widths()
-
-        def forward(width, is_widest):
-            state = self._state(
-                width,
-                width_index=(
-                    self.widths.index(width) if self.widths else None
-                ),
-                update_moving_stats=is_widest or self.widths is not None,
-            )
-            with aw.active_width(state):
-                return list(self.network(x, training=True))
-
-        with tf.GradientTape() as tape:
-            losses, logits = boosting.multi_width_exit_losses(
-                forward,
-                widths,
-                self.ensemble_weights,
-                self._exit_loss_fn,
-                inplace_distillation=(
-                    self.inplace_distillation and len(widths) > 1
-                ),
-                sample_weight=sample_weight,
-                y=y,
-            )
-            width_totals = [tf.add_n(per_exit) for per_exit in losses]
-            total_loss = tf.add_n(width_totals)
-            extra = self._additional_losses()
-            if extra is not None:
-                total_loss = total_loss + extra
-            scaled_loss = self.optimizer.scale_loss(total_loss)
-        gradients = tape.gradient(scaled_loss, self.trainable_weights)
-        # As in SlimmableModel.train_step: dense gradients keep collective
-        # all-reduces at one shape when widths change inside a loop.
-        gradients = [
-            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-            for g in gradients
-        ]
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        self._update_metrics(x, y, sample_weight, total_loss, losses[0],
-                             logits[0])
-        for width, total, per_exit in zip(widths[1:], width_totals[1:],
-                                          logits[1:]):
-            if not isinstance(width, float):
-                continue  # random sandwich widths are not logged one by one
-            loss_metric, *metrics = self._width_metrics[
-                width_lib.width_tag(width)
-            ]
-            loss_metric.update_state(
-                steps.unscale_for_distribution(total),
-                sample_weight=self._batch_size(x),
-            )
-            for metric in metrics:
-                metric.update_state(y, per_exit[-1],
-                                    sample_weight=sample_weight)
-        return self._logs(include_widths=True)
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if self._exit_loss_fn is None:
-            raise ValueError("Compile the model before evaluating it.")
-        logits = self(x, training=False)
-        losses = [
-            self._exit_loss_fn(y, p, sample_weight=sample_weight)
-            for p in logits
-        ]
-        total_loss = tf.add_n(losses)
-        extra = self._additional_losses()
-        if extra is not None:
-            total_loss = total_loss + extra
-        self._update_metrics(x, y, sample_weight, total_loss, losses, logits)
-        return self._logs(include_widths=False)
-
-    @staticmethod
-    def _batch_size(x):
-        return tf.shape(tf.nest.flatten(x)[0])[0]
-
-    def _update_metrics(self, x, y, sample_weight, total_loss, losses,
-                        logits):
-        unscale = steps.unscale_for_distribution
-        batch_size = self._batch_size(x)
-        self._loss_tracker.update_state(
-            unscale(total_loss), sample_weight=batch_size
-        )
-        for (loss_metric, *metrics), loss, p in zip(
-            self._exit_metrics, losses, logits
-        ):
-            loss_metric.update_state(unscale(loss), sample_weight=batch_size)
-            for metric in metrics:
-                metric.update_state(y, p, sample_weight=sample_weight)
-
-    def _logs(self, include_widths):
-        metrics = [self._loss_tracker]
-        metrics += [m for group in self._exit_metrics for m in group]
-        if include_widths:
-            metrics += [m for g in self._width_metrics.values() for m in g]
-        logs = {}
-        for metric in metrics:
-            result = metric.result()
-            if isinstance(result, dict):
-                logs.update(result)
-            else:
-                logs[metric.name] = result
-        return logs
+        return boosting.BoostedExitsObjective(
+            _exit_loss(loss), self.ensemble_weights)
 
     # --------------------------------------------------------------- config
     def get_config(self):

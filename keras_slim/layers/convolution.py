@@ -270,7 +270,7 @@ class _SlimConv(SlimKernelMixin):
 
     def call(self, inputs):
         kernel, out_channels = self._slice_kernel(
-            inputs, self.kernel, self._kernel.shape[-2], self.filters
+            inputs, self.kernel, self.kernel.shape[-2], self.filters
         )
         if self.padding == "causal":  # Conv1D only, as keras.layers.Conv1D
             inputs = ops.pad(inputs, self._compute_causal_padding())
@@ -420,7 +420,7 @@ class SlimDense(SlimKernelMixin, keras.layers.Dense):
 
     def call(self, inputs, training=None):
         kernel, out_channels = self._slice_kernel(
-            inputs, self.kernel, self._kernel.shape[0], self.units
+            inputs, self.kernel, self.kernel.shape[0], self.units
         )
         outputs = ops.matmul(inputs, kernel)
         return self._add_bias_and_activate(outputs, out_channels)

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_slim import compat
 from keras_slim.layers import scope as aw
 from keras_slim.layers.convolution import _check_input_layout
 
@@ -118,11 +119,8 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
         """
         if key not in self.calibrated:
             # Slots are created on demand, as Keras' own `enable_lora` does.
-            self._tracker.unlock()
-            try:
+            with compat.creating_variables_after_build(self):
                 self._create_slot(key)
-            finally:
-                self._tracker.lock()
             self.calibration_keys.append(key)
         mean_var, variance_var = self.calibrated[key]
         mean_var.assign(np.asarray(mean, "float32"))

@@ -184,41 +184,35 @@ def exit_losses(exit_logits, y, weights, loss_fn, sample_weight=None,
     return losses, logits
 
 
-def multi_width_exit_losses(forward, widths, weights, loss_fn,
-                            inplace_distillation=False, sample_weight=None,
-                            y=None):
-    """Runs every training width and returns each one's per-exit losses.
+class BoostedExitsObjective:
+    """Every exit of one forward pass, trained like gradient boosting.
 
-    Width x depth: every width of the step (the sandwich rule's, or an
-    S-Net list; a single width for a non-slimmable network) trains all its
-    exits. The first width is the widest; with inplace distillation the
-    narrower widths learn, exit by exit, from its detached ensembles.
+    The per-output objective of `EarlyExitModel` in the shared multi-width
+    step (`keras_slim.training.steps.multi_width_step`): exit n learns on
+    `loss(y, f_n + stop_gradient(t_n * P_{n-1}))`, or, for a narrower width
+    with inplace distillation, on the widest width's detached `P_n`.
 
     Args:
-        forward: `forward(width, is_widest) -> list of raw exit logits`.
-        widths: Widths of the step, widest first.
-        weights: Per-exit ensemble weights.
-        loss_fn: The loss on the labels (see `exit_losses`).
-        inplace_distillation: Narrower widths learn from the widest width.
-        sample_weight: Optional per-example weights.
-        y: Labels.
+        loss: A `keras.losses.Loss` on logits.
+        weights: Per-exit ensemble weights `t_n`.
 
-    Returns:
-        `(losses, logits)`: lists aligned with `widths`, each holding one
-        entry per exit.
+    Example:
+
+    >>> objective = BoostedExitsObjective(
+    ...     keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...     [0.5, 0.5, 0.5])
+    >>> losses, ensembles = objective([f1, f2, f3], y)
     """
-    all_losses, all_logits, teacher = [], [], None
-    for i, width in enumerate(widths):
-        raw = forward(width, i == 0)
-        losses, logits = exit_losses(
-            raw, y, weights, loss_fn, sample_weight,
-            teacher=teacher if i > 0 and inplace_distillation else None,
-        )
-        if i == 0:
-            teacher = logits
-        all_losses.append(losses)
-        all_logits.append(logits)
-    return all_losses, all_logits
+
+    def __init__(self, loss, weights):
+        self.loss = loss
+        self.weights = list(weights)
+        self.output_names = tuple(
+            f"exit{k}" for k in range(1, len(self.weights) + 1))
+
+    def __call__(self, outputs, y, sample_weight=None, teacher=None):
+        return exit_losses(list(outputs), y, self.weights, self.loss,
+                           sample_weight, teacher=teacher)
 
 
 def gradient_rescale_scales(num_exits):

@@ -152,3 +152,55 @@ def _describe(loss):
         from_logits = loss.get_config().get("from_logits")
         return f"{type(loss).__name__}(from_logits={from_logits})"
     return getattr(loss, "__name__", type(loss).__name__)
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A loss function `(y_true, y_pred) -> per-example values` as a Loss
+    (weighting, reduction and `tf.distribute` scaling as Keras' own)."""
+
+    def __init__(self, fn, name=None):
+        super().__init__(name=name or getattr(fn, "__name__", "loss"))
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def resolve_loss(loss):
+    """The `keras.losses.Loss` a multi-width step applies to each output.
+
+    Args:
+        loss: A loss name (`"sparse_categorical_crossentropy"`), a
+            `keras.losses.Loss`, or a function `(y_true, y_pred) -> values`.
+
+    Returns:
+        A `keras.losses.Loss`.
+
+    Raises:
+        ValueError: for a dict or list (one loss serves every output) or
+            anything else that is not a loss.
+
+    Example:
+
+    >>> resolve_loss("mse")(np.zeros(3), np.ones(3))  # 1.0
+    """
+    if isinstance(loss, (dict, list, tuple)):
+        raise ValueError(
+            "Pass ONE loss: it applies to every output (every exit of an "
+            f"early-exit model); got {type(loss).__name__} {loss!r}."
+        )
+    if isinstance(loss, str):
+        name = loss
+        try:
+            loss = keras.losses.get(loss)
+        except ValueError:
+            raise ValueError(f"Unknown loss {name!r}.") from None
+        return _FunctionLoss(loss, name=name)
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    if callable(loss):
+        return _FunctionLoss(loss)
+    raise ValueError(
+        f"Unsupported loss {loss!r}: pass a loss name, a keras.losses.Loss "
+        "or a function (y_true, y_pred) -> values."
+    )

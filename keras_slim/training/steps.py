@@ -1,9 +1,10 @@
 """The math of one multi-width training step, shared by every driver.
 
-`SlimmableModel.train_step` (hence `model.fit`) and the custom
-`tf.distribute` loops in `trainers/` both call these functions, so the
-sandwich rule, inplace distillation and fixed-width (S-Net) training exist
-once.
+`multi_width_step` is the one step of `SlimmableModel` and `EarlyExitModel`
+(hence `model.fit` and the custom `tf.distribute` loops in `trainers/`,
+which drive `train_step`): the sandwich rule, inplace distillation and
+fixed-width (S-Net) training exist once, with a pluggable per-output
+objective (`LabelObjective` here, boosted exits in `boosting`).
 """
 
 import keras
@@ -72,51 +73,139 @@ def distillation_loss(teacher, student, from_logits, sample_weight=None):
     return loss_fn(teacher, student, sample_weight=sample_weight)
 
 
-def multi_width_losses(
-    forward,
-    widths,
-    hard_loss,
-    inplace_distillation=False,
-    from_logits=True,
-    sample_weight=None,
-):
-    """Runs the network at each width and returns its losses.
+class LabelObjective:
+    """A one-output network trained on the labels (plain cross-entropy).
 
-    The first width is the widest: it is trained on the labels and, with
-    inplace distillation, teaches the others. Sum the returned losses and
-    take one gradient: all widths update the shared weights in one optimizer
-    step.
+    The per-output objective of `SlimmableModel`; the widest width learns on
+    the labels, a narrower one on the labels too or, with inplace
+    distillation, on the widest width's detached predictions.
 
     Args:
-        forward: `forward(width, is_widest) -> predictions`.
-        widths: Widths (Python floats or scalar tensors), widest first.
-        hard_loss: `hard_loss(predictions, is_widest) -> scalar`: the loss on
-            the labels (the widest pass also carries regularization terms,
-            which must count once per step, not once per width).
-        inplace_distillation: Train the narrower widths on the widest width's
-            soft predictions instead of the labels.
-        from_logits: Whether predictions are logits (else probabilities).
-        sample_weight: Optional per-example weights for distillation.
+        loss: A `keras.losses.Loss` (see `keras_slim.training.losses`).
+        from_logits: Whether the network outputs logits (distillation).
+
+    Example:
+
+    >>> objective = LabelObjective(keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))
+    >>> losses, predictions = objective([logits], y)
+    """
+
+    output_names = (None,)
+
+    def __init__(self, loss, from_logits=True):
+        self.loss = loss
+        self.from_logits = from_logits
+
+    def __call__(self, outputs, y, sample_weight=None, teacher=None):
+        """`(losses, predictions)` of one forward pass, one per output.
+
+        Args:
+            outputs: The network's outputs (a list).
+            y: Labels.
+            sample_weight: Optional per-example weights.
+            teacher: The widest width's predictions to distil from, or None
+                to learn from the labels.
+        """
+        (output,) = outputs
+        if teacher is None:
+            loss = self.loss(y, output, sample_weight=sample_weight)
+        else:
+            loss = distillation_loss(
+                teacher[0], output, self.from_logits, sample_weight
+            )
+        return [loss], [output]
+
+
+def multi_width_step(
+    forward,
+    widths,
+    objective,
+    optimizer,
+    variables,
+    y,
+    sample_weight=None,
+    inplace_distillation=False,
+    regularization=None,
+):
+    """One optimizer step over several widths: THE multi-width step.
+
+    `SlimmableModel.train_step` and `EarlyExitModel.train_step` (hence
+    `model.fit` and the trainers' custom `tf.distribute` loop, which drives
+    `train_step`) all run this function; what differs is the per-output
+    `objective` (`LabelObjective`, or boosted exits:
+    `keras_slim.training.boosting.BoostedExitsObjective`).
+
+    The first width is the widest: it learns on the labels and, with
+    inplace distillation, teaches the others. The losses of every width and
+    output, plus the regularisation terms once, are summed into one
+    gradient.
+
+    Args:
+        forward: `forward(width, is_widest) -> list of outputs`.
+        widths: Widths of the step (Python floats, dicts or scalar
+            tensors), widest first.
+        objective: `objective(outputs, y, sample_weight, teacher) ->
+            (losses, predictions)`, one entry per output.
+        optimizer: A built `keras.optimizers.Optimizer`.
+        variables: The trainable variables.
+        y: Labels.
+        sample_weight: Optional per-example weights.
+        inplace_distillation: Narrower widths learn from the widest one.
+        regularization: `() -> scalar or None`, called inside the tape
+            (layer regularisers and `add_loss` terms, once per step).
 
     Returns:
-        `(losses, predictions)`: lists aligned with `widths`.
+        `(total_loss, per_width)`: the summed loss and, aligned with
+        `widths`, `(losses, predictions)` per width.
     """
-    losses, predictions = [], []
-    teacher = None
-    for i, width in enumerate(widths):
-        y_pred = forward(width, i == 0)
-        if i == 0:
-            teacher = y_pred
-            loss = hard_loss(y_pred, True)
-        elif inplace_distillation:
-            loss = distillation_loss(
-                teacher, y_pred, from_logits, sample_weight
+    with tf.GradientTape() as tape:
+        per_width, teacher = [], None
+        for i, width in enumerate(widths):
+            outputs = forward(width, i == 0)
+            losses, predictions = objective(
+                outputs, y, sample_weight,
+                teacher=teacher if i > 0 and inplace_distillation else None,
             )
-        else:
-            loss = hard_loss(y_pred, False)
-        losses.append(loss)
-        predictions.append(y_pred)
-    return losses, predictions
+            if i == 0:
+                teacher = predictions
+            per_width.append((losses, predictions))
+        total_loss = tf.add_n([loss for losses, _ in per_width
+                               for loss in losses])
+        extra = regularization() if regularization is not None else None
+        if extra is not None:
+            total_loss = total_loss + extra
+        scaled_loss = optimizer.scale_loss(total_loss)
+    gradients = tape.gradient(scaled_loss, variables)
+    # Kernels read through tf.gather (inputs assembled by Flatten or
+    # Concatenate) get IndexedSlices gradients whose row count follows the
+    # random widths. Collective all-reduces fix an instance's shape at its
+    # first run, so inside a multi-step loop (fit's steps_per_execution > 1,
+    # the trainers' loop) the next step would fail with "Shape mismatch in
+    # the collective instance". Dense gradients always have the variable's
+    # shape.
+    gradients = [
+        tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+        for g in gradients
+    ]
+    optimizer.apply_gradients(zip(gradients, variables))
+    return total_loss, per_width
+
+
+def regularization_loss(model):
+    """The sum of `model.losses` (regularisers, `add_loss`), or None.
+
+    Summed as Keras' own `compute_loss` sums them (integer losses cast to
+    floatx); counted once per step however many widths ran.
+    """
+    losses = [
+        keras.ops.sum(
+            loss if keras.backend.is_float_dtype(loss.dtype)
+            else keras.ops.cast(loss, keras.backend.floatx())
+        )
+        for loss in model.losses
+    ]
+    return tf.add_n(losses) if losses else None
 
 
 def unscale_for_distribution(loss):

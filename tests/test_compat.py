@@ -1,0 +1,45 @@
+"""The Keras internals keras_slim relies on (keras_slim.compat) still exist.
+
+If a Keras upgrade moves one of them, this file fails naming it.
+"""
+
+import keras
+import numpy as np
+
+from keras_slim import compat
+from keras_slim import graph
+
+
+def test_a_built_layer_can_create_variables_while_unlocked():
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    with compat.creating_variables_after_build(layer):
+        extra = layer.add_weight(name="extra", shape=(4,))
+    assert any(w is extra for w in layer.weights)
+    assert layer._tracker.locked  # locked again afterwards
+
+
+def test_keras_mask_reads_the_mask_keras_attaches():
+    inputs = keras.Input((5,))
+    masked = keras.layers.Embedding(10, 3, mask_zero=True)(inputs)
+    assert compat.keras_mask(masked) is not None
+    assert compat.keras_mask(keras.layers.Dense(3)(masked[:, 0])) is None
+    assert compat.keras_mask(np.zeros(3)) is None
+
+
+def test_operation_classes_are_what_a_functional_graph_records():
+    nn, numpy = compat.operation_modules()
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.ops.add(keras.ops.relu(inputs), 1.0))
+    calls, _ = graph.trace(model)
+    recorded = {type(call.layer) for call in calls}
+    assert {nn.Relu, numpy.Add} <= recorded
+
+
+def test_application_layers_are_the_ones_keras_applications_use():
+    classes = compat.application_layers()
+    model = keras.applications.ConvNeXtTiny(
+        weights=None, input_shape=(32, 32, 3), classes=2)
+    assert classes["LayerScale"] in {type(layer) for layer in model.layers}
+    assert issubclass(classes["StochasticDepth"], keras.layers.Layer)
+    assert classes["CustomScaleLayer"].__name__ == "CustomScaleLayer"
