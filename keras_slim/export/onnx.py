@@ -1,8 +1,10 @@
 """ONNX export: one verified `.onnx` per width, or one width-dynamic graph.
 
-Conversion uses `tf2onnx.convert.from_function` on a `tf.function` with an
-explicit input signature (batch dimension left dynamic); files are checked
-with onnxruntime against Keras right after they are written.
+Per-width files go through Keras' own exporter (`model.export(format=
+"onnx")`, tf2onnx underneath, batch dimension left dynamic); the one graph
+that takes the width as an input is converted with `tf2onnx` from a
+`tf.function`, which Keras' exporter cannot express. Files are checked with
+onnxruntime against Keras right after they are written.
 """
 
 import contextlib
@@ -16,6 +18,7 @@ from keras_slim import graph
 from keras_slim.export import manifest as mf
 from keras_slim.export import staged
 from keras_slim.export.converters import check_opset
+from keras_slim.export.converters import export_onnx
 from keras_slim.export.converters import function_to_onnx
 from keras_slim.stripping import strip
 
@@ -111,8 +114,6 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
     A `keras_slim.EarlyExitModel` is exported stage by stage (plus one file
     per exit); see `keras_slim.export.export_staged`.
     """
-    import tensorflow as tf
-
     if staged.is_early_exit(model):
         if fold_bn:
             raise ValueError("fold_bn is not supported for staged export.")
@@ -136,11 +137,8 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
     with mf.staging(out_dir) as stage:
         for width, tag in plans:
             stripped = strip(model, width, fold_bn=fold_bn)
-            function = tf.function(
-                lambda x, net=stripped: net(x, training=False)
-            )
             name = f"{model.network.name}_{tag}.onnx"
-            function_to_onnx(function, [spec], opset, stage.file(name))
+            export_onnx(stripped, stage.file(name), opset, [spec])
             result = mf.compare(
                 mf.keras_reference(stripped, samples),
                 run_onnx(stage.file(name), samples),

@@ -34,7 +34,7 @@ from keras_slim.early_exit.graph import replay
 from keras_slim.export import manifest as mf
 from keras_slim.export.converters import check_opset
 from keras_slim.export.converters import convert_keras_model
-from keras_slim.export.converters import function_to_onnx
+from keras_slim.export.converters import export_onnx
 from keras_slim.layers.exit_head import EnsembleLogits
 from keras_slim.layers.exit_head import ExitConfidence
 from keras_slim.stripping import strip
@@ -315,21 +315,8 @@ def _convert(keras_model, path, fmt, quantize, opset):
     if fmt == "tflite":
         with open(path, "wb") as f:
             f.write(convert_keras_model(keras_model, quantize))
-        return
-    import tensorflow as tf
-
-    names = [t.name for t in keras_model.inputs]
-    signature = [
-        tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype or "float32",
-                      name=name)
-        for t, name in zip(keras_model.inputs, names)
-    ]
-
-    def function(*inputs):
-        return keras_model(list(inputs) if len(inputs) > 1 else inputs[0],
-                           training=False)
-
-    function_to_onnx(tf.function(function), signature, opset, path)
+    else:
+        export_onnx(keras_model, path, opset)
 
 
 def _compare_all(reference, actual, quantize, tolerance):

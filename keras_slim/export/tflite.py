@@ -16,7 +16,8 @@ import numpy as np
 from keras_slim.export import manifest as mf
 from keras_slim.export import staged
 from keras_slim.export.converters import MAX_CALIBRATION_SAMPLES
-from keras_slim.export.converters import configure_converter
+from keras_slim.export.converters import apply_litert_options
+from keras_slim.export.converters import litert_options
 from keras_slim.export.converters import convert_keras_model
 from keras_slim.stripping import strip
 from keras_slim.width import width_suffix
@@ -292,7 +293,7 @@ def to_tflite_multi(
             converter = tf.lite.TFLiteConverter.from_saved_model(
                 saved, signature_keys=list(stripped)
             )
-            configure_converter(converter, quantize, samples)
+            apply_litert_options(converter, litert_options(quantize, samples))
             content = converter.convert()
         with open(temp, "wb") as f:
             f.write(content)
