@@ -6,20 +6,15 @@ import time
 import keras
 import numpy as np
 
+from keras_slim.export import runtimes
 from keras_slim.export.converters import convert_keras_model
 from keras_slim.model import SlimmableModel
 from keras_slim.stripping import strip
 
 
 def _interpreter(model, width, num_threads, signature_key):
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(model, (str, os.PathLike)):
-        if not os.path.isfile(model):
-            raise ValueError(f"No TFLite file at '{os.fspath(model)}'.")
-        return Interpreter(model_path=os.fspath(model), num_threads=num_threads)
-    if isinstance(model, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(model), num_threads=num_threads)
+    if isinstance(model, (str, os.PathLike, bytes, bytearray)):
+        return runtimes.litert_interpreter(model, num_threads)
     if isinstance(model, keras.Model):
         if isinstance(model, SlimmableModel):
             model = strip(model, model.width if width is None else width)
@@ -28,8 +23,8 @@ def _interpreter(model, width, num_threads, signature_key):
                 "`width` applies to a keras_slim.SlimmableModel only; got "
                 f"width={width!r} for a plain Keras model."
             )
-        content = convert_keras_model(model)
-        return Interpreter(model_content=content, num_threads=num_threads)
+        return runtimes.litert_interpreter(convert_keras_model(model),
+                                           num_threads)
     raise ValueError(
         "profile_latency() takes a .tflite path, TFLite flatbuffer bytes, a "
         f"SlimmableModel or a Keras model; got {type(model).__name__}."

@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_slim import graph
 from keras_slim.export import manifest as mf
+from keras_slim.export import runtimes
 from keras_slim.export import staged
 from keras_slim.export.converters import check_opset
 from keras_slim.export.converters import export_onnx
@@ -43,13 +44,7 @@ def run_onnx(path, *inputs):
     >>> logits = keras_slim.export.run_onnx("net_any.onnx", x,
     ...                                     np.array(0.5, np.float32))
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        os.fspath(path), options, providers=["CPUExecutionProvider"]
-    )
+    session = runtimes.onnx_session(path)
     specs = session.get_inputs()
     if len(inputs) != len(specs):
         raise ValueError(

@@ -32,6 +32,7 @@ from keras_slim.early_exit.graph import ExitStructure
 from keras_slim.early_exit.graph import new_input_like
 from keras_slim.early_exit.graph import replay
 from keras_slim.export import manifest as mf
+from keras_slim.export import runtimes
 from keras_slim.export.converters import check_opset
 from keras_slim.export.converters import convert_keras_model
 from keras_slim.export.converters import export_onnx
@@ -179,10 +180,7 @@ class _Runner:
     def __init__(self, path, fmt, num_threads=1):
         self.format = fmt
         if fmt == "tflite":
-            from ai_edge_litert.interpreter import Interpreter
-
-            self.interpreter = Interpreter(model_path=os.fspath(path),
-                                           num_threads=num_threads)
+            self.interpreter = runtimes.litert_interpreter(path, num_threads)
             runner = self.interpreter.get_signature_runner()
             self.inputs = {
                 name: detail["index"]
@@ -201,15 +199,7 @@ class _Runner:
             self.shapes = None
             self.views = {}
         else:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.intra_op_num_threads = num_threads
-            options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(
-                os.fspath(path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = runtimes.onnx_session(path, num_threads)
             self.input_names = [i.name for i in self.session.get_inputs()]
             self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -14,21 +14,14 @@ import tempfile
 import numpy as np
 
 from keras_slim.export import manifest as mf
+from keras_slim.export import runtimes
 from keras_slim.export import staged
 from keras_slim.export.converters import MAX_CALIBRATION_SAMPLES
 from keras_slim.export.converters import apply_litert_options
-from keras_slim.export.converters import litert_options
 from keras_slim.export.converters import convert_keras_model
+from keras_slim.export.converters import litert_options
 from keras_slim.stripping import strip
 from keras_slim.width import width_suffix
-
-def _interpreter(model):
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(model, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(model))
-    return Interpreter(model_path=os.fspath(model))
-
 
 def run_tflite(model, inputs, signature_key=None):
     """Runs a TFLite model on a batch with the LiteRT interpreter.
@@ -55,7 +48,7 @@ def run_tflite(model, inputs, signature_key=None):
 
     >>> logits = keras_slim.export.run_tflite("out/net_w0.5.tflite", x)
     """
-    interpreter = _interpreter(model)
+    interpreter = runtimes.litert_interpreter(model)
     what = ("The TFLite file" if isinstance(model, (bytes, bytearray))
             else f"'{os.fspath(model)}'")
     input_info = mf.manifest_input(model)
