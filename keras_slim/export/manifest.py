@@ -25,6 +25,7 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_slim import files
 from keras_slim.model import SlimmableModel
 from keras_slim.profiling import profile
 from keras_slim.width import width_suffix
@@ -388,7 +389,8 @@ class Staging:
             "exports": kept + entries,
         }
         manifest.update(extra or {})
-        write_json_atomic(manifest_path, manifest, self.out_dir)
+        files.write_json_atomic(manifest_path, manifest,
+                                default=_json_default)
         self.cleanup()
         return manifest
 
@@ -403,22 +405,6 @@ def staging(out_dir):
         yield stage
     finally:
         stage.cleanup()
-
-
-def write_json_atomic(path, value, directory):
-    fd, temp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp",
-                                dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
 
 
 def _json_default(value):

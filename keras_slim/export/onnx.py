@@ -10,11 +10,11 @@ onnxruntime against Keras right after they are written.
 import contextlib
 import functools
 import os
-import tempfile
 
 import numpy as np
 
 from keras_slim import graph
+from keras_slim import files
 from keras_slim.export import manifest as mf
 from keras_slim.export import runtimes
 from keras_slim.export import staged
@@ -335,15 +335,12 @@ def to_onnx_dynamic(model, path, opset=17, check_widths=None, tolerance=None):
         raise IsADirectoryError(f"'{path}' is a directory; pass a file path.")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".dynamic-", suffix=".onnx",
-                                dir=directory)
-    os.close(fd)
     run = dynamic_function(model)
     signature = [
         mf.input_signature(model, "input"),
         tf.TensorSpec([], tf.float32, name="width"),
     ]
-    try:
+    with files.atomic_path(path) as temp:
         with _moving_statistics(model):
             with _onnx_compatible(model):
                 function_to_onnx(tf.function(run, input_signature=signature),
@@ -364,10 +361,6 @@ def to_onnx_dynamic(model, path, opset=17, check_widths=None, tolerance=None):
                 result["diff_to_strip"] = float(np.abs(
                     mf.keras_reference(stripped, samples) - reference).max())
                 checks[tag] = result
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
     return {
         "path": path,
         "format": "onnx",

@@ -7,12 +7,12 @@ slicing ops, only the active weights), then converted with
 interpreter against Keras.
 """
 
-import contextlib
 import os
 import tempfile
 
 import numpy as np
 
+from keras_slim import files
 from keras_slim.export import manifest as mf
 from keras_slim.export import runtimes
 from keras_slim.export import staged
@@ -268,11 +268,8 @@ def to_tflite_multi(
     if os.path.isdir(path):
         raise IsADirectoryError(f"'{path}' is a directory; pass a file path.")
     os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".multi-", suffix=".tflite",
-                                dir=directory)
-    os.close(fd)
     spec = mf.input_signature(model)
-    try:
+    with files.atomic_path(path) as temp:
         archive = keras.export.ExportArchive()
         stripped = {}
         for width, tag in plans:
@@ -303,10 +300,6 @@ def to_tflite_multi(
             info = mf.describe(model, width, net)
             info.update(result)
             signatures[key] = info
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
     return {
         "path": path,
         "format": "tflite",
