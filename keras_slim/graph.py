@@ -115,20 +115,63 @@ def _call_traced(model, inputs, call):
         id(old): new
         for old, new in zip(traced.inputs, keras.tree.flatten(inputs))
     }
-
-    def resolve(value):
-        if isinstance(value, keras.KerasTensor):
-            return values[id(value)]
-        return value
-
-    for inner in calls:
-        args, kwargs = keras.tree.map_structure(
-            resolve, (inner.args, inner.kwargs))
-        outputs = call(inner.layer, *args, **kwargs)
-        for old, new in zip(inner.outputs, keras.tree.flatten(outputs)):
-            values[id(old)] = new
+    replay_calls(calls, values, call_function=call)
     outputs = [values[id(t)] for t in traced.outputs]
     return outputs[0] if len(outputs) == 1 else outputs
+
+
+def replay_calls(calls, tensors, override=None, call_function=None):
+    """Calls the layers of traced `calls` again, on new tensors.
+
+    The one graph replay of keras_slim: nested models (`replay`), the
+    stages and exits of an early-exit network, and the search's segments
+    all rebuild parts of a traced graph through it.
+
+    Args:
+        calls: `Call`s from `trace`, in topological order.
+        tensors: dict `id(original tensor) -> new tensor` holding at least
+            the inputs of the first calls; filled in with each call's
+            outputs.
+        override: Optional `override(call) -> dict` of replacements for
+            `tensors` seen by that call only.
+        call_function: `fn(layer, *args, **kwargs) -> outputs` (default:
+            call the layer).
+
+    Returns:
+        `tensors`.
+
+    Raises:
+        ValueError: if a call reads a tensor that `tensors` does not hold.
+
+    Example:
+
+    >>> calls, traced = trace(model)
+    >>> entry = keras.Input(traced.inputs[0].shape[1:])
+    >>> tensors = replay_calls(calls, {id(traced.inputs[0]): entry})
+    >>> copy = keras.Model(entry, tensors[id(traced.outputs[0])])
+    """
+    for call in calls:
+        mapping = tensors
+        extra = override(call) if override is not None else None
+        if extra:
+            mapping = {**tensors, **extra}
+        if any(id(t) not in mapping for t in call.inputs):
+            raise ValueError(
+                f"Layer '{call.layer.name}' reads a tensor outside the part "
+                "of the graph being rebuilt."
+            )
+        args, kwargs = keras.tree.map_structure(
+            lambda v: mapping[id(v)] if isinstance(v, keras.KerasTensor)
+            else v,
+            (call.args, call.kwargs),
+        )
+        if call_function is None:
+            outputs = call.layer(*args, **kwargs)
+        else:
+            outputs = call_function(call.layer, *args, **kwargs)
+        for old, new in zip(call.outputs, keras.tree.flatten(outputs)):
+            tensors[id(old)] = new
+    return tensors
 
 
 @dataclasses.dataclass

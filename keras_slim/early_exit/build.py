@@ -104,7 +104,7 @@ def insert_gradient_rescale(network, after):
         return None if k is None else {id(structure.cuts[k]): head_inputs[k]}
 
     for call in structure.calls:
-        graph.replay([call], tensors, override)
+        graph_lib.replay_calls([call], tensors, override)
         for tensor in call.outputs:
             k = cut_ids.get(id(tensor))
             if k is None:
@@ -262,7 +262,7 @@ def add_exits(
     tensors = {id(traced_input): new_input}
     exit_outputs = {}
     for call in calls:
-        graph.replay([call], tensors)
+        graph_lib.replay_calls([call], tensors)
         if id(call) in cut_calls:
             k = cut_calls[id(call)]
             build = _head_for(head, k + 1, num_classes)

@@ -9,7 +9,7 @@ back from its outputs and checks what makes staged inference possible: every
 stage is computable from the features the previous stage hands on (so each
 cut is a true cut point of the network), and no layer belongs to two stages
 (nothing is computed twice). The exporters rebuild stage models from these
-call lists (`replay`), and the MAC count of each exit is the sum over its
+call lists (`keras_slim.graph.replay_calls`), and the MAC count of each exit is the sum over its
 stages.
 
 The graph is read with `keras_slim.graph.trace` (public Keras API only):
@@ -209,53 +209,6 @@ class ExitStructure:
     def output_layer_names(self):
         """The name of the layer that produces each exit's output."""
         return [self._producer[id(t)].layer.name for t in self.outputs]
-
-
-def _substitute(structure, mapping):
-    """`structure` with each KerasTensor replaced by `mapping[id(tensor)]`."""
-    return keras.tree.map_structure(
-        lambda t: mapping[id(t)] if isinstance(t, keras.KerasTensor) else t,
-        structure,
-    )
-
-
-def replay(calls, tensor_map, override=None):
-    """Calls the layers of `calls` again on the tensors of `tensor_map`.
-
-    Args:
-        calls: `keras_slim.graph.Call`s in topological order.
-        tensor_map: dict `id(original tensor) -> new tensor`; filled in with
-            each replayed call's outputs.
-        override: Optional `override(call) -> dict` of replacements for
-            `tensor_map` seen by that call only.
-
-    Returns:
-        `tensor_map`.
-
-    Example:
-
-    >>> structure = ExitStructure(network, after)
-    >>> entry = new_input_like(structure.input, "images")
-    >>> tensors = replay(structure.stage_calls[0],
-    ...                  {id(structure.input): entry})
-    >>> stage1 = keras.Model(entry, tensors[id(structure.outputs[0])])
-    """
-    for call in calls:
-        mapping = tensor_map
-        extra = override(call) if override is not None else None
-        if extra:
-            mapping = {**tensor_map, **extra}
-        missing = [t for t in call.inputs if id(t) not in mapping]
-        if missing:
-            raise ValueError(
-                f"Layer '{call.layer.name}' reads a tensor outside the "
-                "part of the graph being rebuilt."
-            )
-        args, kwargs = _substitute((call.args, call.kwargs), mapping)
-        outputs = call.layer(*args, **kwargs)
-        for old, new in zip(call.outputs, keras.tree.flatten(outputs)):
-            tensor_map[id(old)] = new
-    return tensor_map
 
 
 def new_input_like(tensor, name):

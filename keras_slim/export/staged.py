@@ -28,9 +28,9 @@ import keras
 import numpy as np
 
 from keras_slim.early_exit import budget as budget_lib
+from keras_slim.graph import replay_calls
 from keras_slim.early_exit.graph import ExitStructure
 from keras_slim.early_exit.graph import new_input_like
-from keras_slim.early_exit.graph import replay
 from keras_slim.export import manifest as mf
 from keras_slim.export import runtimes
 from keras_slim.export.converters import check_opset
@@ -92,7 +92,7 @@ def stage_models(model, width):
     base = f"{model.network.name}_{tag}"
 
     def segment(k, source, tensor_map):
-        replay(structure.stage_calls[k], tensor_map)
+        replay_calls(structure.stage_calls[k], tensor_map)
         raw = tensor_map[id(structure.outputs[k])]
         features = (
             tensor_map[id(structure.cuts[k])] if k < num_exits - 1 else None
@@ -134,7 +134,7 @@ def stage_models(model, width):
         tensor_map = {id(image_input): entry}
         ensemble = None
         for j in range(k + 1):
-            replay(structure.stage_calls[j], tensor_map)
+            replay_calls(structure.stage_calls[j], tensor_map)
             raw = tensor_map[id(structure.outputs[j])]
             if ensemble is None or weights[j] == 0:
                 ensemble = raw
