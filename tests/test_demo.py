@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import testing
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 
@@ -86,8 +88,22 @@ def test_folder_dataset(tmp_path):
     assert not (out / "onnx").exists()
 
 
+DEMO_FLAGS = ("--output_dir", "--dataset", "--epochs", "--report_widths",
+              "--sandwich_size", "--[no]inplace_distillation")
+
+
 def test_help_lists_the_flags():
     result = demo("--help", returncode=1)  # absl exits 1 after help
-    for flag in ("--output_dir", "--dataset", "--epochs", "--report_widths",
-                 "--sandwich_size", "--[no]inplace_distillation"):
+    for flag in DEMO_FLAGS:
+        assert f"{flag}:" in result.stdout, flag
+
+
+def test_console_script_help_lists_the_flags(tmp_path):
+    # `keras-slim-demo --help` used to print only "Try --helpfull": absl
+    # looks the key flags up under sys.argv[0], the wrapper pip writes.
+    result = testing.run_console_script(
+        tmp_path, "keras-slim-demo", "trainers.demo", "--help")
+    assert result.returncode == 1, result.stderr[-3000:]  # as absl does
+    assert "train a universally slimmable CNN" in result.stdout
+    for flag in DEMO_FLAGS:
         assert f"{flag}:" in result.stdout, flag

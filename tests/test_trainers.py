@@ -27,6 +27,7 @@ import keras_slim
 from keras_slim import data as data_lib
 from keras_slim.layers import SlimConv2D
 from keras_slim.layers import SwitchableBatchNormalization
+from tests import testing
 from trainers import flags as trainer_flags
 from trainers import loop
 from trainers import methods
@@ -162,6 +163,17 @@ def test_help_documents_every_flag_and_all_are_optional():
         assert len(flags.FLAGS[name].help) > 10, name
     # No flag is required: parsing nothing gives the library's defaults.
     assert config_for() == loop.TrainConfig()
+
+
+def test_console_script_help_lists_the_trainer_flags(tmp_path):
+    # `keras-slim-train --help` used to print only "Try --helpfull".
+    result = testing.run_console_script(
+        tmp_path, "keras-slim-train", "trainers.train", "--help")
+    assert result.returncode == 1, result.stderr[-3000:]  # as absl does
+    assert "Trains a slimmable network" in result.stdout
+    for flag in ("--method", "--model", "--dataset", "--model_dir",
+                 "--epochs", "--export", "--[no]augment"):
+        assert f"{flag}:" in result.stdout, flag
 
 
 def test_config_from_flags_parses_lists_and_rejects_bad_ones():

@@ -16,12 +16,15 @@ Usage:
 
 import json
 import os
+import sys
 import time
 import warnings
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from trainers import cli
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "keras_slim_demo", "Where the model, exports, manifest, "
@@ -202,6 +205,7 @@ def main(argv):
 
 def run():
     """Console entry point (`keras-slim-demo`)."""
+    cli.show_on_help(sys.modules[__name__])
     app.run(main)
 
 

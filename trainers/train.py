@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from trainers import cli
 from trainers import distribute
 from trainers import flags as trainer_flags
 from trainers import loop
@@ -66,6 +67,7 @@ def main(argv):
 
 def run():
     """Console entry point `keras-slim-train`."""
+    cli.show_on_help(sys.modules[__name__], [trainer_flags])
     app.run(main)
 
 
