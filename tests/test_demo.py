@@ -107,3 +107,15 @@ def test_console_script_help_lists_the_flags(tmp_path):
     assert "train a universally slimmable CNN" in result.stdout
     for flag in DEMO_FLAGS:
         assert f"{flag}:" in result.stdout, flag
+
+
+@pytest.mark.parametrize("below", ["", "run"])
+def test_output_dir_that_is_a_file_is_a_clear_error(tmp_path, below):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    out = a_file / below if below else a_file
+    result = demo(f"--output_dir={out}", "--epochs=1", returncode=1)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"--output_dir={out}" in result.stderr
+    assert "not a folder" in result.stderr
+    assert a_file.read_text() == "not a folder"

@@ -176,6 +176,27 @@ def test_console_script_help_lists_the_trainer_flags(tmp_path):
         assert f"{flag}:" in result.stdout, flag
 
 
+@pytest.mark.parametrize("below", ["", "run"])
+def test_model_dir_that_is_a_file_is_a_clear_error(tmp_path, below):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    model_dir = a_file / below if below else a_file
+    # Flag validation: stopped before TensorFlow does anything.
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.train", f"--model_dir={model_dir}",
+         "--train_steps=1"], cwd=REPO, env=subprocess_env(),
+        capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"--model_dir={model_dir}" in result.stderr
+    assert "is a file, not a folder" in result.stderr or (
+        "is an existing file, not a folder" in result.stderr)
+    # The library call says the same.
+    with pytest.raises(ValueError, match="not a folder"):
+        loop.train(loop.TrainConfig(model_dir=str(model_dir), train_steps=1))
+    assert a_file.read_text() == "not a folder"
+
+
 def test_config_from_flags_parses_lists_and_rejects_bad_ones():
     config = config_for("--method=snet", "--widths=0.5,1", "--seed=7")
     assert config.widths == (0.5, 1.0) and config.seed == 7

@@ -97,6 +97,8 @@ def validate_output_dir(flag_name, flag_values=flags.FLAGS):
         try:
             return check_output_dir(value, f"--{flag_name}")
         except ValueError as err:
-            raise flags.ValidationError(str(err)) from None
+            # absl prefixes "flag --name=value: " itself.
+            raise flags.ValidationError(
+                str(err).removeprefix(f"--{flag_name}={value} ")) from None
 
     flags.register_validator(flag_name, check, flag_values=flag_values)

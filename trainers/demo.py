@@ -29,6 +29,7 @@ from trainers import cli
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "keras_slim_demo", "Where the model, exports, manifest, "
     "report and plot are written.")
+cli.validate_output_dir("output_dir")
 _DATASET = flags.DEFINE_string(
     "dataset", "digits", "'digits' (embedded, offline), 'tfds:NAME' or "
     "'folder:PATH' (one sub-folder per class).")

@@ -16,6 +16,7 @@ import dataclasses
 
 from absl import flags
 
+from trainers import cli
 from trainers import deploy
 from trainers import distribute
 from trainers import loop
@@ -219,6 +220,7 @@ def define_flags():
         "Re-running the same command resumes from the latest checkpoint. "
         "Empty: <tmp>/keras_slim/<method>-<model>-<dataset>.",
     )
+    cli.validate_output_dir("model_dir")
     flags.DEFINE_integer(
         "seed", _DEFAULTS.seed,
         "Seed of weights, data order, augmentation and random widths.",

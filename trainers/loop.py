@@ -31,6 +31,7 @@ from tensorflow.core.framework import summary_pb2
 import keras_slim
 from keras_slim import data as data_lib
 from keras_slim import width as width_lib
+from trainers import cli
 from trainers import deploy
 from trainers import distribute
 from trainers import methods
@@ -561,6 +562,7 @@ def train(config, strategy=None):
         )
     deploy.check_options(config.export, config.quantize)
     model_dir = config.resolved_model_dir()
+    cli.check_output_dir(model_dir, "--model_dir")
     is_chief = distribute.is_chief(strategy)
     _check_run_config(model_dir, config)
 
