@@ -182,3 +182,31 @@ def test_failure_cause_picks_the_exception_line():
     assert harness.failure_cause("started\nbad settings: --foo\n\n") == (
         "bad settings: --foo")
     assert harness.failure_cause("") == "(the log is empty)"
+
+
+def test_cifar10_folder_is_the_library_preparation(tmp_path):
+    # One implementation: the benchmarks' CIFAR-10 folder is made by
+    # keras_slim.data.prepare_image_folder (atomic, marker file).
+    import io
+    import tarfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import common
+
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("airplane", "bird"):
+            for i in range(2):
+                content = tf.io.encode_jpeg(
+                    np.full((32, 32, 3), 40 * i, np.uint8)).numpy()
+                info = tarfile.TarInfo(f"train/{name}/{i:04d}.jpg")
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    folder = common.cifar10_folder(archive, tmp_path / "cache")
+    assert folder == tmp_path / "cache" / "train"
+    assert (tmp_path / "cache" / ".keras_slim_prepared.json").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == ["airplane", "bird"]
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 archive not found"):
+        common.cifar10_folder(tmp_path / "missing.tar.gz", tmp_path / "c2")

@@ -6,6 +6,7 @@ rest runs in-process on tiny models. Data: the embedded digits and
 `tfds.testing.mock_data` only (never the network).
 """
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -29,6 +30,7 @@ from keras_slim.layers import SlimConv2D
 from keras_slim.layers import SwitchableBatchNormalization
 from tests import testing
 from trainers import flags as trainer_flags
+from trainers import deploy
 from trainers import loop
 from trainers import methods
 
@@ -65,7 +67,10 @@ def tiny_cnn(input_shape=(8, 8, 1), num_classes=10, filters=8):
     x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+    # Named: Keras would number a second unnamed model ("functional_1"),
+    # and the exported files are named after the network.
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x),
+                       name="tiny_cnn")
 
 
 TINY = f"{__name__}:tiny_cnn"
@@ -400,6 +405,107 @@ def test_a_finished_run_leaves_a_deployable_model_and_exports(tmp_path):
                                     model_dir=str(tmp_path / "other")))
 
 
+def figures(report):
+    """A report without its file records (model.keras is not byte-stable:
+    Keras stamps the save date into it)."""
+    return {k: v for k, v in report.items() if k != "outputs"}
+
+
+def damage(model_dir, what):
+    """Breaks one output of a finished run, as a user or a disk might."""
+    tflite = sorted((model_dir / "tflite").glob("*.tflite"))
+    onnx = sorted((model_dir / "onnx").glob("*.onnx"))
+    if what == "truncate model.keras":
+        model_file = model_dir / "model.keras"
+        model_file.write_bytes(model_file.read_bytes()[:1000])
+    elif what == "delete model.keras":
+        (model_dir / "model.keras").unlink()
+    elif what == "delete a tflite file":
+        tflite[0].unlink()
+    elif what == "flip a byte of an onnx file":
+        content = bytearray(onnx[-1].read_bytes())
+        content[len(content) // 2] ^= 0xFF
+        onnx[-1].write_bytes(bytes(content))
+    elif what == "delete the tflite manifest":
+        (model_dir / "tflite" / "manifest.json").unlink()
+    elif what == "corrupt report.json":
+        (model_dir / "report.json").write_text("{")
+    else:
+        raise ValueError(what)
+
+
+@pytest.mark.slow
+def test_a_finished_run_rebuilds_what_is_missing_or_damaged(tmp_path,
+                                                            caplog):
+    # A finished run used to say "nothing to do" as long as report.json
+    # and the manifests existed, whatever their files had become.
+    config = loop.TrainConfig(
+        method="us", model=TINY, model_kwargs='{"filters": 4}',
+        dataset="digits", batch_size=32, train_steps=6, steps_per_loop=3,
+        checkpoint_every_steps=0, model_dir=str(tmp_path), verbose=0,
+        calibration_examples=64, report_widths=(0.5, 1.0),
+        export=("tflite", "onnx"),
+    )
+    report = loop.train(config)
+    def outputs():
+        return sorted(str(p.relative_to(tmp_path)) for p in (
+            *tmp_path.glob("tflite/*"), *tmp_path.glob("onnx/*"),
+            *tmp_path.glob("*.*")))
+
+    files = outputs()
+    for what in ("truncate model.keras", "delete model.keras",
+                 "delete a tflite file", "flip a byte of an onnx file",
+                 "delete the tflite manifest", "corrupt report.json"):
+        damage(tmp_path, what)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            rebuilt = loop.train(config)
+        assert "Calibrating, evaluating and exporting again" in caplog.text
+        # Same figures, same files, all intact again.
+        assert figures(rebuilt) == figures(report), what
+        assert outputs() == files
+        assert deploy.check_outputs(tmp_path, config.export) == [], what
+        keras.models.load_model(tmp_path / "model.keras")
+    # Complete again: nothing to do, nothing rewritten.
+    stamp = (tmp_path / "model.keras").stat().st_mtime_ns
+    assert figures(loop.train(config)) == figures(report)
+    assert (tmp_path / "model.keras").stat().st_mtime_ns == stamp
+    # Asking for another --quantize is not "finished" either; the float32
+    # files of the first export are gone, not listed.
+    float16 = dataclasses.replace(config, quantize="float16")
+    assert figures(loop.train(float16)) == figures(report)
+    assert sorted(p.name for p in (tmp_path / "tflite").glob("*")) == [
+        "manifest.json", "tiny_cnn_w0.5_float16.tflite",
+        "tiny_cnn_w1_float16.tflite"]
+
+
+def test_report_says_how_to_load_the_model(tmp_path):
+    config = loop.TrainConfig(
+        method="us", model=TINY, model_kwargs='{"filters": 4}',
+        dataset="digits", batch_size=32, train_steps=3, steps_per_loop=3,
+        checkpoint_every_steps=0, model_dir=str(tmp_path), verbose=0,
+        calibration_examples=32, report_widths=(0.5, 1.0),
+    )
+    recipe = loop.train(config)["load_model"]
+    assert recipe == ("import keras, keras_slim; model = "
+                      f"keras.models.load_model('{tmp_path / 'model.keras'}')")
+    # The recipe works as written, and `import keras_slim` is what makes
+    # it work: plain Keras cannot find the slim layers.
+    check = (
+        "import keras\n"
+        f"try:\n    keras.models.load_model('{tmp_path / 'model.keras'}')\n"
+        "except Exception as err:\n    print('without:', type(err).__name__)\n"
+        f"{recipe}\n"
+        "print('with:', type(model).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO,
+                          env=subprocess_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "without: TypeError" in done.stdout
+    assert "with: SlimmableModel" in done.stdout
+
+
 # ------------------------------------------------------------- subprocess
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -457,6 +563,84 @@ def _kill_and_resume(root):
         "full_returncode": uninterrupted.returncode,
         "full_log": (root / "full.log").read_text(),
     }
+
+
+@pytest.fixture(scope="module")
+def rerun_after_last_checkpoint(tmp_path_factory):
+    """A finished run, and the same run killed after its last checkpoint
+    (during calibration or export), then restarted."""
+    result = once_per_session(tmp_path_factory, "after_last_checkpoint",
+                              _rerun_after_last_checkpoint)
+    for key in ("full", "rerun"):
+        result[key] = pathlib.Path(result[key])
+    return result
+
+
+def _rerun_after_last_checkpoint(root):
+    # No augmentation: the final calibration then used to read the training
+    # pipeline itself, whose shuffle order depends on how many passes over
+    # it were started, which differs between the two processes.
+    flags_used = [f for f in RUN_FLAGS if f != "--augment"] + [
+        "--export=tflite", "--nodeterministic"]
+    full, rerun = root / "full", root / "rerun"
+    env = subprocess_env()
+    first = subprocess.run(
+        [sys.executable, "-m", "trainers.train", f"--model_dir={full}",
+         *flags_used], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=TIMEOUT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # What a kill after the last checkpoint leaves: no report, no model,
+    # no (or a partial) export.
+    shutil.copytree(full, rerun)
+    (rerun / "report.json").unlink()
+    (rerun / "model.keras").unlink()
+    shutil.rmtree(rerun / "tflite")
+    second = subprocess.run(
+        [sys.executable, "-m", "trainers.train", f"--model_dir={rerun}",
+         *flags_used], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=TIMEOUT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return {"full": str(full), "rerun": str(rerun),
+            "full_log": first.stderr + first.stdout,
+            "rerun_log": second.stderr + second.stdout}
+
+
+def test_a_run_killed_after_its_last_checkpoint_writes_identical_files(
+        rerun_after_last_checkpoint):
+    runs = rerun_after_last_checkpoint
+    full = json.loads((runs["full"] / "report.json").read_text())
+    rerun = json.loads((runs["rerun"] / "report.json").read_text())
+    assert "report.json is missing" in runs["rerun_log"]
+    assert "Training lenet_3c1l" not in runs["rerun_log"]  # nothing to train
+    assert [w["accuracy"] for w in rerun["widths"]] == [
+        w["accuracy"] for w in full["widths"]]
+    assert {k: v for k, v in rerun.items() if k not in ("outputs",
+                                                        "load_model")} == {
+        k: v for k, v in full.items() if k not in ("outputs", "load_model")}
+    names = sorted(p.name for p in (runs["full"] / "tflite").glob("*.tflite"))
+    assert len(names) == 4
+    for name in names:
+        assert (runs["rerun"] / "tflite" / name).read_bytes() == (
+            runs["full"] / "tflite" / name).read_bytes(), name
+
+
+def test_long_work_says_what_it_is_doing(rerun_after_last_checkpoint):
+    log = rerun_after_last_checkpoint["full_log"]
+    # Before the first update (tens of seconds of tracing) ...
+    tracing = log.index("Tracing the training step")
+    assert tracing < log.index("Traced; the first 2 step(s) took")
+    # ... and through the final calibration and export, width by width.
+    for i, width in enumerate(["0.25", "0.5", "0.75", "1"]):
+        assert (f"Calibrating BN statistics for width {width} ({i + 1}/4)"
+                in log)
+        assert (f"Exporting and verifying tflite for width {width} "
+                f"({i + 1}/4)") in log
+    assert log.index("Calibrating BN statistics for width 1 (4/4)") < (
+        log.index("Exporting and verifying tflite for width 0.25 (1/4)"))
+    # The final message says how to load the model.
+    model = rerun_after_last_checkpoint["full"] / "model.keras"
+    assert ("Load the model with:\n  import keras, keras_slim; model = "
+            f"keras.models.load_model('{model}')") in log
 
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(runs):

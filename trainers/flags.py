@@ -68,6 +68,19 @@ def define_flags():
         "TensorFlow Datasets directory for 'tfds:' datasets (default: "
         "TFDS' own, ~/tensorflow_datasets).",
     )
+    flags.DEFINE_boolean(
+        "skip_bad_images", _DEFAULTS.skip_bad_images,
+        "For 'folder:' datasets: leave out, with a warning naming them, "
+        "image files that cannot be decoded (every file is decoded once to "
+        "find them) instead of stopping with an error that names them.",
+    )
+    flags.DEFINE_boolean(
+        "download", _DEFAULTS.download,
+        "For 'tfds:' datasets: download and prepare the data set if it is "
+        "not prepared in --data_dir yet (needs a network). Without it a "
+        "data set that is not prepared is an error saying how to prepare "
+        "it.",
+    )
     flags.DEFINE_float(
         "validation_split", _DEFAULTS.validation_split,
         "Fraction held out for validation when the dataset has no test "
