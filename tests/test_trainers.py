@@ -264,6 +264,73 @@ def test_incompatible_settings_fail_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def colour_folder(root, per_class=12, size=8):
+    """2 classes of small JPEGs told apart by colour."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["red", "blue"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 60, (size, size, 3))
+            image[..., 2 * label] += 180
+            (root / name / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(
+                image.astype(np.uint8)).numpy())
+    return root
+
+
+def test_bad_data_is_a_clear_error_naming_it(tmp_path):
+    images = colour_folder(tmp_path / "images")
+    broken = images / "red" / "broken.jpg"
+    broken.write_bytes(b"<html>Service Unavailable</html>")
+    empty_tfds = tmp_path / "tfds"
+    empty_tfds.mkdir()
+    for dataset, extra, expected in (
+        (f"folder:{images}", [], [str(broken), "--skip_bad_images"]),
+        ("tfds:mnist", [f"--data_dir={empty_tfds}"],
+         ["'mnist' is not prepared", "--download", "tfds build mnist"]),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "trainers.train", f"--dataset={dataset}",
+             f"--model_dir={tmp_path / 'run'}", "--train_steps=2",
+             "--batch_size=4", *extra], cwd=REPO, env=subprocess_env(),
+            capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert "ERROR: " in result.stderr
+        for text in expected:
+            assert text in result.stderr, (text, result.stderr[-3000:])
+        assert not (tmp_path / "run").exists()
+
+
+def test_skip_bad_images_trains_and_undecodable_files_are_named(tmp_path):
+    images = colour_folder(tmp_path / "images")
+    (images / "blue" / "empty.jpg").write_bytes(b"")
+    config = loop.TrainConfig(
+        method="plain", model=TINY, model_kwargs='{"filters": 4}',
+        dataset=f"folder:{images}", batch_size=4, train_steps=2,
+        steps_per_loop=2, checkpoint_every_steps=0, verbose=0,
+        calibration_examples=8, validation_split=0.25,
+        model_dir=str(tmp_path / "run"), skip_bad_images=True,
+    )
+    report = loop.train(config)
+    assert report["num_validation"] == 6  # 24 good files, 25% held out
+    # A file whose start and end look fine but whose middle is corrupt
+    # passes the quick check and fails inside a training step, where
+    # TensorFlow names no file: the trainer names it.
+    (images / "blue" / "empty.jpg").unlink()
+    corrupt = images / "red" / "3.jpg"
+    content = bytearray(corrupt.read_bytes())
+    start = content.index(b"\xff\xda")  # start of scan
+    content[start - 40:start + 40] = bytes(range(80))
+    corrupt.write_bytes(bytes(content))
+    config = dataclasses.replace(config, skip_bad_images=False,
+                                 model_dir=str(tmp_path / "run2"))
+    with pytest.raises(data_lib.BadImageError) as error:
+        loop.train(config)
+    assert [p for p, _ in error.value.bad] == [str(corrupt)]
+    assert "--skip_bad_images" in str(error.value)
+    assert isinstance(error.value.__cause__, tf.errors.InvalidArgumentError)
+
+
 def test_weight_decay_skips_bn_and_biases():
     config = loop.TrainConfig(
         optimizer="sgd", learning_rate=0.1, weight_decay=0.5,
