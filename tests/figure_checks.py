@@ -4,9 +4,12 @@
 
 - an axis label or title overlapping another panel (e.g. the y label of a
   right-hand panel drawn over the left one);
-- a legend covering data: a bar, or a point of a line or scatter;
+- a legend covering data: a bar, a line (anywhere along it) or a
+  scatter point;
 - a bar that cannot be seen (zero height, or below a log axis' bottom)
-  with no text at its position saying so.
+  with no text at its position saying so;
+- a text drawn in a panel (an annotation) on a tick label, an axis label
+  or another text.
 
 `install()` checks every figure that is drawn to a file or shown inline
 (`FigureCanvasBase.print_figure`, which `savefig` and IPython's inline
@@ -40,6 +43,7 @@ def problems(figure):
         found += _labels_over_other_panels(ax, name, axes, renderer)
         found += _legend_over_data(ax, name, renderer)
         found += _invisible_bars(ax, name)
+        found += _annotations_over_labels(ax, name, axes, renderer)
     return found
 
 
@@ -70,6 +74,27 @@ def _labels_over_other_panels(ax, name, axes, renderer):
     return found
 
 
+def _annotations_over_labels(ax, name, axes, renderer):
+    """Texts drawn in a panel must not sit on tick labels, axis labels or
+    each other."""
+    labels = []
+    for other in axes:
+        labels += [t for t in other.get_xticklabels() + other.get_yticklabels()
+                   if t.get_visible() and t.get_text()]
+        labels += [t for t in (other.xaxis.label, other.yaxis.label)
+                   if t.get_visible() and t.get_text()]
+    texts = [t for t in ax.texts if t.get_visible() and t.get_text().strip()]
+    found = []
+    for i, text in enumerate(texts):
+        box = text.get_window_extent(renderer)
+        for label in labels + texts[i + 1:]:
+            if _overlap(box, label.get_window_extent(renderer)):
+                found.append(f"{name}: the text {text.get_text()!r} sits on "
+                             f"{label.get_text()!r}")
+                break
+    return found
+
+
 def _legend_over_data(ax, name, renderer):
     legend = ax.get_legend()
     if legend is None or not legend.get_visible():
@@ -85,9 +110,9 @@ def _legend_over_data(ax, name, renderer):
                 found.append(f"{name}: the legend covers a bar "
                              f"({bars.get_label()!r})")
                 break
-    points = [line.get_transform().transform(line.get_xydata())
+    points = [_along(line.get_transform().transform(line.get_xydata()))
               for line in ax.lines if line.get_visible()
-              and line.get_marker() not in (None, "None", "", " ")]
+              and len(line.get_xydata())]
     points += [c.get_offset_transform().transform(c.get_offsets())
                for c in ax.collections if len(c.get_offsets())]
     for xy in points:
@@ -95,10 +120,20 @@ def _legend_over_data(ax, name, renderer):
         inside = ((xy[:, 0] > box.x0) & (xy[:, 0] < box.x1)
                   & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1))
         if inside.any():
-            found.append(f"{name}: the legend covers "
-                         f"{int(inside.sum())} plotted point(s)")
+            found.append(f"{name}: the legend covers plotted data")
             break
     return found
+
+
+def _along(xy, per_segment=16):
+    """Points along a polyline (display coordinates): its segments count,
+    not only its vertices."""
+    xy = np.asarray(xy, "float64")
+    xy = xy[np.all(np.isfinite(xy), axis=1)]
+    if len(xy) < 2:
+        return xy
+    t = np.linspace(0.0, 1.0, per_segment)[:, None, None]
+    return (xy[:-1] + t * (xy[1:] - xy[:-1])).reshape(-1, 2)
 
 
 def _invisible_bars(ax, name):
