@@ -9,8 +9,10 @@ Example:
 
 >>> import keras_slim
 >>> model = keras_slim.slim(base_model, width_range=(0.25, 1.0))
->>> model.compile("adam", "sparse_categorical_crossentropy",
-...               metrics=["accuracy"])
+>>> model.compile(
+...     "adam",
+...     keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+...     metrics=["accuracy"])
 >>> model.fit(train_ds, epochs=30)
 >>> keras_slim.calibrate_bn(model, train_ds, widths=[0.25, 0.5, 1.0])
 >>> model.set_width(0.25)

@@ -25,7 +25,9 @@ from keras_slim import graph
 from keras_slim import registry
 from keras_slim import width as width_lib
 from keras_slim.layers.channelwise import SlimChannelwise
+from keras_slim.layers.convolution import SlimConv1D
 from keras_slim.layers.convolution import SlimConv2D
+from keras_slim.layers.convolution import SlimConv3D
 from keras_slim.layers.convolution import SlimDense
 from keras_slim.layers.convolution import SlimDepthwiseConv2D
 from keras_slim.layers.convolution import SlimSeparableConv2D
@@ -35,8 +37,8 @@ from keras_slim.layers.normalization import SwitchableBatchNormalization
 from keras_slim.model import SlimmableModel
 
 _SUPPORTED = (
-    "Conv2D (also grouped and depthwise as groups=channels), "
-    "DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, "
+    "Conv1D, Conv2D (also grouped and depthwise as groups=channels), "
+    "Conv3D, DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, "
     "LayerNormalization, Concatenate, Flatten, channel-preserving Reshape, "
     "and element-wise layers and keras.ops (activations, pooling, padding, "
     "dropout, Add, Multiply, ...)"
@@ -44,7 +46,24 @@ _SUPPORTED = (
 # Layers whose outputs are a network's predictions when nothing but
 # element-wise layers follows them: never slimmed.
 _OUTPUT_KERNELS = (
-    keras.layers.Conv2D, keras.layers.Dense, keras.layers.SeparableConv2D
+    keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+    keras.layers.Dense, keras.layers.SeparableConv2D,
+)
+# Stock kernel layers and the slim layer that replaces each.
+_SLIM_KERNELS = {
+    keras.layers.Conv1D: SlimConv1D,
+    keras.layers.Conv2D: SlimConv2D,
+    keras.layers.Conv3D: SlimConv3D,
+    keras.layers.Dense: SlimDense,
+    keras.layers.SeparableConv2D: SlimSeparableConv2D,
+}
+# Layers with weights that mix channels in a way slim() does not slice:
+# refused by name wherever they are (even before the first slimmed layer
+# they would make the model look convertible while nothing slims).
+_UNSUPPORTED_KERNELS = (
+    keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose, keras.layers.DepthwiseConv1D,
+    keras.layers.SeparableConv1D,
 )
 
 
@@ -352,12 +371,21 @@ def _kind(layer, ins, call):
     if cls is keras.layers.Conv2D and layer.groups != 1:
         channels = int(call.inputs[0].shape[-1])
         return "depthwise" if layer.groups == channels else "grouped"
-    if cls in (keras.layers.Conv2D, keras.layers.Dense,
-               keras.layers.SeparableConv2D):
-        return "kernel"
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+    if cls in (keras.layers.Conv1D, keras.layers.Conv3D) and layer.groups != 1:
         raise _unsupported(
-            layer, "only the stock Conv2D, SeparableConv2D and Dense "
+            layer, f"a grouped {cls.__name__} (groups={layer.groups}); only "
+            "Conv2D may be grouped"
+        )
+    if cls in _SLIM_KERNELS:
+        return "kernel"
+    if isinstance(layer, _UNSUPPORTED_KERNELS):
+        raise _unsupported(
+            layer, "transposed and 1D depthwise/separable convolutions are "
+            "not slimmable"
+        )
+    if isinstance(layer, tuple(_SLIM_KERNELS)):
+        raise _unsupported(
+            layer, "only the stock Conv1D/2D/3D, SeparableConv2D and Dense "
             "classes (a subclass may compute something else)"
         )
     if cls is keras.layers.DepthwiseConv2D:
@@ -367,6 +395,13 @@ def _kind(layer, ins, call):
     if cls is keras.layers.BatchNormalization:
         if layer.axis not in (-1, len(call.inputs[0].shape) - 1):
             raise _unsupported(layer, "BN must normalise the last axis")
+        if layer.get_config().get("renorm"):
+            raise _unsupported(
+                layer, "batch renormalization (renorm=True) is not supported"
+            )
+        # Keras keeps a tensor's mask in `_keras_mask` (no public accessor).
+        if getattr(call.inputs[0], "_keras_mask", None) is not None:
+            raise _unsupported(layer, "its input carries a mask")
         return "batch_norm"
     if cls is keras.layers.LayerNormalization:
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [
@@ -500,20 +535,14 @@ class _Builder:
             ),
         )
         tri = (bool(self.triangular) and ins[0].slimmed and slim_out
-               and input_layout is None and kwargs["output_layout"] is None
-               and type(layer) is not keras.layers.SeparableConv2D)
+               and input_layout is None and kwargs["output_layout"] is None)
         if tri:
             self.input_groups[layer.name] = self.analysis.expand(
                 ins[0].blocks)[0][0]
-        if isinstance(layer, keras.layers.SeparableConv2D):
-            new = SlimSeparableConv2D(**dict(config, filters=filters),
-                                      **kwargs)
-        elif isinstance(layer, keras.layers.Conv2D):
-            new = SlimConv2D(**dict(config, filters=filters), triangular=tri,
-                             **kwargs)
-        else:
-            new = SlimDense(**dict(config, units=filters), triangular=tri,
-                            **kwargs)
+        size = "units" if type(layer) is keras.layers.Dense else "filters"
+        new = _SLIM_KERNELS[type(layer)](
+            **dict(config, **{size: filters}), triangular=tri, **kwargs
+        )
         self.copies.append((layer, new, origin, out_origin))
         return new
 
@@ -690,6 +719,20 @@ def slim(
     functional = graph.as_functional(model)
     fixed_layers = _names(fixed_layers, "fixed_layers")
     keep_ratio = _names(keep_ratio, "keep_ratio")
+    # Every option, kept on the model (`SlimmableModel.slim_options`) so
+    # that whatever rebuilds it (add_exits, the trainers) slims the same way.
+    options = {
+        "width_range": list(width_range),
+        "widths": None if widths is None else list(widths),
+        "divisor": int(divisor),
+        "min_channels": min_channels,
+        "triangular": bool(triangular),
+        "switchable_bn": bool(switchable_bn),
+        "bn_momentum": bn_momentum,
+        "synchronized_bn": synchronized_bn,
+        "fixed_layers": fixed_layers,
+        "keep_ratio": keep_ratio,
+    }
     calls, traced = graph.trace(functional)
     output_kernels = _output_kernels(calls, traced)
     analysis = _Analysis(output_kernels, fixed_layers, keep_ratio)
@@ -726,11 +769,52 @@ def slim(
         base_channels=builder.base,
         derived_groups=builder.derived,
         group_divisors=builder.divisors,
+        slim_options=options,
         name=f"slim_{model.name}",
     )
+    _check_something_slims(slim_model, analysis, output_kernels)
     if triangular:
         set_staircases(slim_model, builder.input_groups)
     return slim_model
+
+
+def _check_something_slims(model, analysis, output_kernels):
+    """Raises if no channel count would change between the min and max width.
+
+    A model whose only conv/dense layer is its classifier (Flatten -> Dense,
+    LSTM -> Dense) would otherwise come back "slimmable" with a `set_width`
+    that changes nothing.
+    """
+    low, high = model.width_range
+    if model.widths is not None:  # numbers or searched configurations
+        low, high = model.widths[0], model.widths[-1]
+    if model.channel_groups and (
+        low == high or model.channels_for(low) != model.channels_for(high)
+    ):
+        return
+    kept = sorted(output_kernels | set(analysis.fixed_layers))
+    others = sorted(
+        f"'{layer.name}' ({type(layer).__name__})"
+        for layer, kind, _, _ in analysis.plans
+        if kind == "clone" and isinstance(layer, keras.layers.Layer)
+        and layer.weights
+    )
+    why = (
+        f"its conv/dense layers {kept} keep their channels (the model's "
+        "outputs and `fixed_layers` are never slimmed)" if kept
+        else "it has no conv/dense layer"
+    )
+    if model.channel_groups:
+        why = (
+            f"every channel count stays the same between widths {low} and "
+            f"{high} (min_channels / divisor too large for these layers)"
+        )
+    raise ValueError(
+        f"slim(): nothing in model '{model.name[len('slim_'):]}' would "
+        f"change with the width: {why}."
+        + (f" Layers left as they are: {', '.join(others)}." if others else "")
+        + f" slim() slims {_SUPPORTED} between the input and the outputs."
+    )
 
 
 def _names(names, option):
@@ -821,7 +905,7 @@ def _copy_weights(original, new, origin, out_origin=None):
             _assign_bias(new, _numpy(original.bias), origin)
         return
     outputs = {} if out_origin is None else {-1: out_origin}
-    if isinstance(new, (SlimConv2D, SlimDense)):
+    if isinstance(new, (SlimConv1D, SlimConv2D, SlimConv3D, SlimDense)):
         kernel = _numpy(original.kernel)
         if getattr(new, "groups", 1) != 1:
             new.kernel.assign(_place(new.kernel, kernel))

@@ -13,6 +13,7 @@ from keras_slim.layers import scope as aw
 from keras_slim.layers.convolution import SlimKernelMixin
 from keras_slim.layers.normalization import SwitchableBatchNormalization
 from keras_slim.layers.normalization import _SlimNormalizationBase
+from keras_slim.training import losses as losses_lib
 from keras_slim.training import steps
 
 
@@ -91,6 +92,9 @@ class SlimmableModel(keras.Model):
             parent's (see `keras_slim.width.ChannelPlan`).
         group_divisors: dict channel group -> divisor, for groups whose
             counts must be multiples of something else than `divisor`.
+        slim_options: The `keras_slim.slim` arguments the network was
+            made with (dict, saved with the model), or None. `add_exits`
+            and the trainers rebuild a network with the same options.
         calibrations: Internal: descriptions of stored BN calibrations.
         width: The width to start at (default: the max width); a saved
             model records the width it was saved at here.
@@ -99,8 +103,10 @@ class SlimmableModel(keras.Model):
     Example:
 
     >>> model = keras_slim.slim(base_model, width_range=(0.25, 1.0))
-    >>> model.compile("adam", "sparse_categorical_crossentropy",
-    ...               metrics=["accuracy"], sandwich_size=4)
+    >>> model.compile(
+    ...     "adam",
+    ...     keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...     metrics=["accuracy"], sandwich_size=4)
     >>> model.fit(train_ds, epochs=30)
     >>> keras_slim.calibrate_bn(model, train_ds, widths=[0.25, 0.5, 1.0])
     >>> model.set_width(0.5)
@@ -122,6 +128,7 @@ class SlimmableModel(keras.Model):
         base_channels=None,
         derived_groups=None,
         group_divisors=None,
+        slim_options=None,
         calibrations=None,
         width=None,
         **kwargs,
@@ -166,6 +173,8 @@ class SlimmableModel(keras.Model):
         self.group_divisors = {
             str(g): int(v) for g, v in (group_divisors or {}).items()
         }
+        self.slim_options = None if slim_options is None else dict(
+            slim_options)
 
         self._find_slim_layers()
         if configs:
@@ -310,6 +319,13 @@ class SlimmableModel(keras.Model):
         return width
 
     def _channels_for_config(self, config):
+        if not config:
+            raise ValueError(
+                "An empty configuration ({}) names no layer. Pass a width in "
+                f"[{self.width_range[0]}, {self.width_range[1]}] or a dict "
+                "layer name -> channels (layers it does not name keep their "
+                "full channels)."
+            )
         chosen = {}
         for name, channels in config.items():
             if name not in self._group_of_layer:
@@ -435,14 +451,18 @@ class SlimmableModel(keras.Model):
         return aw.ActiveWidth(channels, width_index, **kwargs)
 
     def call(self, inputs, training=None, width=None):
-        self._check_inputs(inputs)
+        inputs = self._check_inputs(inputs)
         with aw.active_width(self._state(width)):
             return self.network(inputs, training=training)
 
     def _check_inputs(self, inputs):
         # A functional model silently adds a trailing axis to an input one
-        # rank short ((2, 8, 8) for (None, 8, 8, 1)); a convolution would
-        # refuse it, and so do we.
+        # rank short ((2, 8, 8) for (None, 8, 8, 1)) and global pooling
+        # accepts any image size; we refuse both. Keras retraces `predict`
+        # with relaxed shapes after a second input shape (`reduce_retracing`),
+        # so what is unknown at trace time (sizes, even the rank) is checked
+        # when the graph runs, by `ensure_shape` ("Shape of tensor data
+        # [8,28,28,3] is not compatible with expected shape [?,32,32,3]").
         expected = self.network.inputs
         flat = keras.tree.flatten(inputs)
         if len(flat) != len(expected):
@@ -450,17 +470,29 @@ class SlimmableModel(keras.Model):
                 f"Model '{self.name}' takes {len(expected)} input(s); got "
                 f"{len(flat)}."
             )
+        checked = []
         for tensor, spec in zip(flat, expected):
-            shape = tuple(getattr(tensor, "shape", np.shape(tensor)))
             want = tuple(spec.shape)
-            if len(shape) != len(want) or any(
+            shape = getattr(tensor, "shape", None)
+            if shape is None:
+                shape = np.shape(tensor)
+            known = not isinstance(shape, tf.TensorShape) or (
+                shape.rank is not None
+            )
+            if known and (len(shape) != len(want) or any(
                 w is not None and s is not None and int(s) != int(w)
-                for s, w in zip(shape[1:], want[1:])
-            ):
+                for s, w in zip(tuple(shape)[1:], want[1:])
+            )):
                 raise ValueError(
-                    f"Model '{self.name}' expects inputs of shape "
-                    f"{want} (None = any size); got shape {shape}."
+                    f"Model '{self.name}' expects inputs of shape {want} "
+                    f"(None = any size); got shape {tuple(shape)}."
                 )
+            if tf.is_tensor(tensor) and (
+                tensor.shape.merge_with(want) != tensor.shape
+            ):  # some of `want` is only checked at run time
+                tensor = tf.ensure_shape(tensor, want)
+            checked.append(tensor)
+        return keras.tree.pack_sequence_as(inputs, checked)
 
     # -------------------------------------------------------------- training
     def compile(
@@ -513,6 +545,8 @@ class SlimmableModel(keras.Model):
                 "them off."
             )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        if loss is not None:
+            losses_lib.warn_if_loss_mismatches(loss, self.output_kind, self.name)
         self.sandwich_size = int(sandwich_size)
         self.inplace_distillation = bool(inplace_distillation)
         self.per_replica_widths = bool(per_replica_widths)
@@ -555,6 +589,17 @@ class SlimmableModel(keras.Model):
         if self._distribute_strategy is None and data_batch is not None:
             return self._symbolic_build(data_batch=data_batch)
         return super()._maybe_symbolic_build(iterator, data_batch)
+
+    @property
+    def output_kind(self):
+        """`"logits"`, `"probabilities"` or None: what the network outputs.
+
+        See `keras_slim.training.losses.output_kind`; `compile` warns when
+        the loss expects the other one.
+        """
+        if not hasattr(self, "_output_kind"):
+            self._output_kind = losses_lib.output_kind(self.network)
+        return self._output_kind
 
     @property
     def reported_widths(self):
@@ -679,6 +724,7 @@ class SlimmableModel(keras.Model):
             "base_channels": self.base_channels,
             "derived_groups": self.derived_groups,
             "group_divisors": self.group_divisors,
+            "slim_options": self.slim_options,
             "calibrations": self.calibrations,
             "width": self._current_width,
         }

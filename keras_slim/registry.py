@@ -119,11 +119,18 @@ def _register_builtins():
     layers = keras.layers
     for cls in (
         layers.Activation, layers.ReLU, layers.LeakyReLU, layers.ELU,
-        layers.Softmax, layers.Dropout, layers.SpatialDropout2D,
+        layers.Softmax, layers.Dropout, layers.SpatialDropout1D,
+        layers.SpatialDropout2D, layers.SpatialDropout3D,
         layers.GaussianNoise, layers.GaussianDropout, layers.AlphaDropout,
-        layers.MaxPooling2D, layers.AveragePooling2D,
-        layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D,
-        layers.ZeroPadding2D, layers.Cropping2D, layers.UpSampling2D,
+        layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
+        layers.AveragePooling1D, layers.AveragePooling2D,
+        layers.AveragePooling3D, layers.GlobalAveragePooling1D,
+        layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D,
+        layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D,
+        layers.GlobalMaxPooling3D, layers.ZeroPadding1D,
+        layers.ZeroPadding2D, layers.ZeroPadding3D, layers.Cropping1D,
+        layers.Cropping2D, layers.Cropping3D, layers.UpSampling1D,
+        layers.UpSampling2D, layers.UpSampling3D,
         layers.Identity, layers.ActivityRegularization,
         layers.Add, layers.Subtract, layers.Multiply, layers.Average,
         layers.Maximum, layers.Minimum,
@@ -145,7 +152,8 @@ def _register_builtins():
     for name in (
         "Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSilu", "Silu",
         "Gelu", "Elu", "Selu", "LeakyRelu", "Softplus", "Softsign",
-        "Celu", "Glu", "HardTanh", "LogSigmoid",
+        # Not Glu: it halves the channels (a gate from the other half).
+        "Celu", "HardTanh", "LogSigmoid",
     ):
         if hasattr(nn_ops, name):
             register_layer(getattr(nn_ops, name), ELEMENTWISE)

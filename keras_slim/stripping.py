@@ -17,7 +17,9 @@ from keras_slim import graph
 from keras_slim import registry
 from keras_slim.layers import scope as aw
 from keras_slim.layers.channelwise import SlimChannelwise
+from keras_slim.layers.convolution import SlimConv1D
 from keras_slim.layers.convolution import SlimConv2D
+from keras_slim.layers.convolution import SlimConv3D
 from keras_slim.layers.convolution import SlimDense
 from keras_slim.layers.convolution import SlimDepthwiseConv2D
 from keras_slim.layers.convolution import SlimSeparableConv2D
@@ -26,6 +28,14 @@ from keras_slim.layers.normalization import SwitchableBatchNormalization
 from keras_slim.layers.normalization import _SlimNormalizationBase
 from keras_slim.model import SlimmableModel
 from keras_slim.width import width_suffix
+
+# The stock layer each slim kernel layer strips to.
+_STOCK_KERNELS = {
+    SlimConv1D: keras.layers.Conv1D,
+    SlimConv2D: keras.layers.Conv2D,
+    SlimConv3D: keras.layers.Conv3D,
+    SlimDense: keras.layers.Dense,
+}
 
 # Config keys of the slim layers that stock layers do not know.
 _SLIM_KEYS = (
@@ -109,12 +119,10 @@ class _Stripper:
         weights = [kernel]
         if layer.use_bias:
             weights.append(_numpy(layer.bias)[out])
-        out = len(out)
-        if isinstance(layer, SlimConv2D):
-            new = keras.layers.Conv2D(**_stock_config(layer, filters=out))
-        else:
-            new = keras.layers.Dense(**_stock_config(layer, units=out))
-        return new, weights
+        size = "units" if isinstance(layer, SlimDense) else "filters"
+        stock = next(_STOCK_KERNELS[c] for c in type(layer).__mro__
+                     if c in _STOCK_KERNELS)
+        return stock(**_stock_config(layer, **{size: len(out)})), weights
 
     def grouped_layer(self, layer, tensor, kernel):
         """A grouped SlimConv2D: whole groups, sliced outputs."""
@@ -135,6 +143,8 @@ class _Stripper:
         rows = (indices[:, None] * multiplier
                 + np.arange(multiplier)[None, :]).reshape(-1)
         out = self._out_indices(layer, pointwise.shape[-1])
+        if layer.triangular_mask is not None:
+            pointwise = pointwise * _numpy(layer.triangular_mask)
         weights = [
             np.take(depthwise, indices, axis=2),
             np.take(np.take(pointwise, rows, axis=2), out, axis=-1),
@@ -213,7 +223,7 @@ class _Stripper:
         tensor = keras.tree.flatten(args)[0]
         if not isinstance(layer, keras.layers.Layer):
             return layer(*args, **kwargs)  # a stateless keras.ops operation
-        if isinstance(layer, (SlimConv2D, SlimDense)):
+        if isinstance(layer, tuple(_STOCK_KERNELS)):
             new, weights = self.kernel_layer(layer, tensor)
         elif isinstance(layer, SlimSeparableConv2D):
             new, weights = self.separable_layer(layer, tensor)

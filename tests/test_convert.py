@@ -2,6 +2,8 @@
 squeeze-and-excitation, separable, grouped and per-channel layers, the
 layer registry, fixed layers, and the width kept by save/load."""
 
+import warnings
+
 import numpy as np
 import pytest
 import keras
@@ -437,3 +439,104 @@ def test_one_width_rule_for_plain_and_slimmable_networks():
     plan = slimmable.channel_plan
     assert plan.counts_tensor(tf.constant(0.99)).numpy().tolist() == (
         slimmable.channels_for(0.99))
+
+
+def _sequential(*layers_, input_shape=(8, 8, 3)):
+    return keras.Sequential([keras.Input(input_shape), *layers_])
+
+
+@pytest.mark.parametrize("kind", ["conv1d", "conv3d"])
+def test_conv1d_and_conv3d_models_slim(kind):
+    # A Conv1D model used to come back "slimmable" with MACs at 0.25 equal
+    # to MACs at 1.0 (nothing slimmed).
+    L = keras.layers
+    if kind == "conv1d":
+        base = _sequential(
+            L.Conv1D(16, 3, padding="causal"), L.BatchNormalization(),
+            L.ReLU(), L.Conv1D(16, 3), L.MaxPooling1D(),
+            L.GlobalAveragePooling1D(), L.Dense(5), input_shape=(20, 4))
+    else:
+        base = _sequential(
+            L.Conv3D(8, 3, padding="same"), L.ReLU(), L.Conv3D(8, 1),
+            L.GlobalAveragePooling3D(), L.Dense(3), input_shape=(4, 6, 6, 2))
+    _randomize_bn(base)
+    model = keras_slim.slim(base, width_range=(0.25, 1.0))
+    x = np.random.default_rng(0).normal(
+        size=(2,) + base.input_shape[1:]).astype("float32")
+    assert_close(model(x), base(x))
+    assert (keras_slim.profile(model, 0.25)["macs"]
+            < 0.3 * keras_slim.profile(model, 1.0)["macs"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # uncalibrated BN: fine here
+        model.set_width(0.25)
+    assert_close(keras_slim.strip(model, 0.25)(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "layers_, input_shape, message",
+    [
+        ([keras.layers.LSTM(8), keras.layers.Dense(2)], (5, 3),
+         r"nothing in model .* 'lstm' \(LSTM\)"),
+        ([keras.layers.Flatten(), keras.layers.Dense(2)], (5, 3),
+         r"nothing in model .*keep their channels"),
+        ([keras.layers.Conv1DTranspose(4, 3), keras.layers.Flatten(),
+          keras.layers.Dense(2)], (5, 3), r"Conv1DTranspose.*transposed"),
+        ([keras.layers.Conv2D(4, 3), keras.layers.Conv2DTranspose(4, 3),
+          keras.layers.Flatten(), keras.layers.Dense(2)], (8, 8, 3),
+         r"Conv2DTranspose.*transposed"),
+        ([keras.layers.Conv1D(4, 3, groups=1), keras.layers.SeparableConv1D(
+            4, 3), keras.layers.Flatten(), keras.layers.Dense(2)], (8, 3),
+         r"SeparableConv1D"),
+    ],
+)
+def test_models_nothing_would_slim_are_refused(layers_, input_shape, message):
+    # These returned a model whose set_width(0.25) changed nothing.
+    with pytest.raises(ValueError, match=message):
+        keras_slim.slim(_sequential(*layers_, input_shape=input_shape))
+
+
+def test_glu_halves_channels_and_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3)(inputs)
+    x = keras.ops.glu(x)  # 8 -> 4 channels: not element-wise
+    x = keras.layers.Flatten()(x)
+    base = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError, match=r"'glu' \(Glu\) cannot be slimmed"):
+        keras_slim.slim(base)
+
+
+def test_renorm_and_masked_batch_norm_are_refused():
+    L = keras.layers
+    with pytest.raises(ValueError, match="renorm=True"):
+        keras_slim.slim(_sequential(
+            L.Conv2D(8, 3), L.BatchNormalization(renorm=True), L.Flatten(),
+            L.Dense(2)))
+    inputs = keras.Input((5, 3))
+    x = L.Dense(8)(L.Masking()(inputs))
+    x = L.Flatten()(L.BatchNormalization()(x))
+    with pytest.raises(ValueError, match="carries a mask"):
+        keras_slim.slim(keras.Model(inputs, L.Dense(2)(x)))
+
+
+def test_triangular_separable_convolutions_are_exact_at_every_width():
+    # slim(triangular=True) left SeparableConv2D layers without their mask,
+    # so a narrow width's activations depended on the inactive channels.
+    L = keras.layers
+    base = _sequential(
+        L.Conv2D(8, 3, padding="same"), L.SeparableConv2D(8, 3, name="sep"),
+        L.GlobalAveragePooling2D(), L.Dense(2))
+    model = keras_slim.slim(base, triangular=True)
+    assert model.get_layer("sep").triangular
+    assert model.exact_without_calibration
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    probe = keras.Model(model.network.input,
+                        model.get_layer("sep").output)
+    wide = probe(x)
+    from keras_slim.layers import scope as aw
+
+    counts = dict(zip(model.channel_groups, model.channels_for(0.5)))
+    with aw.active_width(aw.ActiveWidth(counts)):
+        narrow = probe(x)
+    assert_close(narrow, wide[..., : narrow.shape[-1]], atol=1e-5)
+    model.set_width(0.5)
+    assert_close(keras_slim.strip(model, 0.5)(x), model(x))

@@ -17,16 +17,26 @@ from tests.early_exit_testing import early_exit_model
 from tests.early_exit_testing import head_weights
 from tests.testing import assert_close
 from tests.testing import digits
-from tests.testing import run_layer_test
+from tests.testing import LayerTestCase
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def test_exit_head_layer(tmp_path):
-    head = run_layer_test(
-        ExitHead, {"num_classes": 5, "filters": (4, 6), "hidden_units": (7,)},
-        (8, 8, 3), tmp_path, expected_output_channels=5,
-    )
+class TestExitHead(LayerTestCase):
+    def test_layer_contract(self, tmp_path):
+        # Trainable: 2 kernels, 2 x (gamma, beta), 2 dense kernels + biases;
+        # the two BN layers' moving statistics.
+        self.run_layer_test(
+            ExitHead,
+            {"num_classes": 5, "filters": (4, 6), "hidden_units": (7,)},
+            (8, 8, 3), tmp_path, expected_output_shape=(5,),
+            expected_num_trainable_weights=10,
+            expected_num_non_trainable_weights=4)
+
+
+def test_exit_head_layer():
+    head = ExitHead(num_classes=5, filters=(4, 6), hidden_units=(7,))
+    head(np.zeros((2, 8, 8, 3), "float32"))
     names = [layer.name for layer in head.head_layers]
     assert [type(layer).__name__ for layer in head.head_layers] == [
         "Conv2D", "BatchNormalization", "Activation",
@@ -327,3 +337,39 @@ def test_fit_adds_the_regularisation_losses_once_per_step():
     assert regularisation > 0.1
     per_exit = history["loss_exit1"][0] + history["loss_exit2"][0]
     assert_close(history["loss"][0], per_exit + regularisation, atol=1e-5)
+
+
+def _options_backbone():
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3), name="images")
+    x = L.ReLU(name="r1")(L.Conv2D(8, 3, padding="same", name="c1")(inputs))
+    x = L.ReLU(name="r2")(L.Conv2D(16, 1, name="expand1")(x))
+    x = L.ReLU(name="r3")(L.Conv2D(8, 3, padding="same", name="c2")(x))
+    x = L.Dense(12, name="head")(L.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, L.Dense(4, name="out")(x))
+
+
+def test_add_exits_keeps_every_slim_option(tmp_path):
+    # add_exits rebuilt slim()'s arguments and dropped fixed_layers and
+    # keep_ratio: the fixed `head` became slimmable, `expand1` lost its ratio.
+    model = keras_slim.slim(_options_backbone(), width_range=(0.25, 1.0),
+                            fixed_layers=["head"], keep_ratio=["expand1"],
+                            bn_momentum=0.9)
+    assert model.slim_options["fixed_layers"] == ["head"]
+    exits = keras_slim.add_exits(model, after=["r2"])
+    assert exits.slim_options == model.slim_options
+    assert "head" not in exits.channel_groups
+    for width in (0.25, 0.5, 1.0):
+        counts = dict(zip(exits.channel_groups, exits.channels_for(width)))
+        assert counts["expand1"] == 2 * counts["c1"]
+        assert ({g: counts[g] for g in model.channel_groups}
+                == dict(zip(model.channel_groups, model.channels_for(width))))
+    # The options are part of the saved model.
+    path = tmp_path / "model.keras"
+    model.save(path)
+    assert keras.models.load_model(path).slim_options == model.slim_options
+
+
+def test_an_exit_after_the_input_is_named_as_such():
+    with pytest.raises(ValueError, match="'images' is the backbone's input"):
+        keras_slim.add_exits(_options_backbone(), after=["images"])

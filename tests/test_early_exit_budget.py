@@ -180,3 +180,31 @@ def test_budget_curve_png(tmp_path):
         title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.full(300, 10), r"class indices in \[0, 10\).*\[10\] for 300"),
+        (np.full(300, -1), r"class indices in \[0, 10\)"),
+        (np.zeros(299, "int64"), r"Got 299 labels for 300 samples"),
+    ],
+)
+def test_labels_outside_the_classes_or_of_another_length_are_refused(
+        labels, message):
+    # Labels of 10 used to give accuracy 0 with every sample at exit 1; a
+    # wrong length, a numpy broadcast error.
+    cache = synthetic_cache()
+    with pytest.raises(ValueError, match=message):
+        ExitLogits(width=1.0, logits=cache.logits, labels=labels,
+                   cumulative_macs=cache.cumulative_macs)
+
+
+def test_calibrate_exit_thresholds_refuses_bad_labels():
+    model = early_exit_model()
+    x, _ = digits(40)
+    for labels, message in ((np.full(40, 10), r"\[0, 10\)"),
+                            (np.zeros(30), "Got 30 labels for 40"),
+                            (np.full(40, 0.5), "integer class indices")):
+        with pytest.raises(ValueError, match=message):
+            keras_slim.calibrate_exit_thresholds(model, (x, labels))

@@ -105,6 +105,13 @@ def test_run_cascade_errors(tmp_path, trained):
     with pytest.raises(ValueError, match="Staged TFLite export supports"):
         export.to_tflite(model, tmp_path, quantize="int8",
                          representative_data=x)
+    # Inputs the stages would mis-read are refused before running them.
+    export.to_tflite(model, tmp_path, per_exit=False, thresholds=[0.9] * (
+        model.num_exits - 1), input_range=(0.0, 1.0))
+    with pytest.raises(ValueError, match=r"takes float32 inputs in \[0, 1\]"):
+        export.run_cascade(tmp_path, (x * 255).astype("uint8"))
+    with pytest.raises(ValueError, match=r"takes inputs of shape"):
+        export.run_cascade(tmp_path, x[..., 0])
 
 
 def test_width_by_depth_staged_export_per_width(tmp_path):

@@ -312,3 +312,49 @@ def test_dynamic_onnx_switches_snet_bn_rows(tmp_path):
     with pytest.raises(ValueError, match="not a per-layer|configuration"):
         export.to_onnx_dynamic(model, tmp_path / "x.onnx",
                                check_widths=[{"a": 1}])
+
+
+# ------------------------------------------------------- running the files
+def test_running_a_file_refuses_inputs_preprocessed_otherwise(digits_model,
+                                                              tmp_path):
+    # uint8 0-255 images used to be cast and give wrong labels silently; a
+    # wrong shape gave a LiteRT reshape error.
+    model, _, x_test, y_test = digits_model
+    x_test = x_test[:50]
+    tfl = export.to_tflite(model, tmp_path / "tflite", widths=[1.0],
+                           input_range=(0.0, 1.0))
+    onx = export.to_onnx(model, tmp_path / "onnx", widths=[1.0],
+                         input_range=(0.0, 1.0))
+    assert tfl["input"] == {"dtype": "float32", "range": [0.0, 1.0],
+                            "range_source": "declared"}
+    tfl_path = tmp_path / "tflite" / tfl["exports"][0]["file"]
+    onx_path = tmp_path / "onnx" / onx["exports"][0]["file"]
+    raw = np.round(x_test * 255).astype("uint8")
+    for run, path in ((export.run_tflite, tfl_path),
+                      (export.run_onnx, onx_path)):
+        good = run(path, x_test)
+        assert np.mean(good.argmax(-1) == y_test[:50]) > 0.8
+        with pytest.raises(ValueError, match=r"takes float32 inputs in "
+                           r"\[0, 1\].*astype\('float32'\) / 255"):
+            run(path, raw)
+        with pytest.raises(ValueError, match=r"trained on inputs in \[0, 1\]"
+                           r".*these range over \[0, 255\]"):
+            run(path, raw.astype("float32"))
+        with pytest.raises(ValueError, match=r"takes inputs of shape "
+                           r"\('batch', 8, 8, 1\); got an array of shape "
+                           r"\(50, 8, 8\)"):
+            run(path, x_test[..., 0])
+        with pytest.raises(ValueError, match=r"shape \(50, 9, 9, 1\)"):
+            run(path, np.zeros((50, 9, 9, 1), "float32"))
+        # Integers inside the recorded range are exact as floats: accepted.
+        binary = (x_test > 0.5).astype("int64")
+        assert_close(run(path, binary), run(path, binary.astype("float32")))
+    with pytest.raises(ValueError, match=r"input_range.*low < high"):
+        export.to_tflite(model, tmp_path / "bad", input_range=(1, 0))
+    assert not (tmp_path / "bad").exists()
+    # Without a declared range, the representative data's range is recorded.
+    manifest = export.to_tflite(model, tmp_path / "rep", widths=[1.0],
+                                representative_data=x_test)
+    assert manifest["input"]["range_source"] == "representative_data"
+    assert manifest["input"]["range"] == [float(x_test.min()),
+                                          float(x_test.max())]

@@ -6,31 +6,127 @@ import pytest
 
 from keras_slim import layers
 from tests.testing import assert_close
-from tests.testing import run_layer_test
+from tests.testing import LayerTestCase
 
 
 def _scope(**channels):
     return layers.active_width(layers.ActiveWidth(channels=channels))
 
 
-@pytest.mark.parametrize(
-    "layer_cls, kwargs, input_shape, out",
-    [
-        (layers.SlimConv2D, {"filters": 6, "kernel_size": 3,
-                             "padding": "same"}, (5, 5, 4), 6),
-        (layers.SlimConv2D, {"filters": 6, "kernel_size": 3,
-                             "triangular": True}, (5, 5, 4), 6),
-        (layers.SlimDepthwiseConv2D, {"kernel_size": 3}, (5, 5, 4), 4),
-        (layers.SlimDense, {"units": 7}, (5,), 7),
-        (layers.SlimDense, {"units": 7, "slim_out": False}, (5,), 7),
-        (layers.SlimBatchNormalization, {"momentum": 0.9}, (3, 3, 4), 4),
-        (layers.SwitchableBatchNormalization, {"num_widths": 3},
-         (3, 3, 4), 4),
-    ],
-)
-def test_layer_contract(layer_cls, kwargs, input_shape, out, tmp_path):
-    run_layer_test(layer_cls, kwargs, input_shape, tmp_path,
-                   expected_output_channels=out)
+# ------------------------------------------------------ the layer contract
+class TestSlimConvolutions(LayerTestCase):
+    def test_conv2d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimConv2D,
+            {"filters": 6, "kernel_size": 3, "padding": "same",
+             "channel_group": "c"},
+            (5, 5, 4), tmp_path, expected_output_shape=(5, 5, 6),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 3}, (5, 5, 2), (5, 5, 3)))
+
+    def test_triangular_conv2d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimConv2D,
+            {"filters": 6, "kernel_size": 3, "triangular": True,
+             "channel_group": "c"},
+            (5, 5, 4), tmp_path, expected_output_shape=(3, 3, 6),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=1,  # the mask
+            narrow=({"c": 3}, (5, 5, 2), (3, 3, 3)))
+
+    def test_conv1d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimConv1D,
+            {"filters": 6, "kernel_size": 3, "padding": "causal",
+             "channel_group": "c"},
+            (7, 4), tmp_path, expected_output_shape=(7, 6),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 2}, (7, 3), (7, 2)))
+
+    def test_conv3d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimConv3D,
+            {"filters": 5, "kernel_size": 2, "channel_group": "c"},
+            (3, 4, 4, 2), tmp_path, expected_output_shape=(2, 3, 3, 5),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 2}, (3, 4, 4, 1), (2, 3, 3, 2)))
+
+    def test_depthwise_conv2d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimDepthwiseConv2D, {"kernel_size": 3}, (5, 5, 4),
+            tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({}, (5, 5, 2), (3, 3, 2)))
+
+    def test_separable_conv2d(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimSeparableConv2D,
+            {"filters": 6, "kernel_size": 3, "padding": "same",
+             "triangular": True, "channel_group": "c"},
+            (5, 5, 4), tmp_path, expected_output_shape=(5, 5, 6),
+            expected_num_trainable_weights=3,
+            expected_num_non_trainable_weights=1,
+            narrow=({"c": 3}, (5, 5, 2), (5, 5, 3)))
+
+
+class TestSlimDense(LayerTestCase):
+    def test_dense(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimDense, {"units": 7, "channel_group": "c"}, (5,),
+            tmp_path, expected_output_shape=(7,),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 3}, (2,), (3,)))
+
+    def test_fixed_output_dense(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimDense, {"units": 7, "slim_out": False}, (5,),
+            tmp_path, expected_output_shape=(7,),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({"c": 3}, (2,), (7,)))
+
+
+class TestSlimNormalization(LayerTestCase):
+    # gamma, beta; moving mean/variance, active mean/variance, the switch.
+    def test_batch_normalization(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimBatchNormalization, {"momentum": 0.9}, (3, 3, 4),
+            tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=5,
+            narrow=({}, (3, 3, 2), (3, 3, 2)))
+
+    def test_switchable_batch_normalization(self, tmp_path):
+        self.run_layer_test(
+            layers.SwitchableBatchNormalization, {"num_widths": 3},
+            (3, 3, 4), tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=5,
+            narrow=({}, (3, 3, 2), (3, 3, 2)))
+
+    def test_layer_normalization(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimLayerNormalization, {"epsilon": 1e-6}, (3, 3, 4),
+            tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            narrow=({}, (3, 3, 2), (3, 3, 2)))
+
+
+class TestSlimChannelwise(LayerTestCase):
+    def test_wrapped_prelu(self, tmp_path):
+        self.run_layer_test(
+            layers.SlimChannelwise,
+            lambda: {"layer": keras.layers.PReLU(shared_axes=[1, 2])},
+            (3, 3, 4), tmp_path, expected_output_shape=(3, 3, 4),
+            expected_num_trainable_weights=1,
+            expected_num_non_trainable_weights=0,
+            narrow=({}, (3, 3, 2), (3, 3, 2)))
 
 
 def _random_case(rng):
@@ -149,3 +245,55 @@ def test_triangular_mask_is_lower_triangular_for_square_kernels():
     conv.build((None, 3, 3, 5))
     mask = conv.triangular_mask.numpy()
     np.testing.assert_array_equal(mask, np.tril(np.ones((5, 5))).T)
+
+
+@pytest.mark.parametrize("padding", ["valid", "causal"])
+def test_slim_conv1d_equals_stock_conv1d_with_sliced_weights(padding):
+    rng = np.random.default_rng(0)
+    slim = layers.SlimConv1D(6, 3, padding=padding, channel_group="c")
+    slim.build((None, 9, 5))
+    slim.set_weights([rng.normal(size=w.shape) for w in slim.get_weights()])
+    x = rng.normal(size=(2, 9, 2)).astype("float32")
+    with _scope(c=4):
+        y = slim(x)
+    stock = keras.layers.Conv1D(4, 3, padding=padding)
+    stock.build((None, 9, 2))
+    kernel, bias = slim.get_weights()
+    stock.set_weights([kernel[:, :2, :4], bias[:4]])
+    assert_close(y, stock(x))
+
+
+def test_symbolic_calls_report_the_active_width():
+    # An eager call at 8 of 32 channels gives 8; the symbolic call must too
+    # (it reported 32, the full width).
+    for layer, inputs in (
+        (layers.SlimConv2D(32, 3, channel_group="c"), keras.Input((8, 8, 16))),
+        (layers.SlimDense(32, channel_group="c"), keras.Input((16,))),
+        (layers.SlimConv1D(32, 3, channel_group="c"), keras.Input((8, 16))),
+        (layers.SlimSeparableConv2D(32, 3, channel_group="c"),
+         keras.Input((8, 8, 16))),
+    ):
+        with _scope(c=8):
+            symbolic = layer(inputs)
+            eager = layer(np.zeros((1,) + inputs.shape[1:], "float32"))
+        assert symbolic.shape[-1] == eager.shape[-1] == 8
+        assert layer(inputs).shape[-1] == 32  # no scope: full width
+
+
+def test_separable_conv_keeps_triangular():
+    # SlimSeparableConv2D(triangular=True) used to drop the argument.
+    layer = layers.SlimSeparableConv2D(4, 3, triangular=True)
+    assert layer.triangular
+    assert layer.get_config()["triangular"] is True
+    layer.build((None, 5, 5, 4))
+    mask = keras.ops.convert_to_numpy(layer.triangular_mask)
+    assert_close(mask, np.tril(np.ones((4, 4))).T)
+
+
+def test_batch_norm_refuses_renorm_and_masks():
+    with pytest.raises(ValueError, match="renorm=True"):
+        layers.SlimBatchNormalization(renorm=True)
+    bn = layers.SlimBatchNormalization()
+    x = np.ones((2, 3, 4), "float32")
+    with pytest.raises(ValueError, match="received a mask"):
+        bn(x, mask=np.ones((2, 3), bool))

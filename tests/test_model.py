@@ -1,5 +1,7 @@
 """slim(), SlimmableModel widths, fit, saving, and calibrate_bn."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -382,3 +384,79 @@ def test_fit_adds_the_regularisation_losses_once_per_step():
     assert regularisation > 0.1
     assert_close(history.history["loss"][0], cross_entropy + regularisation,
                  atol=1e-5)
+
+
+def test_an_empty_configuration_is_refused():
+    # set_width({}) meant full width and left `.width == {}`.
+    model = keras_slim.slim(small_cnn())
+    model.set_width(0.5)
+    with pytest.raises(ValueError, match=r"empty configuration"):
+        model.set_width({})
+    assert model.width == 0.5
+
+
+def test_input_shape_is_checked_after_the_first_call():
+    # After one good call Keras retraces predict with relaxed shapes; the
+    # check used to pass (28x28 gave (8, 10)) or fail on an unknown rank.
+    model = keras_slim.slim(small_cnn(input_shape=(8, 8, 1)))
+    with pytest.raises(ValueError, match=r"expects inputs of shape"):
+        model.predict(np.zeros((4, 6, 6, 1)), verbose=0)
+    assert model.predict(np.zeros((4, 8, 8, 1)), verbose=0).shape == (4, 10)
+    for bad in ((4, 6, 6, 1), (4, 5, 5, 1), (4, 8, 8), (4, 8, 8, 1, 1)):
+        with pytest.raises(
+            (ValueError, tf.errors.InvalidArgumentError),
+            match=r"expects inputs of shape|expected shape \[\?,8,8,1\]",
+        ):
+            model.predict(np.zeros(bad), verbose=0)
+    assert model.predict(np.zeros((3, 8, 8, 1)), verbose=0).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "loss, ends_in_softmax, warns",
+    [
+        ("sparse_categorical_crossentropy", False, True),
+        (keras.losses.SparseCategoricalCrossentropy(), False, True),
+        (keras.losses.CategoricalCrossentropy(), False, True),
+        (keras.losses.sparse_categorical_crossentropy, False, True),
+        (keras.losses.SparseCategoricalCrossentropy(from_logits=True), False,
+         False),
+        ("sparse_categorical_crossentropy", True, False),
+        (keras.losses.SparseCategoricalCrossentropy(from_logits=True), True,
+         True),
+        ("mse", False, False),
+    ],
+)
+def test_compile_warns_when_the_loss_reads_the_wrong_outputs(
+        loss, ends_in_softmax, warns):
+    base = small_cnn()
+    if ends_in_softmax:
+        base = keras.Model(base.input, keras.layers.Softmax()(base.output))
+    model = keras_slim.slim(base)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.compile("adam", loss)
+    messages = [str(w.message) for w in caught if "expects" in str(w.message)]
+    assert bool(messages) == warns, messages
+    if warns:
+        assert "from_logits" in messages[0]
+
+
+def test_a_logits_loss_trains_where_a_probability_loss_does_not():
+    # What the warning protects against, measured: the README's AutoSlim
+    # example compiled a logits model with "sparse_categorical_crossentropy".
+    x, y = digits()
+    accuracy = {}
+    for name, loss in (
+        ("probabilities", "sparse_categorical_crossentropy"),
+        ("logits", keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True)),
+    ):
+        keras.utils.set_random_seed(0)
+        model = keras_slim.slim(small_cnn(), width_range=(0.25, 1.0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.compile(keras.optimizers.Adam(3e-3), loss,
+                          metrics=["accuracy"], sandwich_size=2)
+        model.fit(x[:1400], y[:1400], epochs=3, batch_size=64, verbose=0)
+        accuracy[name] = model.evaluate(x[1400:], y[1400:], verbose=0)[1]
+    assert accuracy["logits"] > accuracy["probabilities"] + 0.2, accuracy

@@ -7,6 +7,7 @@ must reproduce `model.set_width(w); model.predict(x)`.
 """
 
 import warnings
+import zlib
 
 import keras
 import numpy as np
@@ -131,7 +132,7 @@ def random_config(model, rng):
         if group in {model._group_of_layer[n] for n in config}:
             continue
         full = model.full_channels[model.channel_groups.index(group)]
-        if rng.random() < 0.7:
+        if rng.random() < 0.7 or not config:  # never empty (refused)
             config[name] = int(rng.integers(1, full + 1))
     return config
 
@@ -141,7 +142,7 @@ def random_config(model, rng):
 def test_strip_matches_slimmable_model_at_random_widths(kind):
     model = build(kind)
     x = inputs_for(model)
-    rng = np.random.default_rng(hash(kind) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(kind.encode()))  # stable seed
     widths = random_widths(model, rng, 3) + [model.width_range[1]]
     if model.widths is None:
         widths += [random_config(model, rng), random_config(model, rng)]

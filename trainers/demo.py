@@ -233,7 +233,8 @@ def _job():
         for i, width in enumerate(widths):
             print(f"      {kind} width {width:g} ({i + 1}/{len(widths)})")
             manifest = export(model, os.path.join(output_dir, kind),
-                              widths=[width])
+                              widths=[width],
+                              input_range=keras_slim.data.INPUT_RANGE)
         if kind == "tflite":
             exports = {float(e["width"]): e for e in manifest["exports"]}
 

@@ -100,10 +100,12 @@ def export_widths(model, model_dir, formats, widths, quantize="",
             model, os.path.join(model_dir, "tflite"), widths=widths,
             quantize=quantize or None,
             representative_data=representative_data,
+            input_range=keras_slim.data.INPUT_RANGE,
         )
     if "onnx" in formats:
         manifests["onnx"] = keras_slim.export.to_onnx(
-            model, os.path.join(model_dir, "onnx"), widths=widths
+            model, os.path.join(model_dir, "onnx"), widths=widths,
+            input_range=keras_slim.data.INPUT_RANGE,
         )
     return manifests
 

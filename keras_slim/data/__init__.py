@@ -41,6 +41,11 @@ from keras_slim.data.prepare import prepare_image_folder
 
 _LOG = logging.getLogger(__name__)
 
+# The value range every pipeline scales images to; exporters record it
+# (`to_tflite(..., input_range=INPUT_RANGE)`) so that running a file on
+# unscaled images is an error, not wrong labels.
+INPUT_RANGE = (0.0, 1.0)
+
 _ALLOWED_SPECS = (
     "'digits', 'tfds:NAME' (e.g. 'tfds:cifar10'), "
     "or 'folder:PATH' (a directory with one sub-folder per class)"

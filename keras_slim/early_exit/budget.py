@@ -172,6 +172,22 @@ class ExitLogits:
     cumulative_macs: list
 
     def __post_init__(self):
+        num_samples, classes = self.logits.shape[1:]
+        if self.labels is not None:
+            labels = np.asarray(self.labels)
+            if labels.shape != (num_samples,):
+                raise ValueError(
+                    f"Got {labels.size} labels for {num_samples} samples: "
+                    "pass one integer label (or one-hot row) per sample."
+                )
+            bad = (labels < 0) | (labels >= classes)
+            if bad.any():
+                raise ValueError(
+                    f"Labels must be class indices in [0, {classes}) (the "
+                    f"exits predict {classes} classes); got "
+                    f"{np.unique(labels[bad])[:5].tolist()} for "
+                    f"{int(bad.sum())} sample(s)."
+                )
         self.confidences, self.predictions = softmax_confidence(self.logits)
         self.order = np.argsort(-self.confidences, axis=1, kind="stable")
 
@@ -191,7 +207,13 @@ def _labels(y):
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[-1] > 1:
         y = y.argmax(-1)  # one-hot
-    return y.reshape(-1).astype("int64")
+    y = y.reshape(-1)
+    if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+        raise ValueError(
+            "Labels must be integer class indices (or one-hot rows); got "
+            f"fractional values such as {y[np.mod(y, 1) != 0][:3].tolist()}."
+        )
+    return y.astype("int64")
 
 
 def _arrays(data):

@@ -23,7 +23,14 @@ def _functional(backbone):
 
 
 def _slim_settings(model):
-    """`slim()` arguments that rebuild `model`'s width behaviour."""
+    """`slim()` arguments that rebuild `model`'s width behaviour.
+
+    Those it was made with when `slim()` made it (every option: fixed
+    layers, kept ratios, BN settings); for a network built by hand, what
+    can be read off its layers.
+    """
+    if model.slim_options is not None:
+        return {k: v for k, v in model.slim_options.items() if v is not None}
     triangular = any(
         getattr(layer, "triangular", False)
         for layer in graph_lib.all_layers(model.network)
@@ -205,10 +212,11 @@ def add_exits(
                 f"{backbone.width_range[1]}. Pass the stock Keras backbone "
                 "with width_range/widths instead."
             )
-        settings = {**_slim_settings(backbone), **settings}
-        if "widths" in settings and "width_range" in settings:
-            settings.pop("widths" if width_range is not None else
-                         "width_range")
+        inherited = _slim_settings(backbone)
+        if width_range is not None or widths is not None:
+            inherited.pop("widths", None)
+            inherited.pop("width_range", None)
+        settings = {**inherited, **settings}
         backbone = strip(backbone, 1.0)
     functional = _functional(backbone)
     if len(functional.inputs) != 1 or len(functional.outputs) != 1:
@@ -235,6 +243,13 @@ def add_exits(
         raise ValueError(
             f"'{output_layer}' is the backbone's output layer: the last exit "
             "is always the backbone's own output."
+        )
+    input_name = graph.input_layer_name(functional)
+    if input_name in after:
+        raise ValueError(
+            f"'{input_name}' is the backbone's input: an exit reads the "
+            "features of a layer after it. Name a layer of the backbone "
+            f"(e.g. {[c.layer.name for c in calls][:4]})."
         )
     cut_calls = {id(graph.layer_call(calls, n)): i
                  for i, n in enumerate(after)}
@@ -265,6 +280,9 @@ def add_exits(
             "divisor": slim_model.divisor,
             "min_channels": slim_model.min_channels,
             "base_channels": slim_model.base_channels,
+            "derived_groups": slim_model.derived_groups,
+            "group_divisors": slim_model.group_divisors,
+            "slim_options": slim_model.slim_options,
         }
         if slim_model.widths is not None:
             model_kwargs["widths"] = slim_model.widths

@@ -154,6 +154,104 @@ def as_samples(model, representative_data, limit=None):
     return data[:limit] if limit is not None else data
 
 
+def input_entry(samples, representative_data, input_range=None):
+    """The manifest's "input" section: what the files expect to be fed.
+
+    The value range is `input_range` when given (what the training data was
+    scaled to, e.g. `keras_slim.data.INPUT_RANGE`), else the range of the
+    representative data, else unknown (seeded random verification inputs).
+    """
+    if input_range is not None:
+        try:
+            low, high = (float(v) for v in input_range)
+        except (TypeError, ValueError):
+            low = high = float("nan")
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise ValueError(
+                "`input_range` must be a pair (low, high) of finite numbers "
+                f"with low < high (e.g. (0.0, 1.0)); got {input_range!r}."
+            )
+        value_range, source = [low, high], "declared"
+    elif representative_data is not None:
+        value_range = [float(samples.min()), float(samples.max())]
+        source = "representative_data"
+    else:
+        value_range, source = None, None
+    return {"dtype": "float32", "range": value_range, "range_source": source}
+
+
+def manifest_input(path):
+    """The "input" section of the manifest next to an exported file, or None."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    try:
+        manifest = read_manifest(os.path.dirname(os.path.abspath(path)),
+                                 missing_ok=True)
+    except ValueError:  # an unreadable manifest: check shapes only
+        return None
+    return (manifest or {}).get("input")
+
+
+def check_run_inputs(inputs, expected_shape, input_info, what):
+    """Refuses inputs an exported file would silently mis-read.
+
+    Args:
+        inputs: What the user passed (array-like, batch first).
+        expected_shape: The file's input shape, batch first; None or -1 for
+            sizes it accepts freely.
+        input_info: The manifest's "input" section (see `input_entry`), or
+            None.
+        what: The file, for messages.
+
+    Returns:
+        `inputs` as a float32 array.
+
+    Raises:
+        ValueError: for an integer array where the file takes floats (unless
+            it lies inside the recorded range), a shape the file does not
+            take, or values far outside the recorded training range.
+    """
+    array = np.asarray(inputs)
+    value_range = (input_info or {}).get("range")
+    range_text = (
+        f" in [{value_range[0]:g}, {value_range[1]:g}] (as the training "
+        "data; see the manifest's 'input')" if value_range else ""
+    )
+    if array.dtype.kind not in "f":
+        inside = value_range is not None and array.size and (
+            value_range[0] <= array.min() and array.max() <= value_range[1]
+        )
+        if not inside:
+            raise ValueError(
+                f"{what} takes float32 inputs{range_text}; got {array.dtype} "
+                "values. Preprocess them as for training, e.g. "
+                "`images.astype('float32') / 255` for 0-255 images."
+            )
+    array = array.astype("float32")
+    expected = [None if d is None or int(d) < 0 else int(d)
+                for d in expected_shape]
+    if array.ndim != len(expected) or any(
+        want is not None and got != want
+        for got, want in zip(array.shape[1:], expected[1:])
+    ):
+        shown = tuple("batch" if i == 0 else ("any" if d is None else d)
+                      for i, d in enumerate(expected))
+        raise ValueError(
+            f"{what} takes inputs of shape {shown}; got an array of shape "
+            f"{array.shape}."
+        )
+    if value_range is not None and array.size:
+        low, high = value_range
+        margin = 0.5 * (high - low)
+        if array.min() < low - margin or array.max() > high + margin:
+            raise ValueError(
+                f"{what} was trained on inputs{range_text}; these range over "
+                f"[{array.min():g}, {array.max():g}]. Preprocess them as for "
+                "training (e.g. divide 0-255 images by 255)."
+            )
+    return array
+
+
 def compare(reference, actual, quantize, tolerance=None):
     """Fidelity figures of an export; raises over tolerance.
 
@@ -256,12 +354,13 @@ class Staging:
     def file(self, name):
         return os.path.join(self.path, name)
 
-    def commit(self, entries, model, extra=None):
+    def commit(self, entries, model, extra=None, input_info=None):
         """Moves the staged files into `out_dir`, then writes the manifest.
 
         Entries of an existing manifest for other files are kept, so that
         e.g. a TFLite and an ONNX export can share one directory. `extra`:
         more top-level manifest fields (e.g. an early-exit section).
+        `input_info`: the "input" section (`input_entry`).
         """
         manifest_path = os.path.join(self.out_dir, MANIFEST_NAME)
         previous = read_manifest(self.out_dir, missing_ok=True)
@@ -281,6 +380,7 @@ class Staging:
             "manifest_version": MANIFEST_VERSION,
             "model": model.name,
             "input_shape": [int(d) for d in model.network.inputs[0].shape[1:]],
+            "input": input_info or (previous or {}).get("input"),
             "width_range": list(model.width_range),
             "widths": model.widths,
             "created": datetime.datetime.now(datetime.timezone.utc)

@@ -23,8 +23,16 @@ from keras_slim.stripping import strip
 def run_onnx(path, *inputs):
     """Runs an ONNX file with onnxruntime (CPU) on positional inputs.
 
+    The images (first input) are checked as by `run_tflite`: the file's
+    shape, float values, and the training range recorded in the manifest
+    next to the file.
+
     Returns:
         The first output as a numpy array.
+
+    Raises:
+        ValueError: for images of another shape, integer images, or values
+            far outside the recorded training range.
 
     Example:
 
@@ -39,15 +47,28 @@ def run_onnx(path, *inputs):
     session = ort.InferenceSession(
         os.fspath(path), options, providers=["CPUExecutionProvider"]
     )
-    feeds = {
+    specs = session.get_inputs()
+    if len(inputs) != len(specs):
+        raise ValueError(
+            f"'{os.fspath(path)}' takes {len(specs)} input(s) "
+            f"({[spec.name for spec in specs]}); got {len(inputs)}."
+        )
+    images = mf.check_run_inputs(
+        inputs[0],
+        [d if isinstance(d, int) else None for d in specs[0].shape],
+        mf.manifest_input(path),
+        f"'{os.fspath(path)}'",
+    )
+    feeds = {specs[0].name: images}
+    feeds.update({
         spec.name: np.asarray(value, "float32")
-        for spec, value in zip(session.get_inputs(), inputs)
-    }
+        for spec, value in zip(specs[1:], inputs[1:])
+    })
     return session.run(None, feeds)[0]
 
 
 def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
-            fold_bn=False, **early_exit_kwargs):
+            fold_bn=False, input_range=None, **early_exit_kwargs):
     """Exports one verified `.onnx` file per width, plus `manifest.json`.
 
     Each width is stripped (`keras_slim.strip`) and converted with
@@ -67,6 +88,9 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
         tolerance: Override the relative verification tolerance.
         fold_bn: Fold BN into the preceding layers before converting
             (onnxruntime fuses them anyway).
+        input_range: `(low, high)` the training inputs were scaled to,
+            recorded in the manifest and checked by `run_onnx` (see
+            `to_tflite`).
 
     Returns:
         The manifest dict (also written to `out_dir/manifest.json`).
@@ -94,7 +118,8 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
             raise ValueError("fold_bn is not supported for staged export.")
         return staged.export_staged(
             model, out_dir, widths=widths, format="onnx", opset=opset,
-            tolerance=tolerance, **early_exit_kwargs,
+            tolerance=tolerance, input_range=input_range,
+            **early_exit_kwargs,
         )
     if early_exit_kwargs:
         raise TypeError(
@@ -105,6 +130,7 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
     check_opset(opset)
     plans = mf.check_widths(model, widths)
     samples = mf.as_samples(model, None)
+    input_info = mf.input_entry(samples, None, input_range)
     spec = mf.input_signature(model)
     entries = []
     with mf.staging(out_dir) as stage:
@@ -126,7 +152,7 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
                 stage.file(name), model, width, stripped, result,
                 format="onnx", opset=int(opset), quantization="float32",
             ))
-        return stage.commit(entries, model)
+        return stage.commit(entries, model, input_info=input_info)
 
 
 @contextlib.contextmanager

@@ -394,6 +394,7 @@ def export_staged(
     representative_data=None,
     opset=17,
     tolerance=None,
+    input_range=None,
 ):
     """Writes verified stage files (and exit files) per width + manifest.
 
@@ -415,6 +416,8 @@ def export_staged(
         representative_data: Verification images (default: seeded random).
         opset: ONNX opset (13 to 18).
         tolerance: Relative verification tolerance (see `to_tflite`).
+        input_range: The training inputs' range, recorded in the manifest
+            and checked by `run_cascade` (see `to_tflite`).
 
     Returns:
         The manifest dict. `manifest["early_exit"]["widths"][tag]` lists the
@@ -448,6 +451,7 @@ def export_staged(
     plans = mf.check_widths(model, widths)
     chosen = _thresholds_by_width(thresholds, plans, model.num_exits)
     samples = mf.as_samples(model, representative_data)[: mf.MAX_SAMPLES]
+    input_info = mf.input_entry(samples, representative_data, input_range)
     suffix = "" if quantize is None else f"_{quantize}"
     previous = mf.read_manifest(out_dir, missing_ok=True) or {}
     summary = dict((previous.get("early_exit") or {}).get("widths", {}))
@@ -518,7 +522,8 @@ def export_staged(
                 "widths": summary,
             }
         }
-        return stage_dir.commit(entries, model, extra=extra)
+        return stage_dir.commit(entries, model, extra=extra,
+                                input_info=input_info)
 
 
 def _entry(path, keras_model, width, fmt, quantize, result, **fields):
@@ -664,7 +669,10 @@ def run_cascade(out_dir, images, thresholds=None, width=None,
         _Runner(os.path.join(out_dir, name), format, num_threads)
         for name in record["files"][key]["stages"]
     ]
-    images = np.asarray(images, "float32")
+    images = mf.check_run_inputs(
+        images, [None] + list(manifest["input_shape"]),
+        manifest.get("input"), f"The stages in '{out_dir}'",
+    )
     count = len(images)
     cascade = _cascade_tflite if format == "tflite" else _cascade_generic
     labels, exits, confidences, latency = cascade(runners, images, values)

@@ -32,26 +32,42 @@ def _interpreter(model):
 def run_tflite(model, inputs, signature_key=None):
     """Runs a TFLite model on a batch with the LiteRT interpreter.
 
+    Inputs are checked first: the file's input shape, float values (an
+    integer array, e.g. 0-255 images, is refused rather than cast), and,
+    when the file sits next to its `manifest.json`, the value range the
+    model was trained on.
+
     Args:
         model: A `.tflite` path or flatbuffer bytes.
-        inputs: A float32 array with a leading batch axis.
+        inputs: A float32 array with a leading batch axis, preprocessed as
+            the training data.
         signature_key: Run this signature of a multi-signature file.
 
     Returns:
         The (first) output as a numpy array.
 
+    Raises:
+        ValueError: for inputs of another shape, integer inputs, or values
+            far outside the recorded training range.
+
     Example:
 
     >>> logits = keras_slim.export.run_tflite("out/net_w0.5.tflite", x)
     """
-    inputs = np.asarray(inputs, "float32")
     interpreter = _interpreter(model)
+    what = ("The TFLite file" if isinstance(model, (bytes, bytearray))
+            else f"'{os.fspath(model)}'")
+    input_info = mf.manifest_input(model)
     if signature_key is not None:
         runner = interpreter.get_signature_runner(signature_key)
-        (name,) = runner.get_input_details()
+        ((name, detail),) = runner.get_input_details().items()
+        inputs = mf.check_run_inputs(
+            inputs, detail["shape_signature"], input_info, what)
         outputs = runner(**{name: inputs})
         return np.asarray(outputs[sorted(outputs)[0]])
     (detail,) = interpreter.get_input_details()
+    inputs = mf.check_run_inputs(
+        inputs, detail["shape_signature"], input_info, what)
     interpreter.resize_tensor_input(detail["index"], list(inputs.shape))
     interpreter.allocate_tensors()
     interpreter.set_tensor(detail["index"], inputs)
@@ -68,6 +84,7 @@ def to_tflite(
     representative_data=None,
     tolerance=None,
     fold_bn=False,
+    input_range=None,
     **early_exit_kwargs,
 ):
     """Exports one verified `.tflite` file per width, plus `manifest.json`.
@@ -109,6 +126,11 @@ def to_tflite(
         tolerance: Override the relative verification tolerance.
         fold_bn: Fold BN into the preceding layers before converting (the
             TFLite converter already folds most of them).
+        input_range: `(low, high)` the training inputs were scaled to (the
+            pipelines of `keras_slim.data`: `keras_slim.data.INPUT_RANGE`),
+            recorded in the manifest's "input" so that `run_tflite` refuses
+            inputs preprocessed otherwise (e.g. 0-255 images). Default: the
+            range of `representative_data`, or unknown.
 
     Returns:
         The manifest (a dict, also written to `out_dir/manifest.json`).
@@ -137,7 +159,8 @@ def to_tflite(
         return staged.export_staged(
             model, out_dir, widths=widths, format="tflite",
             quantize=quantize, representative_data=representative_data,
-            tolerance=tolerance, **early_exit_kwargs,
+            tolerance=tolerance, input_range=input_range,
+            **early_exit_kwargs,
         )
     if early_exit_kwargs:
         raise TypeError(
@@ -152,6 +175,7 @@ def to_tflite(
         limit=MAX_CALIBRATION_SAMPLES if representative_data is not None
         else None,
     )
+    input_info = mf.input_entry(samples, representative_data, input_range)
     suffix = "" if quantize is None else f"_{quantize}"
     entries = []
     with mf.staging(out_dir) as stage:
@@ -173,7 +197,7 @@ def to_tflite(
                 stage.file(name), model, width, stripped, result,
                 format="tflite", quantization=quantize or "float32",
             ))
-        return stage.commit(entries, model)
+        return stage.commit(entries, model, input_info=input_info)
 
 
 def signature_key(width):

@@ -152,6 +152,14 @@ class SlimKernelMixin:
             return count, indices
         return aw.active_channels(self.channel_group, full_out), None
 
+    def _static_out(self, full_out):
+        """Output channels a symbolic call reports: the active count when
+        the width is known in Python, else (run-time widths) the full one."""
+        count, _ = self._active_out(full_out)
+        if isinstance(count, (int, np.integer)):
+            return int(count)
+        return full_out
+
     def _check_inputs(self, inputs, full_in):
         in_channels = inputs.shape[-1]
         full_in = full_in * getattr(self, "groups", 1)
@@ -221,8 +229,69 @@ class SlimKernelMixin:
         return outputs
 
 
+class _SlimConv(SlimKernelMixin):
+    """A stock N-D convolution (the next base class) with a slimmable kernel."""
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        slim_in=True,
+        slim_out=True,
+        channel_group=None,
+        input_layout=None,
+        triangular=False,
+        output_layout=None,
+        **kwargs,
+    ):
+        super().__init__(filters, kernel_size, **kwargs)
+        name = type(self).__name__
+        if self.groups != 1 and (triangular or input_layout is not None):
+            raise ValueError(
+                f"{name} '{self.name}': a grouped convolution (groups="
+                f"{self.groups}) cannot be triangular or read a Concatenate/"
+                "Flatten input layout."
+            )
+        if self.data_format != "channels_last":
+            raise ValueError(
+                f"{name} '{self.name}' supports data_format="
+                f"'channels_last' only; got '{self.data_format}'."
+            )
+        self._init_slim(
+            slim_in, slim_out, channel_group, input_layout, triangular,
+            output_layout,
+        )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Inputs may carry fewer channels than the kernel was built for.
+        self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
+        self._build_mask(input_shape[-1], self.filters)
+
+    def call(self, inputs):
+        kernel, out_channels = self._slice_kernel(
+            inputs, self.kernel, self._kernel.shape[-2], self.filters
+        )
+        if self.padding == "causal":  # Conv1D only, as keras.layers.Conv1D
+            inputs = ops.pad(inputs, self._compute_causal_padding())
+            outputs = ops.conv(
+                inputs, kernel, strides=list(self.strides), padding="valid",
+                dilation_rate=self.dilation_rate, data_format=self.data_format,
+            )
+        else:
+            outputs = self.convolution_op(inputs, kernel)
+        return self._add_bias_and_activate(outputs, out_channels)
+
+    def compute_output_shape(self, input_shape):
+        shape = super().compute_output_shape(input_shape)
+        return shape[:-1] + (self._static_out(self.filters),)
+
+    def get_config(self):
+        return {**super().get_config(), **self._slim_config()}
+
+
 @keras.saving.register_keras_serializable(package="keras_slim")
-class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
+class SlimConv2D(_SlimConv, keras.layers.Conv2D):
     """2D convolution whose input and output channels can be slimmed.
 
     The kernel is built at full width (from the input shape at build time);
@@ -257,6 +326,10 @@ class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
         inputs: A 4D tensor, channels last, with at most the build-time
             number of channels.
 
+    Symbolic calls (`compute_output_shape`) report the active width's
+    channels when it is a Python int (a width set in Python), the full
+    width's when the width is only known at run time.
+
     Example:
 
     >>> layer = SlimConv2D(32, 3, padding="same", channel_group="c1")
@@ -270,50 +343,38 @@ class SlimConv2D(SlimKernelMixin, keras.layers.Conv2D):
         (https://arxiv.org/abs/1812.08928).
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        slim_in=True,
-        slim_out=True,
-        channel_group=None,
-        input_layout=None,
-        triangular=False,
-        output_layout=None,
-        **kwargs,
-    ):
-        super().__init__(filters, kernel_size, **kwargs)
-        if self.groups != 1 and (triangular or input_layout is not None):
-            raise ValueError(
-                f"SlimConv2D '{self.name}': a grouped convolution (groups="
-                f"{self.groups}) cannot be triangular or read a Concatenate/"
-                "Flatten input layout."
-            )
-        if self.data_format != "channels_last":
-            raise ValueError(
-                f"SlimConv2D '{self.name}' supports data_format="
-                f"'channels_last' only; got '{self.data_format}'."
-            )
-        self._init_slim(
-            slim_in, slim_out, channel_group, input_layout, triangular,
-            output_layout,
-        )
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        # Inputs may carry fewer channels than the kernel was built for.
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-        self._build_mask(input_shape[-1], self.filters)
+@keras.saving.register_keras_serializable(package="keras_slim")
+class SlimConv1D(_SlimConv, keras.layers.Conv1D):
+    """1D convolution whose input and output channels can be slimmed.
 
-    def call(self, inputs):
-        kernel, out_channels = self._slice_kernel(
-            inputs, self.kernel, self._kernel.shape[-2], self.filters
-        )
-        outputs = self.convolution_op(inputs, kernel)
-        return self._add_bias_and_activate(outputs, out_channels)
+    As `SlimConv2D`, for sequences `(batch, steps, channels)`; `padding=
+    "causal"` works as in `keras.layers.Conv1D`.
 
-    def get_config(self):
-        return {**super().get_config(), **self._slim_config()}
+    Example:
+
+    >>> layer = SlimConv1D(32, 3, padding="causal", channel_group="c1")
+    >>> y = layer(np.zeros((1, 20, 16)))  # full width: 32 channels
+    >>> from keras_slim.layers import scope as aw
+    >>> with aw.active_width(aw.ActiveWidth(channels={"c1": 8})):
+    ...     y = layer(np.zeros((1, 20, 4)))  # 4 -> 8 channels
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class SlimConv3D(_SlimConv, keras.layers.Conv3D):
+    """3D convolution whose input and output channels can be slimmed.
+
+    As `SlimConv2D`, for volumes `(batch, depth, height, width, channels)`.
+
+    Example:
+
+    >>> layer = SlimConv3D(16, 3, padding="same", channel_group="c1")
+    >>> y = layer(np.zeros((1, 4, 8, 8, 8)))  # full width: 16 channels
+    >>> from keras_slim.layers import scope as aw
+    >>> with aw.active_width(aw.ActiveWidth(channels={"c1": 4})):
+    ...     y = layer(np.zeros((1, 4, 8, 8, 2)))  # 2 -> 4 channels
+    """
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
@@ -363,6 +424,9 @@ class SlimDense(SlimKernelMixin, keras.layers.Dense):
         )
         outputs = ops.matmul(inputs, kernel)
         return self._add_bias_and_activate(outputs, out_channels)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self._static_out(self.units),)
 
     def get_config(self):
         return {**super().get_config(), **self._slim_config()}
@@ -455,7 +519,11 @@ class SlimSeparableConv2D(SlimKernelMixin, keras.layers.SeparableConv2D):
         kernel_size, strides, padding, depth_multiplier, ...: as
             `keras.layers.SeparableConv2D`. `depth_multiplier` must be 1
             when the inputs are slimmed.
-        slim_in, slim_out, channel_group, input_layout: See `SlimConv2D`.
+        slim_in, slim_out, channel_group, input_layout, output_layout:
+            See `SlimConv2D`.
+        triangular: Any-Width Networks: the pointwise kernel is masked
+            lower-triangular (the depthwise filters are per channel, so
+            they need no mask); see `SlimConv2D`.
         **kwargs: Passed to `keras.layers.SeparableConv2D`.
 
     Example:
@@ -476,9 +544,9 @@ class SlimSeparableConv2D(SlimKernelMixin, keras.layers.SeparableConv2D):
         channel_group=None,
         input_layout=None,
         output_layout=None,
+        triangular=False,
         **kwargs,
     ):
-        kwargs.pop("triangular", None)
         super().__init__(filters, kernel_size, **kwargs)
         if self.data_format != "channels_last":
             raise ValueError(
@@ -490,13 +558,13 @@ class SlimSeparableConv2D(SlimKernelMixin, keras.layers.SeparableConv2D):
                 f"SlimSeparableConv2D '{self.name}': slimmed inputs need "
                 f"depth_multiplier=1; got {self.depth_multiplier}."
             )
-        self._init_slim(slim_in, slim_out, channel_group, input_layout, False,
-                        output_layout)
+        self._init_slim(slim_in, slim_out, channel_group, input_layout,
+                        triangular, output_layout)
 
     def build(self, input_shape):
         super().build(input_shape)
         self.input_spec = keras.layers.InputSpec(ndim=4)
-        self.triangular_mask = None
+        self._build_mask(self.pointwise_kernel.shape[-2], self.filters)
 
     def call(self, inputs):
         full_in = self.depthwise_kernel.shape[-2]
@@ -521,7 +589,17 @@ class SlimSeparableConv2D(SlimKernelMixin, keras.layers.SeparableConv2D):
         )
         return self._add_bias_and_activate(outputs, out_channels)
 
+    def compute_output_shape(self, input_shape):
+        shape = super().compute_output_shape(input_shape)
+        return tuple(shape[:-1]) + (self._static_out(self.filters),)
+
+    # Keras' separable convolution saves every variable (the mask too) by
+    # position, unlike Conv2D/Dense: the mixin must not add the mask again.
+    def save_own_variables(self, store):
+        keras.layers.SeparableConv2D.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.SeparableConv2D.load_own_variables(self, store)
+
     def get_config(self):
-        config = {**super().get_config(), **self._slim_config()}
-        config.pop("triangular")
-        return config
+        return {**super().get_config(), **self._slim_config()}

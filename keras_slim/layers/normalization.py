@@ -36,6 +36,12 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
                 f"{type(self).__name__} '{self.name}' normalises the last "
                 f"(channels) axis only; got axis={self.axis}."
             )
+        if getattr(self, "renorm", False):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' does not support "
+                "renorm=True (batch renormalization): slimmable BN uses "
+                "plain batch statistics per width. Use renorm=False."
+            )
         self.input_layout = _check_input_layout(input_layout)
         self.calibration_keys = list(calibration_keys)
         self.calibrated = {}
@@ -197,6 +203,13 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
         raise NotImplementedError
 
     def call(self, inputs, training=None, mask=None):
+        if mask is not None:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' received a mask (from "
+                "a Masking or Embedding(mask_zero=True) layer): masked batch "
+                "statistics are not supported by slimmable BN. Remove the "
+                "mask before this layer."
+            )
         input_dtype = inputs.dtype
         if input_dtype in ("float16", "bfloat16"):
             inputs = ops.cast(inputs, "float32")
