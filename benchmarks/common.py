@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: logging, spread statistics and
-the CIFAR-10 JPEG archive.
+the CIFAR-10 JPEG folder.
 
 Every benchmark is a module of the `benchmarks` package, run from the
 repository root as `python -m benchmarks.NAME` or through the suite entry
@@ -8,9 +8,6 @@ point `python -m benchmarks --suite NAME`.
 
 import os
 import pathlib
-import shutil
-import sys
-import tarfile
 import time
 
 import numpy as np
@@ -48,23 +45,14 @@ def spread(values):
 def cifar10_folder(archive=DEFAULT_ARCHIVE, cache_dir=DEFAULT_CACHE):
     """The extracted CIFAR-10 `train/` folder (one sub-folder per class).
 
-    Extracts the archive once into `cache_dir` (outside the repository),
-    through a staging directory and a `.extracted` marker, so an
-    interrupted extraction is never mistaken for a complete one.
+    `keras_slim.data.prepare_image_folder` extracts the archive once into
+    `cache_dir` (outside the repository), atomically.
     """
-    cache_dir = pathlib.Path(cache_dir).expanduser()
-    root = cache_dir / "train"
-    if not (cache_dir / ".extracted").exists():
-        if not pathlib.Path(archive).exists():
-            sys.exit(f"CIFAR-10 archive not found: {archive} (see --archive).")
-        log(f"Extracting {archive} to {cache_dir} (once)")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = cache_dir / ".staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(staging / "train", root)
-        shutil.rmtree(staging, ignore_errors=True)
-        (cache_dir / ".extracted").touch()
-    return root
+    from keras_slim.data import prepare_image_folder
+
+    try:
+        return pathlib.Path(prepare_image_folder(archive, cache_dir))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"CIFAR-10 archive not found: {archive} (see --archive)."
+        ) from None

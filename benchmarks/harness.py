@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -196,10 +197,12 @@ def run_suite(suite, mode, out, names_for_command, force=False):
     }
     try:
         if process.returncode != 0:
+            text = log_path.read_text(errors="replace")
+            # The cause first: the console prints the error's first line.
             raise RuntimeError(
-                f"exit code {process.returncode}; last lines of "
-                f"{log_path}:\n" + "".join(
-                    log_path.read_text().splitlines(True)[-15:]))
+                f"exit code {process.returncode}: {failure_cause(text)}\n"
+                f"last lines of {log_path}:\n"
+                + "".join(text.splitlines(True)[-15:]))
         results = suites_lib.read_results(suite, folder)
         record["results"] = results
         record["figures"] = suite.headline(results)
@@ -208,6 +211,26 @@ def run_suite(suite, mode, out, names_for_command, force=False):
         record["error"] = f"{type(error).__name__}: {error}"
     _write_outputs(record, out)
     return record, False
+
+
+# A Python exception line: "ValueError: ...", "tf.errors.NotFoundError: ..."
+_EXCEPTION_LINE = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)|"
+    r"KeyboardInterrupt)\b(:|$)")
+
+
+def failure_cause(log_text):
+    """The line of a failed module's log that says why it failed.
+
+    The last exception line of the log (a traceback ends with it), else its
+    last non-empty line (e.g. the message of `sys.exit("...")`), which
+    native libraries' shutdown chatter may follow, so exception lines win.
+    """
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line
+    return lines[-1] if lines else "(the log is empty)"
 
 
 def _write_outputs(record, out):

@@ -148,3 +148,65 @@ def test_every_suite_has_quick_and_full_settings_and_a_budget():
         assert suite.minutes["full"] <= 150, suite.name
         assert suite.kind in ("speed", "accuracy")
         assert "--output_dir" not in suite.argv["quick"]
+
+
+def test_a_failing_suite_prints_its_cause(tmp_path, monkeypatch, capsys):
+    # A suite whose CIFAR-10 archive is missing: the console line and the
+    # record must say so, not just "last lines of log.txt:".
+    missing = tmp_path / "no-such-archive.tar.gz"
+    failing = suites.Suite(
+        "missing_archive", "reads an archive that is not there", "accuracy",
+        "benchmarks.any_width_cifar10",
+        argv={"quick": ["--archive", str(missing), "--cache_dir",
+                        str(tmp_path / "cache")]},
+        minutes={"quick": 0.1}, cut={}, results="none.json",
+        headline=lambda results: [], needs_cifar10=True)
+    monkeypatch.setitem(suites.SUITES, failing.name, failing)
+    records = harness.run(failing.name, "quick", tmp_path / "out", verbose=1)
+    assert records[0]["status"] == "failed"
+    printed = capsys.readouterr().out
+    status_line = next(line for line in printed.splitlines()
+                       if line.strip().startswith("missing_archive: failed"))
+    assert "archive not found" in status_line, printed
+    assert str(missing) in status_line
+    assert "archive not found" in records[0]["error"].splitlines()[0]
+
+
+def test_failure_cause_picks_the_exception_line():
+    traceback = ("$ python -m benchmarks.x\nTraceback (most recent call last):"
+                 "\n  File \"x.py\", line 3, in <module>\n    main()\n"
+                 "FileNotFoundError: CIFAR-10 archive not found: /a.tar.gz\n"
+                 "I0000 00:00 shutdown chatter from a native library\n")
+    assert harness.failure_cause(traceback) == (
+        "FileNotFoundError: CIFAR-10 archive not found: /a.tar.gz")
+    assert harness.failure_cause("started\nbad settings: --foo\n\n") == (
+        "bad settings: --foo")
+    assert harness.failure_cause("") == "(the log is empty)"
+
+
+def test_cifar10_folder_is_the_library_preparation(tmp_path):
+    # One implementation: the benchmarks' CIFAR-10 folder is made by
+    # keras_slim.data.prepare_image_folder (atomic, marker file).
+    import io
+    import tarfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import common
+
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("airplane", "bird"):
+            for i in range(2):
+                content = tf.io.encode_jpeg(
+                    np.full((32, 32, 3), 40 * i, np.uint8)).numpy()
+                info = tarfile.TarInfo(f"train/{name}/{i:04d}.jpg")
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    folder = common.cifar10_folder(archive, tmp_path / "cache")
+    assert folder == tmp_path / "cache" / "train"
+    assert (tmp_path / "cache" / ".keras_slim_prepared.json").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == ["airplane", "bird"]
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 archive not found"):
+        common.cifar10_folder(tmp_path / "missing.tar.gz", tmp_path / "c2")

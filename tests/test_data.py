@@ -7,8 +7,10 @@ JPEG archive when it is present).
 
 import collections
 import hashlib
+import json
 import pathlib
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -305,8 +307,11 @@ def tiny_tfds_builders():
 
 def test_tfds_local_builder_uses_test_split(tiny_tfds_builders, tmp_path):
     name, _ = tiny_tfds_builders
+    # These builders generate their data locally: "download" needs no
+    # network here.
     train, val, info = data.load(f"tfds:{name}", data_dir=str(tmp_path),
-                                 batch_size=8, validation_split=0.5)
+                                 batch_size=8, validation_split=0.5,
+                                 download=True)
     assert info.class_names == ("even", "odd")
     assert info.input_shape == (6, 6, 3)
     assert (info.num_train, info.num_validation) == (30, 10)
@@ -323,7 +328,8 @@ def test_tfds_local_builder_holds_out_from_train(tiny_tfds_builders,
                                                  tmp_path):
     _, name = tiny_tfds_builders
     train, val, info = data.load(f"tfds:{name}", data_dir=str(tmp_path),
-                                 batch_size=8, validation_split=0.25)
+                                 batch_size=8, validation_split=0.25,
+                                 download=True)
     assert (info.num_train, info.num_validation) == (30, 10)
     ids = np.rint(collect(train)[0][:, 0, 0, 0] * 255).astype(int)
     val_ids = np.rint(collect(val)[0][:, 0, 0, 0] * 255).astype(int)
@@ -339,16 +345,49 @@ def test_tfds_local_builder_holds_out_from_train(tiny_tfds_builders,
         == sorted(val_ids)
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to reach the network fails the test at once."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the test tried to use the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_tfds_not_prepared_fails_fast_with_what_to_do(tmp_path, no_network,
+                                                      name):
+    # Offline, tfds.load used to retry the network for ~216 s; now an
+    # empty data_dir is refused at once, never touching the network.
+    start = time.perf_counter()
+    with pytest.raises(data.NotPreparedError) as error:
+        data.load(f"tfds:{name}", data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 20
+    message = str(error.value)
+    assert f"'{name}' is not prepared in data_dir='{tmp_path}'" in message
+    assert str(tmp_path / name) in message  # where it looked
+    assert f"tfds build {name} --data_dir=DIR" in message
+    assert "--download" in message and "--data_dir=DIR" in message
+    assert isinstance(error.value, data.DataError)
+    assert list(tmp_path.iterdir()) in ([], [tmp_path / name])
+
+
 def test_tfds_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
     def offline_load(*args, **kwargs):
+        assert kwargs["download"] is True
         raise ConnectionError("network is unreachable")
 
     monkeypatch.setattr(tfds, "load", offline_load)
-    with pytest.raises(RuntimeError, match=r"'mnist' is not prepared.*"
-                       r"downloading it failed: ConnectionError"):
-        data.load("tfds:mnist", data_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"'mnist' could not be "
+                       r"downloaded and prepared.*ConnectionError"):
+        data.load("tfds:mnist", data_dir=str(tmp_path), download=True)
 
 
 def test_tfds_unknown_name():
@@ -484,6 +523,127 @@ def test_folder_with_one_class_suggests_the_inner_folder(cifar_slice):
 
 
 # ---------------------------------------------------------------------------
+# bad image files
+
+
+def jpeg_bytes(seed=0, size=(16, 16)):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (*size, 3)).astype(np.uint8)
+    return tf.io.encode_jpeg(image, quality=90).numpy()
+
+
+def corrupt_middle(content):
+    """A JPEG with garbage inside its scan data but intact start and end:
+    its signature and EOI marker look fine, decoding fails."""
+    content = bytearray(content)
+    start = content.index(b"\xff\xda")  # start of scan
+    content[start - 40:start + 40] = bytes(range(80))
+    return bytes(content)
+
+
+@pytest.fixture
+def folder_with_bad_files(tmp_path):
+    """2 classes x 6 good JPEGs, plus the usual kinds of broken file."""
+    root = tmp_path / "images"
+    for c, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            (root / name / f"{i}.jpg").write_bytes(jpeg_bytes(10 * c + i))
+    good_png = tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)).numpy()
+    bad = {
+        "cat/zeros.jpg": b"\0" * 500,  # a failed copy
+        "cat/page.jpg": b"<html><body>404 Not Found</body></html>",
+        "cat/empty.png": b"",
+        "dog/truncated.jpg": jpeg_bytes(99)[:300],
+        "dog/truncated.png": good_png[: len(good_png) // 2],
+    }
+    for name, content in bad.items():
+        (root / name).write_bytes(content)
+    # Valid, although its end is unusual: must not be refused.
+    (root / "dog" / "trailing.jpg").write_bytes(jpeg_bytes(7) + b"\0" * 64)
+    # Corrupt inside: only decoding it tells.
+    (root / "dog" / "inside.jpg").write_bytes(corrupt_middle(jpeg_bytes(8)))
+    return root, {str(root / name) for name in bad}
+
+
+def test_bad_image_files_are_named_before_any_training(
+        folder_with_bad_files):
+    root, bad = folder_with_bad_files
+    with pytest.raises(data.BadImageError) as error:
+        data.load(f"folder:{root}")
+    message = str(error.value)
+    assert "5 of the 19 image files" in message
+    for path in bad:
+        assert path in message
+    assert "trailing.jpg" not in message
+    assert "inside.jpg" not in message  # the quick check cannot see it
+    assert "is an empty file" in message
+    assert "is not a JPEG, PNG, GIF or BMP image" in message
+    assert "cannot be decoded" in message  # the truncated ones, confirmed
+    assert "skip_bad_images=True" in message and "--skip_bad_images" in message
+    assert {p for p, _ in error.value.bad} == bad
+    assert isinstance(error.value, data.DataError)
+
+
+def test_skip_bad_images_leaves_them_out_with_a_warning(
+        folder_with_bad_files, caplog):
+    root, bad = folder_with_bad_files
+    with caplog.at_level("WARNING", logger="keras_slim.data"):
+        train, val, info = data.load(f"folder:{root}", batch_size=4,
+                                     validation_split=0.25,
+                                     skip_bad_images=True)
+    warning = caplog.text
+    # Skipping decodes every file: the one corrupt inside goes too.
+    assert "Skipping 6 of the 19 image files" in warning
+    assert all(path in warning for path in bad)
+    assert str(root / "dog" / "inside.jpg") in warning
+    assert info.num_train + info.num_validation == 13
+    x, _ = collect(train)
+    vx, _ = collect(val)  # every remaining file decodes
+    assert len(x) + len(vx) == 13
+
+
+def test_a_decoding_failure_during_training_is_explained(tmp_path):
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            (root / c / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+    broken = root / "b" / "inside.jpg"
+    broken.write_bytes(corrupt_middle(jpeg_bytes(9)))
+    spec = f"folder:{root}"
+    train, _, _ = data.load(spec, batch_size=4, validation_split=0.25)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        collect(train)
+    assert str(broken) not in str(error.value)  # TensorFlow does not say
+    explained = data.explain_decode_error(spec, error.value)
+    assert isinstance(explained, data.BadImageError)
+    assert [p for p, _ in explained.bad] == [str(broken)]
+    assert str(broken) in str(explained)
+    assert "--skip_bad_images" in str(explained)
+    # Not a decoding failure, or not a folder: nothing to explain.
+    other = tf.errors.InvalidArgumentError(None, None, "Incompatible shapes")
+    assert data.explain_decode_error(spec, other) is None
+    assert data.explain_decode_error("digits", error.value) is None
+
+
+def test_find_bad_images_decode_finds_corruption_inside_a_file(tmp_path):
+    root = tmp_path / "images"
+    (root / "a").mkdir(parents=True)
+    for i in range(3):
+        (root / "a" / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+    broken = root / "a" / "inside.jpg"
+    broken.write_bytes(corrupt_middle(jpeg_bytes(5)))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_image(broken.read_bytes())
+    assert data.find_bad_images(root) == []  # its start and end look fine
+    found = data.find_bad_images(root, decode=True)
+    assert [p for p, _ in found] == [str(broken)]
+    assert "cannot be decoded" in found[0][1]
+    assert "Invalid JPEG data" in found[0][1]
+
+
+# ---------------------------------------------------------------------------
 # errors
 
 
@@ -541,8 +701,172 @@ def test_split_leaving_no_validation_images(tmp_path):
         (dict(image_size=(0, 8)), r"`image_size` must be None, a positive"),
         (dict(image_size=(8, 8, 3)), r"`image_size` must be None"),
         (dict(seed=-1), r"`seed` must be an integer >= 0"),
+        (dict(skip_bad_images="yes"), r"`skip_bad_images` must be True or"),
+        (dict(download=1), r"`download` must be True or False"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         data.load("digits", **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# prepare_image_folder
+
+
+def make_archive(path, layout, fmt="tar.gz"):
+    """An archive of synthetic JPEGs: layout maps 'dir/class' -> count."""
+    files = {}
+    seed = 0
+    for folder, count in layout.items():
+        for i in range(count):
+            files[f"{folder}/{i:04d}.jpg"] = jpeg_bytes(seed)
+            seed += 1
+    if fmt == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in files.items():
+                archive.writestr(name, content)
+    else:
+        import io
+
+        with tarfile.open(path, "w:gz") as archive:
+            for name, content in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+    return path
+
+
+CIFAR_LIKE = {"train/airplane": 4, "train/bird": 4, "train/cat": 4}
+
+
+def test_prepare_image_folder_from_an_archive(tmp_path):
+    archive = make_archive(tmp_path / "images.tar.gz", CIFAR_LIKE)
+    destination = tmp_path / "cache" / "cifar10"
+    folder = data.prepare_image_folder(archive, destination)
+    assert folder == str(destination / "train")
+    assert sorted(p.name for p in (destination / "train").iterdir()) == [
+        "airplane", "bird", "cat"]
+    marker = json.loads((destination / ".keras_slim_prepared.json")
+                        .read_text())
+    assert marker["num_images"] == 12 and marker["folder"] == "train"
+    _, _, info = data.load(f"folder:{folder}", validation_split=0.25)
+    assert info.num_train + info.num_validation == 12
+    # Done once: a second call does not read the archive again.
+    archive.unlink()
+    assert data.prepare_image_folder(archive, destination) == folder
+    # No staging folder is left next to it.
+    assert sorted(p.name for p in destination.parent.iterdir()
+                  if ".partial-" in p.name) == []
+
+
+def test_prepare_image_folder_from_a_zip_with_classes_at_the_top(tmp_path):
+    archive = make_archive(tmp_path / "flowers.zip",
+                           {"daisy": 3, "rose": 2}, fmt="zip")
+    folder = data.prepare_image_folder(archive, tmp_path / "flowers")
+    assert folder == str(tmp_path / "flowers")
+    _, _, info = data.load(f"folder:{folder}", validation_split=0.4)
+    assert info.class_names == ("daisy", "rose")
+
+
+def test_interrupted_preparation_leaves_nothing_half_written(
+        tmp_path, monkeypatch):
+    archive = make_archive(tmp_path / "images.tar.gz", CIFAR_LIKE)
+    destination = tmp_path / "cache" / "cifar10"
+    from keras_slim.data import prepare as prepare_module
+
+    written = []
+
+    def interrupted(source, target):
+        # Part of the archive lands in the staging folder, then Ctrl-C.
+        with tarfile.open(source) as tar:
+            tar.extractall(target, members=tar.getmembers()[:5],
+                           filter="data")
+        written.extend(pathlib.Path(target).rglob("*.jpg"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "_extract", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare_image_folder(archive, destination)
+    assert written  # it was interrupted part-way, not before starting
+    monkeypatch.undo()
+    assert not destination.exists()
+    assert not [p for p in destination.parent.iterdir()
+                if ".partial-" in p.name]
+    # A staging folder left by a killed process (no chance to clean up):
+    # invisible at the destination and removed by the next call.
+    stale = destination.parent / ".cifar10.partial-killed"
+    (stale / "train" / "cat").mkdir(parents=True)
+    assert data.prepare_image_folder(archive, destination) == str(
+        destination / "train")
+    assert not stale.exists()
+    marker = json.loads((destination / ".keras_slim_prepared.json")
+                        .read_text())
+    assert marker["num_images"] == 12
+
+
+def test_prepare_image_folder_refuses_what_it_cannot_use(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Archive not found: .*nope"):
+        data.prepare_image_folder(tmp_path / "nope.tar.gz", tmp_path / "d")
+    flat = make_archive(tmp_path / "flat.tar.gz", {"only_one_class": 3})
+    with pytest.raises(ValueError, match="no folder of class sub-folders"):
+        data.prepare_image_folder(flat, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    not_archive = tmp_path / "notes.txt"
+    not_archive.write_text("hello")
+    with pytest.raises(ValueError, match="not a tar or zip archive"):
+        data.prepare_image_folder(not_archive, tmp_path / "d")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("my files")
+    archive = make_archive(tmp_path / "images.tar.gz", CIFAR_LIKE)
+    with pytest.raises(ValueError, match="not empty and was not made by"):
+        data.prepare_image_folder(archive, foreign)
+    assert (foreign / "keep.txt").read_text() == "my files"
+
+
+def test_prepare_image_folder_from_tfds(tmp_path, no_network):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        folder = data.prepare_image_folder(
+            "tfds:mnist", tmp_path / "mnist", data_dir=str(tmp_path / "tfds"))
+    assert folder == str(tmp_path / "mnist" / "train")
+    pngs = sorted(pathlib.Path(folder).glob("*/*.png"))
+    assert len(pngs) == 12
+    assert {p.parent.name for p in pngs} <= {str(i) for i in range(10)}
+    image = tf.io.decode_png(pngs[0].read_bytes())
+    assert image.shape == (28, 28, 1)
+    # Not prepared and no download: refused at once, nothing written.
+    with pytest.raises(data.NotPreparedError, match="tfds build mnist"):
+        data.prepare_image_folder("tfds:mnist", tmp_path / "real",
+                                  data_dir=str(tmp_path / "empty"))
+    assert not (tmp_path / "real").exists()
+
+
+def test_the_command_line_prepares_and_checks(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from keras_slim.data import __main__ as cli
+
+    archive = make_archive(tmp_path / "images.tar.gz", CIFAR_LIKE)
+    env = dict(__import__("os").environ, TF_CPP_MIN_LOG_LEVEL="2")
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    # As a user runs it (one subprocess; the rest in-process).
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_slim.data", "prepare", str(archive),
+         str(tmp_path / "out")], cwd=repo, env=env, capture_output=True,
+        text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Use --dataset=folder:{tmp_path / 'out' / 'train'}" in done.stdout
+    assert cli.main(["check", str(tmp_path / "out" / "train")]) == 0
+    assert "0 bad image file(s)" in capsys.readouterr().out
+    (tmp_path / "out" / "train" / "cat" / "bad.jpg").write_bytes(b"")
+    assert cli.main(["check", str(tmp_path / "out" / "train")]) == 1
+    assert "bad.jpg: is an empty file" in capsys.readouterr().out
+    assert cli.main(["prepare", str(tmp_path / "missing.tar"),
+                     str(tmp_path / "x")]) == 2
+    assert "Archive not found" in capsys.readouterr().err

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import testing
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 
@@ -32,8 +34,23 @@ def test_digits_run_writes_everything_it_reports(tmp_path):
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert step in result.stdout
     assert "width  channels" in result.stdout
+    # Long work says what it is doing: the first step's tracing, each
+    # width's calibration and export.
+    printed = result.stdout
+    assert printed.index("tracing the training step") < printed.index(
+        "first step done in") < printed.index("[3/5]")
+    for i, width in enumerate(["0.25", "0.5", "0.75", "1"]):
+        assert f"      width {width} ({i + 1}/4)" in printed
+        for kind in ("tflite", "onnx"):
+            assert f"      {kind} width {width} ({i + 1}/4)" in printed
+    # ... and how to load the model it wrote (keras_slim must be imported).
+    recipe = ("import keras, keras_slim; model = "
+              f"keras.models.load_model('{out / 'model.keras'}')")
+    assert f"Load the model with (keras_slim registers its layers):\n  " \
+        f"{recipe}" in printed
 
     report = json.loads((out / "report.json").read_text())
+    assert report["load_model"] == recipe
     rows = report["rows"]
     assert [r["width"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
     macs = [r["macs"] for r in rows]
@@ -86,8 +103,57 @@ def test_folder_dataset(tmp_path):
     assert not (out / "onnx").exists()
 
 
+DEMO_FLAGS = ("--output_dir", "--dataset", "--epochs", "--report_widths",
+              "--sandwich_size", "--[no]inplace_distillation")
+
+
 def test_help_lists_the_flags():
     result = demo("--help", returncode=1)  # absl exits 1 after help
-    for flag in ("--output_dir", "--dataset", "--epochs", "--report_widths",
-                 "--sandwich_size", "--[no]inplace_distillation"):
+    for flag in DEMO_FLAGS:
         assert f"{flag}:" in result.stdout, flag
+
+
+def test_console_script_help_lists_the_flags(tmp_path):
+    # `keras-slim-demo --help` used to print only "Try --helpfull": absl
+    # looks the key flags up under sys.argv[0], the wrapper pip writes.
+    result = testing.run_console_script(
+        tmp_path, "keras-slim-demo", "trainers.demo", "--help")
+    assert result.returncode == 1, result.stderr[-3000:]  # as absl does
+    assert "train a universally slimmable CNN" in result.stdout
+    for flag in DEMO_FLAGS:
+        assert f"{flag}:" in result.stdout, flag
+
+
+@pytest.mark.parametrize("below", ["", "run"])
+def test_output_dir_that_is_a_file_is_a_clear_error(tmp_path, below):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    out = a_file / below if below else a_file
+    result = demo(f"--output_dir={out}", "--epochs=1", returncode=1)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"--output_dir={out}" in result.stderr
+    assert "not a folder" in result.stderr
+    assert a_file.read_text() == "not a folder"
+
+
+def test_bad_data_is_a_clear_error_naming_it(tmp_path):
+    images = tmp_path / "images"
+    for name in ("a", "b"):
+        (images / name).mkdir(parents=True)
+        for i in range(4):
+            tf.io.write_file(str(images / name / f"{i}.png"), tf.io.encode_png(
+                np.full((8, 8, 3), 60 * i, np.uint8)))
+    broken = images / "b" / "copy-failed.png"
+    broken.write_bytes(b"\0" * 64)
+    result = demo(f"--output_dir={tmp_path / 'demo'}",
+                  f"--dataset=folder:{images}", "--epochs=1", returncode=2)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"ERROR: 1 of the 9 image files in '{images}'" in result.stderr
+    assert str(broken) in result.stderr and "--skip_bad_images" in (
+        result.stderr)
+    result = demo(f"--output_dir={tmp_path / 'demo'}", "--dataset=tfds:mnist",
+                  f"--data_dir={tmp_path / 'tfds'}", "--epochs=1",
+                  returncode=2)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "'mnist' is not prepared" in result.stderr
+    assert "--download" in result.stderr

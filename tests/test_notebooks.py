@@ -75,6 +75,14 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     notebook = nbformat.read(path, as_version=4)
+    # Every figure drawn is checked for what a reader trips over (labels
+    # over another panel, legends over data, invisible unlabelled bars);
+    # the problems are asserted after the last cell.
+    first = nbformat.v4.new_code_cell(
+        "from tests import figure_checks\nfigure_checks.install()")
+    last = nbformat.v4.new_code_cell(
+        "assert not figure_checks.FOUND, '\\n'.join(figure_checks.FOUND)")
+    notebook.cells = [first, *notebook.cells, last]
     client = NotebookClient(
         notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},  # the kernel's cwd
@@ -89,4 +97,12 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, monkeypatch):
     images = [o for c in notebook.cells if c.cell_type == "code"
               for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} shows no plot"
+    # A cell that shows a plot shows it (a library switching matplotlib's
+    # backend to "Agg" once silently blanked every later plt.show()).
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and "plt.show()" in cell.source:
+            assert any("image/png" in o.get("data", {})
+                       for o in cell.outputs), (
+                f"{path.name}: cell {index - 1} calls plt.show() but shows "
+                "no image")
     print(f"{path.name}: {seconds:.1f} s")

@@ -6,6 +6,7 @@ rest runs in-process on tiny models. Data: the embedded digits and
 `tfds.testing.mock_data` only (never the network).
 """
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -27,7 +28,9 @@ import keras_slim
 from keras_slim import data as data_lib
 from keras_slim.layers import SlimConv2D
 from keras_slim.layers import SwitchableBatchNormalization
+from tests import testing
 from trainers import flags as trainer_flags
+from trainers import deploy
 from trainers import loop
 from trainers import methods
 
@@ -64,7 +67,10 @@ def tiny_cnn(input_shape=(8, 8, 1), num_classes=10, filters=8):
     x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+    # Named: Keras would number a second unnamed model ("functional_1"),
+    # and the exported files are named after the network.
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x),
+                       name="tiny_cnn")
 
 
 TINY = f"{__name__}:tiny_cnn"
@@ -164,6 +170,43 @@ def test_help_documents_every_flag_and_all_are_optional():
     assert config_for() == loop.TrainConfig()
 
 
+def test_console_script_help_lists_the_trainer_flags(tmp_path):
+    # `keras-slim-train --help` used to print only "Try --helpfull".
+    result = testing.run_console_script(
+        tmp_path, "keras-slim-train", "trainers.train", "--help")
+    assert result.returncode == 1, result.stderr[-3000:]  # as absl does
+    assert "Trains a slimmable network" in result.stdout
+    for flag in ("--method", "--model", "--dataset", "--model_dir",
+                 "--epochs", "--export", "--[no]augment"):
+        assert f"{flag}:" in result.stdout, flag
+
+
+@pytest.mark.parametrize("below", ["", "run"])
+def test_model_dir_that_is_a_file_is_a_clear_error(tmp_path, below):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    model_dir = a_file / below if below else a_file
+    # Flag validation: stopped before TensorFlow does anything.
+    if below:  # the library call below covers it; one subprocess is enough
+        with pytest.raises(ValueError, match="is a file, not a folder"):
+            loop.train(loop.TrainConfig(model_dir=str(model_dir),
+                                        train_steps=1))
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.train", f"--model_dir={model_dir}",
+         "--train_steps=1"], cwd=REPO, env=subprocess_env(),
+        capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"--model_dir={model_dir}" in result.stderr
+    assert "is a file, not a folder" in result.stderr or (
+        "is an existing file, not a folder" in result.stderr)
+    # The library call says the same.
+    with pytest.raises(ValueError, match="not a folder"):
+        loop.train(loop.TrainConfig(model_dir=str(model_dir), train_steps=1))
+    assert a_file.read_text() == "not a folder"
+
+
 def test_config_from_flags_parses_lists_and_rejects_bad_ones():
     config = config_for("--method=snet", "--widths=0.5,1", "--seed=7")
     assert config.widths == (0.5, 1.0) and config.seed == 7
@@ -224,6 +267,73 @@ def test_incompatible_settings_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="batch_size=4096 is larger"):
         loop.train(loop.TrainConfig(batch_size=4096, model_dir=str(tmp_path)))
     assert not (tmp_path / "run").exists()
+
+
+def colour_folder(root, per_class=12, size=8):
+    """2 classes of small JPEGs told apart by colour."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["red", "blue"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 60, (size, size, 3))
+            image[..., 2 * label] += 180
+            (root / name / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(
+                image.astype(np.uint8)).numpy())
+    return root
+
+
+def test_bad_data_is_a_clear_error_naming_it(tmp_path):
+    images = colour_folder(tmp_path / "images")
+    broken = images / "red" / "broken.jpg"
+    broken.write_bytes(b"<html>Service Unavailable</html>")
+    empty_tfds = tmp_path / "tfds"
+    empty_tfds.mkdir()
+    for dataset, extra, expected in (
+        (f"folder:{images}", [], [str(broken), "--skip_bad_images"]),
+        ("tfds:mnist", [f"--data_dir={empty_tfds}"],
+         ["'mnist' is not prepared", "--download", "tfds build mnist"]),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "trainers.train", f"--dataset={dataset}",
+             f"--model_dir={tmp_path / 'run'}", "--train_steps=2",
+             "--batch_size=4", *extra], cwd=REPO, env=subprocess_env(),
+            capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert "ERROR: " in result.stderr
+        for text in expected:
+            assert text in result.stderr, (text, result.stderr[-3000:])
+        assert not (tmp_path / "run").exists()
+
+
+def test_skip_bad_images_trains_and_undecodable_files_are_named(tmp_path):
+    images = colour_folder(tmp_path / "images")
+    (images / "blue" / "empty.jpg").write_bytes(b"")
+    config = loop.TrainConfig(
+        method="plain", model=TINY, model_kwargs='{"filters": 4}',
+        dataset=f"folder:{images}", batch_size=4, train_steps=2,
+        steps_per_loop=2, checkpoint_every_steps=0, verbose=0,
+        calibration_examples=8, validation_split=0.25,
+        model_dir=str(tmp_path / "run"), skip_bad_images=True,
+    )
+    report = loop.train(config)
+    assert report["num_validation"] == 6  # 24 good files, 25% held out
+    # A file whose start and end look fine but whose middle is corrupt
+    # passes the quick check and fails inside a training step, where
+    # TensorFlow names no file: the trainer names it.
+    (images / "blue" / "empty.jpg").unlink()
+    corrupt = images / "red" / "3.jpg"
+    content = bytearray(corrupt.read_bytes())
+    start = content.index(b"\xff\xda")  # start of scan
+    content[start - 40:start + 40] = bytes(range(80))
+    corrupt.write_bytes(bytes(content))
+    config = dataclasses.replace(config, skip_bad_images=False,
+                                 model_dir=str(tmp_path / "run2"))
+    with pytest.raises(data_lib.BadImageError) as error:
+        loop.train(config)
+    assert [p for p, _ in error.value.bad] == [str(corrupt)]
+    assert "--skip_bad_images" in str(error.value)
+    assert isinstance(error.value.__cause__, tf.errors.InvalidArgumentError)
 
 
 def test_weight_decay_skips_bn_and_biases():
@@ -355,6 +465,24 @@ def test_a_finished_run_leaves_a_deployable_model_and_exports(tmp_path):
         assert all(e["max_abs_diff"] <= e["tolerance"]
                    for e in manifest["exports"])
     assert not list(tmp_path.glob("**/*.partial"))
+    # The report says how to load the model; the recipe works as written,
+    # and `import keras_slim` is what makes it work.
+    recipe = report["load_model"]
+    assert recipe == ("import keras, keras_slim; model = "
+                      f"keras.models.load_model('{tmp_path / 'model.keras'}')")
+    check = (
+        "import keras\n"
+        f"try:\n    keras.models.load_model('{tmp_path / 'model.keras'}')\n"
+        "except Exception as err:\n    print('without:', type(err).__name__)\n"
+        f"{recipe}\n"
+        "print('with:', type(model).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO,
+                          env=subprocess_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "without: TypeError" in done.stdout
+    assert "with: SlimmableModel" in done.stdout
     # Running the finished command again trains nothing and rewrites
     # nothing.
     stamp = (tmp_path / "model.keras").stat().st_mtime_ns
@@ -363,6 +491,80 @@ def test_a_finished_run_leaves_a_deployable_model_and_exports(tmp_path):
     with pytest.raises(ValueError, match="--export: unknown format"):
         loop.train(loop.TrainConfig(export=("tflite", "coreml"),
                                     model_dir=str(tmp_path / "other")))
+
+
+def figures(report):
+    """A report without its file records (model.keras is not byte-stable:
+    Keras stamps the save date into it)."""
+    return {k: v for k, v in report.items() if k != "outputs"}
+
+
+def damage(model_dir, what):
+    """Breaks one output of a finished run, as a user or a disk might."""
+    tflite = sorted((model_dir / "tflite").glob("*.tflite"))
+    onnx = sorted((model_dir / "onnx").glob("*.onnx"))
+    if what == "truncate model.keras":
+        model_file = model_dir / "model.keras"
+        model_file.write_bytes(model_file.read_bytes()[:1000])
+    elif what == "delete model.keras":
+        (model_dir / "model.keras").unlink()
+    elif what == "delete a tflite file":
+        tflite[0].unlink()
+    elif what == "flip a byte of an onnx file":
+        content = bytearray(onnx[-1].read_bytes())
+        content[len(content) // 2] ^= 0xFF
+        onnx[-1].write_bytes(bytes(content))
+    elif what == "delete the tflite manifest":
+        (model_dir / "tflite" / "manifest.json").unlink()
+    elif what == "corrupt report.json":
+        (model_dir / "report.json").write_text("{")
+    else:
+        raise ValueError(what)
+
+
+@pytest.mark.slow
+def test_a_finished_run_rebuilds_what_is_missing_or_damaged(tmp_path,
+                                                            caplog):
+    # A finished run used to say "nothing to do" as long as report.json
+    # and the manifests existed, whatever their files had become.
+    config = loop.TrainConfig(
+        method="us", model=TINY, model_kwargs='{"filters": 4}',
+        dataset="digits", batch_size=32, train_steps=6, steps_per_loop=3,
+        checkpoint_every_steps=0, model_dir=str(tmp_path), verbose=0,
+        calibration_examples=64, report_widths=(0.5, 1.0),
+        export=("tflite", "onnx"),
+    )
+    report = loop.train(config)
+    def outputs():
+        return sorted(str(p.relative_to(tmp_path)) for p in (
+            *tmp_path.glob("tflite/*"), *tmp_path.glob("onnx/*"),
+            *tmp_path.glob("*.*")))
+
+    files = outputs()
+    for what in ("truncate model.keras", "delete model.keras",
+                 "delete a tflite file", "flip a byte of an onnx file",
+                 "delete the tflite manifest", "corrupt report.json"):
+        damage(tmp_path, what)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            rebuilt = loop.train(config)
+        assert "Calibrating, evaluating and exporting again" in caplog.text
+        # Same figures, same files, all intact again.
+        assert figures(rebuilt) == figures(report), what
+        assert outputs() == files
+        assert deploy.check_outputs(tmp_path, config.export) == [], what
+        keras.models.load_model(tmp_path / "model.keras")
+    # Complete again: nothing to do, nothing rewritten.
+    stamp = (tmp_path / "model.keras").stat().st_mtime_ns
+    assert figures(loop.train(config)) == figures(report)
+    assert (tmp_path / "model.keras").stat().st_mtime_ns == stamp
+    # Asking for another --quantize is not "finished" either; the float32
+    # files of the first export are gone, not listed.
+    float16 = dataclasses.replace(config, quantize="float16")
+    assert figures(loop.train(float16)) == figures(report)
+    assert sorted(p.name for p in (tmp_path / "tflite").glob("*")) == [
+        "manifest.json", "tiny_cnn_w0.5_float16.tflite",
+        "tiny_cnn_w1_float16.tflite"]
 
 
 # ------------------------------------------------------------- subprocess
@@ -422,6 +624,84 @@ def _kill_and_resume(root):
         "full_returncode": uninterrupted.returncode,
         "full_log": (root / "full.log").read_text(),
     }
+
+
+@pytest.fixture(scope="module")
+def rerun_after_last_checkpoint(tmp_path_factory):
+    """A finished run, and the same run killed after its last checkpoint
+    (during calibration or export), then restarted."""
+    result = once_per_session(tmp_path_factory, "after_last_checkpoint",
+                              _rerun_after_last_checkpoint)
+    for key in ("full", "rerun"):
+        result[key] = pathlib.Path(result[key])
+    return result
+
+
+def _rerun_after_last_checkpoint(root):
+    # No augmentation: the final calibration then used to read the training
+    # pipeline itself, whose shuffle order depends on how many passes over
+    # it were started, which differs between the two processes.
+    flags_used = [f for f in RUN_FLAGS if f != "--augment"] + [
+        "--export=tflite", "--nodeterministic"]
+    full, rerun = root / "full", root / "rerun"
+    env = subprocess_env()
+    first = subprocess.run(
+        [sys.executable, "-m", "trainers.train", f"--model_dir={full}",
+         *flags_used], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=TIMEOUT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # What a kill after the last checkpoint leaves: no report, no model,
+    # no (or a partial) export.
+    shutil.copytree(full, rerun)
+    (rerun / "report.json").unlink()
+    (rerun / "model.keras").unlink()
+    shutil.rmtree(rerun / "tflite")
+    second = subprocess.run(
+        [sys.executable, "-m", "trainers.train", f"--model_dir={rerun}",
+         *flags_used], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=TIMEOUT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return {"full": str(full), "rerun": str(rerun),
+            "full_log": first.stderr + first.stdout,
+            "rerun_log": second.stderr + second.stdout}
+
+
+def test_a_run_killed_after_its_last_checkpoint_writes_identical_files(
+        rerun_after_last_checkpoint):
+    runs = rerun_after_last_checkpoint
+    full = json.loads((runs["full"] / "report.json").read_text())
+    rerun = json.loads((runs["rerun"] / "report.json").read_text())
+    assert "report.json is missing" in runs["rerun_log"]
+    assert "Training lenet_3c1l" not in runs["rerun_log"]  # nothing to train
+    assert [w["accuracy"] for w in rerun["widths"]] == [
+        w["accuracy"] for w in full["widths"]]
+    assert {k: v for k, v in rerun.items() if k not in ("outputs",
+                                                        "load_model")} == {
+        k: v for k, v in full.items() if k not in ("outputs", "load_model")}
+    names = sorted(p.name for p in (runs["full"] / "tflite").glob("*.tflite"))
+    assert len(names) == 4
+    for name in names:
+        assert (runs["rerun"] / "tflite" / name).read_bytes() == (
+            runs["full"] / "tflite" / name).read_bytes(), name
+
+
+def test_long_work_says_what_it_is_doing(rerun_after_last_checkpoint):
+    log = rerun_after_last_checkpoint["full_log"]
+    # Before the first update (tens of seconds of tracing) ...
+    tracing = log.index("Tracing the training step")
+    assert tracing < log.index("Traced; the first 2 step(s) took")
+    # ... and through the final calibration and export, width by width.
+    for i, width in enumerate(["0.25", "0.5", "0.75", "1"]):
+        assert (f"Calibrating BN statistics for width {width} ({i + 1}/4)"
+                in log)
+        assert (f"Exporting and verifying tflite for width {width} "
+                f"({i + 1}/4)") in log
+    assert log.index("Calibrating BN statistics for width 1 (4/4)") < (
+        log.index("Exporting and verifying tflite for width 0.25 (1/4)"))
+    # The final message says how to load the model.
+    model = rerun_after_last_checkpoint["full"] / "model.keras"
+    assert ("Load the model with:\n  import keras, keras_slim; model = "
+            f"keras.models.load_model('{model}')") in log
 
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(runs):

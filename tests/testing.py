@@ -1,9 +1,15 @@
 """Test helpers: `LayerTestCase` (KerasHub's TestCase shape), data, closeness."""
 
 import copy
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import keras
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def assert_close(actual, expected, atol=1e-5, msg=""):
@@ -149,3 +155,27 @@ class LayerTestCase:
 def _random(shape, batch, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(batch,) + tuple(shape)).astype("float32")
+
+
+def run_console_script(tmp_path, name, module, *flags, timeout=300):
+    """Runs `module.run` as the console script `name` that pip would write.
+
+    pip's wrapper (`[project.scripts]`) sets `sys.argv[0]` to the script's
+    path, which absl uses to find the program's flags for `--help`: running
+    `python -m module` does not exercise that. Returns the
+    `subprocess.CompletedProcess` (text output captured).
+    """
+    script = pathlib.Path(tmp_path) / name
+    script.write_text(
+        "import re\nimport sys\n"
+        f"from {module} import run\n"
+        "if __name__ == '__main__':\n"
+        "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', "
+        "sys.argv[0])\n"
+        "    sys.exit(run())\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(
+               [str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, str(script), *flags], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=timeout)

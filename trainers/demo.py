@@ -16,6 +16,7 @@ Usage:
 
 import json
 import os
+import sys
 import time
 import warnings
 
@@ -23,14 +24,23 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from trainers import cli
+
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "keras_slim_demo", "Where the model, exports, manifest, "
     "report and plot are written.")
+cli.validate_output_dir("output_dir")
 _DATASET = flags.DEFINE_string(
     "dataset", "digits", "'digits' (embedded, offline), 'tfds:NAME' or "
     "'folder:PATH' (one sub-folder per class).")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TFDS data directory (for --dataset=tfds:NAME).")
+_DOWNLOAD = flags.DEFINE_bool(
+    "download", False, "For --dataset=tfds:NAME: download and prepare the "
+    "data set if it is not prepared in --data_dir (needs a network).")
+_SKIP_BAD_IMAGES = flags.DEFINE_bool(
+    "skip_bad_images", False, "For --dataset=folder:PATH: leave out, with a "
+    "warning naming them, image files that cannot be decoded.")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "Resize images to this square size (folder/tfds).")
 _MODEL = flags.DEFINE_string(
@@ -100,8 +110,54 @@ def _plot(rows, path, title):
     plt.close(fig)
 
 
+def _first_step_notice():
+    """A callback saying the first training step is being traced, then its
+    time: `fit(verbose=2)` prints once per epoch, and the first step alone
+    (tracing and compiling the sandwich step) takes tens of seconds on CPU;
+    without a word the job looks hung."""
+    import keras
+
+    class FirstStepNotice(keras.callbacks.Callback):
+        started = None
+        reported = False
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.started is None:
+                self.started = time.time()
+                print("      tracing the training step (its first call "
+                      "compiles it; this can take a minute)...", flush=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if not self.reported:
+                self.reported = True
+                print(f"      first step done in "
+                      f"{time.time() - self.started:.0f} s", flush=True)
+
+    return FirstStepNotice()
+
+
 def main(argv):
+    """Runs the job; bad data is a clear error, not a traceback."""
     del argv
+    import tensorflow as tf
+
+    from keras_slim import data as data_lib
+
+    try:
+        _job()
+    except tf.errors.InvalidArgumentError as err:
+        explained = data_lib.explain_decode_error(_DATASET.value, err)
+        if explained is None:
+            raise
+        print(f"ERROR: {explained}", file=sys.stderr)
+        return 2
+    except data_lib.DataError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _job():
     # TensorFlow's converters log every step at INFO; keep the output to
     # this job's progress.
     logging.set_verbosity(logging.WARNING)
@@ -124,11 +180,14 @@ def main(argv):
         image_size=_IMAGE_SIZE.value,
         augment=_DATASET.value != "digits",
         seed=_SEED.value,
+        download=_DOWNLOAD.value,
+        skip_bad_images=_SKIP_BAD_IMAGES.value,
     )
     calibration_data, _, _ = keras_slim.data.load(
         _DATASET.value, batch_size=_BATCH_SIZE.value,
         data_dir=_DATA_DIR.value, image_size=_IMAGE_SIZE.value,
         augment=False, shuffle=False, seed=_SEED.value,
+        download=_DOWNLOAD.value, skip_bad_images=_SKIP_BAD_IMAGES.value,
     )
     print(f"      {info.num_train} training / {info.num_validation} "
           f"validation images of shape {info.input_shape}, "
@@ -151,24 +210,33 @@ def main(argv):
     )
     print(f"[2/5] Training a US-Net {_MODEL.value} for {_EPOCHS.value} "
           f"epochs (sandwich of {_SANDWICH_SIZE.value} widths)")
-    model.fit(train, epochs=_EPOCHS.value, verbose=2)
+    model.fit(train, epochs=_EPOCHS.value, verbose=2,
+              callbacks=[_first_step_notice()])
 
     print(f"[3/5] Calibrating BatchNormalization for widths {widths}")
-    keras_slim.calibrate_bn(model, calibration_data, widths=widths,
-                            num_batches=_CALIBRATION_BATCHES.value)
+    for i, width in enumerate(widths):
+        print(f"      width {width:g} ({i + 1}/{len(widths)})")
+        keras_slim.calibrate_bn(model, calibration_data, widths=[width],
+                                num_batches=_CALIBRATION_BATCHES.value)
     model.set_width(_MAX_WIDTH.value)
-    model.save(os.path.join(output_dir, "model.keras"))
+    model_path = os.path.join(output_dir, "model.keras")
+    model.save(model_path)
 
     print("[4/5] Exporting and verifying one TFLite"
           f"{' and ONNX' if _ONNX.value else ''} file per width")
-    tflite = keras_slim.export.to_tflite(
-        model, os.path.join(output_dir, "tflite"), widths=widths,
-        input_range=keras_slim.data.INPUT_RANGE)
-    if _ONNX.value:
-        keras_slim.export.to_onnx(
-            model, os.path.join(output_dir, "onnx"), widths=widths,
-            input_range=keras_slim.data.INPUT_RANGE)
-    exports = {float(e["width"]): e for e in tflite["exports"]}
+    for kind, export in (("tflite", keras_slim.export.to_tflite),
+                         ("onnx", keras_slim.export.to_onnx)):
+        if kind == "onnx" and not _ONNX.value:
+            continue
+        # One width per call (the manifest keeps the others' entries), so
+        # each conversion of a few seconds is announced.
+        for i, width in enumerate(widths):
+            print(f"      {kind} width {width:g} ({i + 1}/{len(widths)})")
+            manifest = export(model, os.path.join(output_dir, kind),
+                              widths=[width],
+                              input_range=keras_slim.data.INPUT_RANGE)
+        if kind == "tflite":
+            exports = {float(e["width"]): e for e in manifest["exports"]}
 
     print("[5/5] Evaluating and timing each width")
     rows = []
@@ -193,17 +261,25 @@ def main(argv):
         })
     _plot(rows, os.path.join(output_dir, "accuracy_vs_macs.png"),
           f"US-Net {_MODEL.value} on {_DATASET.value}")
+    # keras_slim's layers are found through the registry its import fills:
+    # without it `load_model` fails with "Could not locate class".
+    load_recipe = ("import keras, keras_slim; "
+                   f"model = keras.models.load_model({model_path!r})")
     with open(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump({"dataset": _DATASET.value, "model": _MODEL.value,
-                   "epochs": _EPOCHS.value, "rows": rows}, f, indent=2)
+                   "epochs": _EPOCHS.value, "rows": rows,
+                   "load_model": load_recipe}, f, indent=2)
     print()
     print(_table(rows))
     print(f"\nWrote {output_dir} in {time.time() - started:.0f} s: "
           "model.keras, tflite/, onnx/, report.json, accuracy_vs_macs.png")
+    print(f"Load the model with (keras_slim registers its layers):\n  "
+          f"{load_recipe}")
 
 
 def run():
     """Console entry point (`keras-slim-demo`)."""
+    cli.show_on_help(sys.modules[__name__])
     app.run(main)
 
 

@@ -10,12 +10,23 @@ At the end of a run the chief writes, into `--model_dir`:
   them (`keras_slim.export.to_tflite` / `to_onnx`, which stage their files
   and write the manifest last); `--quantize` applies to the TFLite files.
 
+`report.json`, written last, records the size and sha256 of `model.keras`
+(each export's are in its manifest): `check_outputs` verifies everything a
+finished run claims, so a re-run rebuilds what is missing or damaged
+instead of saying "nothing to do".
+
+`model.keras` holds keras_slim's layers: `keras.models.load_model` needs
+`import keras_slim` first (it registers them), see `LOAD_RECIPE`.
+
 Example:
 
 >>> write_model(model, "/tmp/run")
 >>> export_widths(model, "/tmp/run", ["tflite"], widths=[0.25, 1.0])
+>>> check_outputs("/tmp/run", ["tflite"])  # [] when all is there
 """
 
+import hashlib
+import json
 import os
 import tempfile
 
@@ -25,6 +36,11 @@ import tensorflow as tf
 import keras_slim
 
 MODEL_FILE = "model.keras"
+REPORT_FILE = "report.json"
+MANIFEST_FILE = "manifest.json"
+# Keras finds custom layers through its registry, which `import keras_slim`
+# fills: loading without it fails with "Could not locate class ...".
+LOAD_RECIPE = "import keras, keras_slim; model = keras.models.load_model({!r})"
 FORMATS = ("tflite", "onnx")
 QUANTIZATIONS = ("", "float16", "dynamic", "int8")
 # Representative images for int8 calibration and export verification.
@@ -94,9 +110,91 @@ def export_widths(model, model_dir, formats, widths, quantize="",
     return manifests
 
 
-def is_complete(model_dir, formats):
-    """Whether a finished run already wrote everything it should have."""
-    needed = [MODEL_FILE, "report.json"] + [
-        os.path.join(fmt, "manifest.json") for fmt in formats
-    ]
-    return all(tf.io.gfile.exists(os.path.join(model_dir, p)) for p in needed)
+def file_record(path):
+    """`{"size_bytes", "sha256"}` of a file (local or a tf.io.gfile path)."""
+    digest = hashlib.sha256()
+    size = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size_bytes": size, "sha256": digest.hexdigest()}
+
+
+def _read_json(path):
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def check_outputs(model_dir, formats, quantize=""):
+    """What a finished run's outputs lack: `[]` when all are there, intact.
+
+    Checks that `report.json` is readable; that `model.keras` matches the
+    size and sha256 the report recorded (or, for a report without them,
+    that Keras loads it); and, per export format, that `manifest.json` is
+    readable, lists a file per report width, and every file it lists
+    exists with its recorded size and sha256 (and, for TFLite, the
+    requested `quantize`).
+
+    Returns:
+        A list of sentences, one per problem found.
+    """
+    def path(*parts):
+        return os.path.join(model_dir, *parts)
+
+    if not tf.io.gfile.exists(path(REPORT_FILE)):
+        return [f"{REPORT_FILE} is missing (the run stopped before the end "
+                "of its final calibration and export)"]
+    try:
+        report = _read_json(path(REPORT_FILE))
+        widths = report["widths"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{REPORT_FILE} is not a readable report"]
+    problems = []
+    recorded = report.get("outputs", {}).get(MODEL_FILE)
+    if not tf.io.gfile.exists(path(MODEL_FILE)):
+        problems.append(f"{MODEL_FILE} is missing")
+    elif recorded:
+        if file_record(path(MODEL_FILE)) != recorded:
+            problems.append(f"{MODEL_FILE} does not match the size and "
+                            "sha256 its report recorded (damaged or replaced)")
+    else:
+        try:
+            import keras
+
+            keras.saving.load_model(path(MODEL_FILE))
+        except Exception as err:  # noqa: BLE001 - any failure is the answer
+            problems.append(f"{MODEL_FILE} cannot be loaded "
+                            f"({type(err).__name__})")
+    for fmt in formats:
+        problems += _check_manifest(model_dir, fmt, len(widths),
+                                    quantize if fmt == "tflite" else "")
+    return problems
+
+
+def _check_manifest(model_dir, fmt, num_widths, quantize):
+    folder = os.path.join(model_dir, fmt)
+    try:
+        exports = _read_json(os.path.join(folder, MANIFEST_FILE))["exports"]
+    except tf.errors.NotFoundError:
+        return [f"{fmt}/{MANIFEST_FILE} is missing"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{fmt}/{MANIFEST_FILE} is not a readable manifest"]
+    problems = []
+    if len(exports) < num_widths:
+        problems.append(f"{fmt}/{MANIFEST_FILE} lists {len(exports)} files "
+                        f"for {num_widths} report widths")
+    for entry in exports:
+        name = f"{fmt}/{entry.get('file')}"
+        file_path = os.path.join(folder, str(entry.get("file")))
+        if not tf.io.gfile.exists(file_path):
+            problems.append(f"{name} is missing")
+        elif file_record(file_path) != {"size_bytes": entry.get("size_bytes"),
+                                        "sha256": entry.get("sha256")}:
+            problems.append(f"{name} does not match the size and sha256 "
+                            "its manifest recorded (damaged or replaced)")
+        wanted = quantize or "float32"
+        if fmt == "tflite" and entry.get("quantization", wanted) != wanted:
+            problems.append(f"{name} is {entry.get('quantization')}, "
+                            f"--quantize asks for {wanted}")
+    return problems

@@ -16,6 +16,7 @@ import dataclasses
 
 from absl import flags
 
+from trainers import cli
 from trainers import deploy
 from trainers import distribute
 from trainers import loop
@@ -66,6 +67,19 @@ def define_flags():
         "data_dir", _DEFAULTS.data_dir,
         "TensorFlow Datasets directory for 'tfds:' datasets (default: "
         "TFDS' own, ~/tensorflow_datasets).",
+    )
+    flags.DEFINE_boolean(
+        "skip_bad_images", _DEFAULTS.skip_bad_images,
+        "For 'folder:' datasets: leave out, with a warning naming them, "
+        "image files that cannot be decoded (every file is decoded once to "
+        "find them) instead of stopping with an error that names them.",
+    )
+    flags.DEFINE_boolean(
+        "download", _DEFAULTS.download,
+        "For 'tfds:' datasets: download and prepare the data set if it is "
+        "not prepared in --data_dir yet (needs a network). Without it a "
+        "data set that is not prepared is an error saying how to prepare "
+        "it.",
     )
     flags.DEFINE_float(
         "validation_split", _DEFAULTS.validation_split,
@@ -219,6 +233,7 @@ def define_flags():
         "Re-running the same command resumes from the latest checkpoint. "
         "Empty: <tmp>/keras_slim/<method>-<model>-<dataset>.",
     )
+    cli.validate_output_dir("model_dir")
     flags.DEFINE_integer(
         "seed", _DEFAULTS.seed,
         "Seed of weights, data order, augmentation and random widths.",

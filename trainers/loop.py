@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -31,6 +32,7 @@ from tensorflow.core.framework import summary_pb2
 import keras_slim
 from keras_slim import data as data_lib
 from keras_slim import width as width_lib
+from trainers import cli
 from trainers import deploy
 from trainers import distribute
 from trainers import methods
@@ -66,6 +68,8 @@ class TrainConfig:
     data_dir: str = ""
     validation_split: float = 0.1
     augment: bool = False
+    skip_bad_images: bool = False
+    download: bool = False
     widths: tuple = (0.25, 0.5, 0.75, 1.0)
     width_range: tuple = (0.25, 1.0)
     report_widths: tuple = ()
@@ -540,7 +544,22 @@ def train(config, strategy=None):
     Raises:
         CheckpointError: if `model_dir` holds a checkpoint of another run or
             one that cannot be read.
+        keras_slim.data.DataError: if the data cannot be used as it is
+            (image files that cannot be decoded, named; a TFDS data set
+            that is not prepared).
     """
+    try:
+        return _train(config, strategy)
+    except tf.errors.InvalidArgumentError as err:
+        # A folder image that passed `load`'s quick check but cannot be
+        # decoded fails inside a step with no file name: find and name it.
+        explained = data_lib.explain_decode_error(config.dataset, err)
+        if explained is None:
+            raise
+        raise explained from err
+
+
+def _train(config, strategy):
     strategy = strategy or tf.distribute.get_strategy()
     method = methods.get(config.method)
     keras.utils.set_random_seed(config.seed)
@@ -556,6 +575,7 @@ def train(config, strategy=None):
         )
     deploy.check_options(config.export, config.quantize)
     model_dir = config.resolved_model_dir()
+    cli.check_output_dir(model_dir, "--model_dir")
     is_chief = distribute.is_chief(strategy)
     _check_run_config(model_dir, config)
 
@@ -567,6 +587,8 @@ def train(config, strategy=None):
         augment=config.augment,
         seed=config.seed,
         drop_remainder=True,
+        skip_bad_images=config.skip_bad_images,
+        download=config.download,
     )
     steps_per_epoch = info.num_train // config.batch_size
     if steps_per_epoch < 1:
@@ -598,13 +620,21 @@ def train(config, strategy=None):
         logging.info("Resumed from step %d (%s).", start_step, restored)
     if controller is not None:
         controller.update(start_step)  # checks the restored state's step
-    if start_step >= total_steps and deploy.is_complete(model_dir,
-                                                        config.export):
-        logging.info("%s is a finished run; nothing to do.", model_dir)
-        if not is_chief:
-            return None
-        with tf.io.gfile.GFile(os.path.join(model_dir, "report.json")) as f:
-            return json.load(f)
+    if start_step >= total_steps:
+        problems = deploy.check_outputs(model_dir, config.export,
+                                        config.quantize)
+        if not problems:
+            logging.info("%s is a finished run and its outputs are intact; "
+                         "nothing to do.", model_dir)
+            if not is_chief:
+                return None
+            with tf.io.gfile.GFile(
+                    os.path.join(model_dir, deploy.REPORT_FILE)) as f:
+                return json.load(f)
+        logging.warning(
+            "%s holds the final checkpoint (step %d), but %s. Calibrating, "
+            "evaluating and exporting again from that checkpoint.",
+            model_dir, start_step, "; ".join(problems))
     write_dir = distribute.write_dir(model_dir, strategy)
     manager = tf.train.CheckpointManager(
         checkpoint, write_dir, max_to_keep=config.max_checkpoints
@@ -624,12 +654,20 @@ def train(config, strategy=None):
     every = max(1, config.checkpoint_every_steps or total_steps)
     steps_per_loop = max(1, config.steps_per_loop)
     step = start_step
-    logging.info(
-        "Training %s on %s: %d steps (%d per epoch), %d replica(s), "
-        "model_dir=%s.", config.model, config.dataset, total_steps,
-        steps_per_epoch, strategy.num_replicas_in_sync, model_dir,
-    )
+    if step < total_steps:
+        logging.info(
+            "Training %s on %s: %d steps (%d per epoch), %d replica(s), "
+            "model_dir=%s.", config.model, config.dataset, total_steps,
+            steps_per_epoch, strategy.num_replicas_in_sync, model_dir,
+        )
+    first_call = True
     while step < total_steps:
+        if first_call:
+            # The first call traces and compiles the step (tens of seconds
+            # on CPU): say so, or the run looks hung.
+            logging.info("Tracing the training step (its first call "
+                         "compiles it; this can take a minute)...")
+            traced_at = time.perf_counter()
         # Stop at checkpoint steps, so that a resumed run lands on them too.
         num_steps = min(steps_per_loop, total_steps - step,
                         every - step % every)
@@ -640,6 +678,10 @@ def train(config, strategy=None):
                 num_steps = min(num_steps, event - step)
         logs = train_steps(iterator, tf.constant(num_steps, tf.int32))
         step = int(optimizer.iterations.numpy())
+        if first_call:
+            logging.info("Traced; the first %d step(s) took %.1f s.",
+                         num_steps, time.perf_counter() - traced_at)
+            first_call = False
         if controller is not None:
             controller.update(step)
         logs = {name: float(value) for name, value in logs.items()}
@@ -664,29 +706,48 @@ def train(config, strategy=None):
                          model_dir, step, strategy)
 
 
+def calibration_data(config, num_batches):
+    """The examples the final calibration and export read: fixed, seeded.
+
+    The first `num_batches` batches of a training pipeline built only for
+    this (no augmentation, the run's seed), cached: every width is
+    calibrated on the same examples, and a run resumed after its last
+    checkpoint (killed during calibration or export) calibrates and exports
+    exactly as an uninterrupted one. Reading the training pipeline itself
+    would not do that: its shuffle order depends on how many passes over
+    it were started, which differs between the two.
+    """
+    dataset, _, _ = data_lib.load(
+        config.dataset, batch_size=config.batch_size,
+        data_dir=config.data_dir or None,
+        validation_split=config.validation_split,
+        augment=False, shuffle=True, seed=config.seed, cache=False,
+        skip_bad_images=config.skip_bad_images, download=config.download,
+    )
+    return dataset.take(num_batches).cache()
+
+
 def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
                   step, strategy):
     """Calibrates BN at the report widths, evaluates, writes report.json."""
+    del train_ds  # its shuffle order is not reproducible; see below
     widths = method.report_widths(config)
-    calibration_ds = train_ds
-    if config.augment:
-        calibration_ds, _, _ = data_lib.load(
-            config.dataset, batch_size=config.batch_size,
-            data_dir=config.data_dir or None,
-            validation_split=config.validation_split,
-            augment=False, seed=config.seed,
-        )
     num_batches = max(1, math.ceil(
         config.calibration_examples / config.batch_size
     ))
-    cardinality = int(calibration_ds.cardinality())
-    if cardinality > 0:
-        num_batches = min(num_batches, cardinality)
+    calibration_ds = calibration_data(config, num_batches)
+    # Nothing claims completeness while the outputs are rewritten.
+    report_path = os.path.join(model_dir, deploy.REPORT_FILE)
+    if tf.io.gfile.exists(report_path):
+        tf.io.gfile.remove(report_path)
     # Exact statistics per width (a no-op for networks without BN).
-    keras_slim.calibrate_bn(
-        model, calibration_ds, widths=widths, num_batches=num_batches,
-        verbose=0,
-    )
+    for i, width in enumerate(widths):
+        logging.info("Calibrating BN statistics for width %s (%d/%d)...",
+                     _width_name(width), i + 1, len(widths))
+        keras_slim.calibrate_bn(model, calibration_ds, widths=[width],
+                                verbose=0)
+    logging.info("Evaluating %d width(s) on %d validation examples...",
+                 len(widths), info.num_validation)
     accuracies = evaluate_widths(model, val_ds, widths, per_output=True)
     report = {
         "method": config.method,
@@ -709,17 +770,39 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
         ],
     }
     # What to deploy first, then the report: a run with a report.json has
-    # written everything (see `deploy.is_complete`).
-    deploy.write_model(model, model_dir)
+    # written everything (see `deploy.check_outputs`).
+    logging.info("Saving %s...", deploy.MODEL_FILE)
+    model_path = deploy.write_model(model, model_dir)
     if config.export:
-        deploy.export_widths(
-            model, model_dir, config.export, widths, config.quantize,
-            representative_data=deploy.representative_images(calibration_ds),
-        )
-    path = os.path.join(model_dir, "report.json")
-    with tf.io.gfile.GFile(path + ".partial", "w") as f:
+        representative = deploy.representative_images(calibration_ds)
+        for fmt in config.export:
+            folder = os.path.join(model_dir, fmt)
+            if tf.io.gfile.exists(folder):
+                # Files of an earlier attempt (other widths, another
+                # --quantize) must not stay listed in the new manifest.
+                tf.io.gfile.rmtree(folder)
+            started = time.perf_counter()
+            # One width per call (the manifest keeps the others' entries):
+            # each conversion takes seconds, so say which one is running.
+            for i, width in enumerate(widths):
+                logging.info("Exporting and verifying %s for width %s "
+                             "(%d/%d)...", fmt, _width_name(width), i + 1,
+                             len(widths))
+                deploy.export_widths(
+                    model, model_dir, [fmt], [width], config.quantize,
+                    representative_data=representative,
+                )
+            logging.info("Wrote %s/ in %.1f s.", folder,
+                         time.perf_counter() - started)
+    report["outputs"] = {
+        deploy.MODEL_FILE: deploy.file_record(model_path),
+        **{fmt: f"{fmt}/{deploy.MANIFEST_FILE}" for fmt in config.export},
+    }
+    report["load_model"] = deploy.LOAD_RECIPE.format(
+        model_path if "://" in model_path else os.path.abspath(model_path))
+    with tf.io.gfile.GFile(report_path + ".partial", "w") as f:
         json.dump(report, f, indent=2)
-    tf.io.gfile.rename(path + ".partial", path, overwrite=True)
+    tf.io.gfile.rename(report_path + ".partial", report_path, overwrite=True)
     eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
     write_scalars(eval_writer, step, {
         f"accuracy_{width_lib.width_tag(e['width'])}": e["accuracy"]
@@ -728,4 +811,14 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
     eval_writer.flush()
     if config.verbose:
         _print_report(report)
+        # keras_slim's layers are found through the registry its import
+        # fills; without it load_model fails.
+        print(f"\nWrote {model_dir}. Load the model with:\n  "
+              f"{report['load_model']}")
     return report
+
+
+def _width_name(width):
+    if isinstance(width, dict):
+        return width_lib.width_tag(width)
+    return f"{float(width):g}"

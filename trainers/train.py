@@ -24,6 +24,8 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from keras_slim import data as data_lib
+from trainers import cli
 from trainers import distribute
 from trainers import flags as trainer_flags
 from trainers import loop
@@ -57,7 +59,7 @@ def main(argv):
     config = trainer_flags.config_from_flags(FLAGS)
     try:
         loop.train(config, strategy)
-    except loop.CheckpointError as err:
+    except (loop.CheckpointError, data_lib.DataError) as err:
         # A clear message and a non-zero exit, not a traceback.
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
@@ -66,6 +68,7 @@ def main(argv):
 
 def run():
     """Console entry point `keras-slim-train`."""
+    cli.show_on_help(sys.modules[__name__], [trainer_flags])
     app.run(main)
 
 

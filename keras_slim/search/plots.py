@@ -5,13 +5,25 @@ import os
 from keras_slim.search import configs as configs_lib
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure that only saves to files.
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    A `matplotlib.figure.Figure` made directly needs no pyplot backend:
+    switching the global backend to "Agg" here (as this module once did)
+    silently stopped every later `plt.show()` of a notebook from drawing.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    return Figure(**kwargs)
+
+
+def _macs(macs):
+    """MACs with 3 significant digits: "433K", "1.25M" (".1fM" printed
+    0.4M for both 433K and 452K)."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if macs >= scale:
+            return f"{macs / scale:.3g}{unit}"
+    return f"{macs:.0f}"
 
 
 def _result(result):
@@ -35,15 +47,14 @@ def plot_channels(result, model, path):
     >>> keras_slim.search.plots.plot_channels("search.json", model,
     ...                                       "channels.png")
     """
-    plt = _pyplot()
     result = _result(result)
     configs = result["configs"]
     if not configs:
         raise ValueError("The search result has no configuration to plot.")
     layers = list(configs[0]["channels"])
-    figure, axes = plt.subplots(
-        len(configs), 1, figsize=(max(6, 0.25 * len(layers)),
-                                  2.6 * len(configs)), squeeze=False)
+    figure = _figure(figsize=(max(6, 0.25 * len(layers)),
+                              2.6 * len(configs) + 0.4))
+    axes = figure.subplots(len(configs), 1, squeeze=False)
     for axis, config in zip(axes[:, 0], configs):
         width = config["uniform"]["width"]
         uniform = configs_lib.config_from_counts(
@@ -51,18 +62,25 @@ def plot_channels(result, model, path):
         positions = range(len(layers))
         axis.bar([p - 0.2 for p in positions],
                  [config["channels"][n] for n in layers], 0.4,
-                 label=f"searched ({config['macs'] / 1e6:.1f}M MACs)")
+                 label=f"searched: {_macs(config['macs'])} MACs")
+        # The uniform width of equal cost is rarely round (e.g. 1.0416):
+        # 3 significant digits say it.
         axis.bar([p + 0.2 for p in positions], [uniform[n] for n in layers],
-                 0.4, label=f"uniform {width:g}x "
-                 f"({config['uniform']['macs'] / 1e6:.1f}M MACs)")
-        axis.set_title(config["name"])
+                 0.4, label=f"uniform {width:.3g}x: "
+                 f"{_macs(config['uniform']['macs'])} MACs")
+        target = config.get("target")
+        axis.set_title(config["name"] + (
+            f" (target {_macs(target)} MACs)" if target else ""), fontsize=10)
         axis.set_ylabel("channels")
-        axis.legend(fontsize=8)
         axis.set_xticks(list(positions))
         axis.set_xticklabels(layers, rotation=90, fontsize=6)
+        # Room above the bars for the legend, which must not cover them.
+        top = max(max(config["channels"][n] for n in layers),
+                  max(uniform[n] for n in layers))
+        axis.set_ylim(0, 1.35 * top)
+        axis.legend(fontsize=8, ncol=2, loc="upper center", frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_accuracy(result, path, retrained=None):
@@ -79,10 +97,10 @@ def plot_accuracy(result, path, retrained=None):
 
     >>> keras_slim.search.plots.plot_accuracy("search.json", "acc.png")
     """
-    plt = _pyplot()
     result = _result(result)
     configs = result["configs"]
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure = _figure(figsize=(6, 4))
+    axis = figure.subplots()
     axis.plot([c["macs"] / 1e6 for c in configs],
               [c["search_accuracy"] for c in configs], "o-",
               label="searched (supernet, search set)")
@@ -100,4 +118,3 @@ def plot_accuracy(result, path, retrained=None):
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)

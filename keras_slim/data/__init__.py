@@ -6,6 +6,11 @@ Three kinds of spec are understood:
 - `"tfds:NAME"`: a TensorFlow Datasets builder such as `"tfds:cifar10"`.
 - `"folder:PATH"`: a local directory with one sub-folder of images per class.
 
+`prepare_image_folder` makes such a folder from an archive or a TFDS data
+set (`python -m keras_slim.data prepare SOURCE DESTINATION` on the command
+line) and `find_bad_images` names the files in one that TensorFlow cannot
+decode (`python -m keras_slim.data check FOLDER`).
+
 Every pipeline yields `(images, labels)` batches: images are float32 scaled to
 `[0, 1]` with shape `(batch, H, W, C)`, labels are int32 class indices of
 shape `(batch,)`.
@@ -22,9 +27,17 @@ print(info.num_classes, info.input_shape)  # 10 (8, 8, 1)
 import dataclasses
 import logging
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
+
+from keras_slim.data import image_files
+from keras_slim.data.errors import BadImageError
+from keras_slim.data.errors import DataError
+from keras_slim.data.errors import NotPreparedError
+from keras_slim.data.image_files import find_bad_images
+from keras_slim.data.prepare import prepare_image_folder
 
 _LOG = logging.getLogger(__name__)
 
@@ -37,8 +50,7 @@ _ALLOWED_SPECS = (
     "'digits', 'tfds:NAME' (e.g. 'tfds:cifar10'), "
     "or 'folder:PATH' (a directory with one sub-folder per class)"
 )
-# Same allowlist as `keras.utils.image_dataset_from_directory`.
-_IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+_IMAGE_EXTENSIONS = image_files.IMAGE_EXTENSIONS
 # The digits hold-out is fixed so every run evaluates on the same images.
 _DIGITS_TEST_SIZE = 0.2
 # Seed of the fixed hold-out permutation (digits and folders): independent of
@@ -140,6 +152,8 @@ def load(
     seed=0,
     cache=True,
     drop_remainder=False,
+    skip_bad_images=False,
+    download=False,
 ):
     """Builds training and validation pipelines from a dataset spec.
 
@@ -150,10 +164,13 @@ def load(
       always the same stratified 20% (360 images, `train_test_split(...,
       stratify=y, random_state=0)`); `validation_split` is checked but not
       used.
-    - `"tfds:NAME"`: `tfds.load(NAME, data_dir=data_dir, as_supervised=True)`.
-      Uses the `"test"` split for validation when the data set has one,
-      otherwise holds out the last `validation_split` of `"train"`. Downloads
-      the data if it is not prepared in `data_dir` yet (needs a network).
+    - `"tfds:NAME"`: `tfds.load(NAME, data_dir=data_dir, as_supervised=True,
+      download=download)`. Uses the `"test"` split for validation when the
+      data set has one, otherwise holds out the last `validation_split` of
+      `"train"`. The data must be prepared in `data_dir` already, unless
+      `download=True` (which needs a network; without one TFDS retries for
+      minutes): a data set that is not prepared is refused at once, saying
+      where it was looked for and how to prepare it.
       Uint8 images are divided by 255; grey images keep one channel.
     - `"folder:PATH"`: a local directory with one sub-folder per class
       (`PATH/cat/001.jpg`, ...; `.bmp .gif .jpeg .jpg .png`, searched
@@ -162,7 +179,15 @@ def load(
       give 1 channel, anything else 3 (RGB). Pixel values are divided by
       255. The hold-out is stratified: `round(validation_split * n)` images
       of every class of `n` images, picked by a fixed permutation, so it does
-      not depend on `seed` and train/validation never overlap.
+      not depend on `seed` and train/validation never overlap. Every file
+      is checked once before anything is built (its signature and end,
+      see `find_bad_images`; about 1 s per 50,000 files): files TensorFlow
+      cannot decode are refused by name, or left out with a warning with
+      `skip_bad_images=True`. (A file whose start and end are intact but
+      whose middle is corrupt can still fail while training;
+      `find_bad_images(PATH, decode=True)` finds those too.)
+      `prepare_image_folder` makes such a folder from an archive or a TFDS
+      data set.
 
     Training pipeline: decode -> (resize) -> `cache()` -> `shuffle()` ->
     augmentation -> `batch()` -> `prefetch()`. Validation pipeline: decode
@@ -196,6 +221,12 @@ def load(
             resizing, before augmentation).
         drop_remainder: Whether the training pipeline drops the last,
             incomplete batch.
+        skip_bad_images: `folder:` specs: leave out, with a warning naming
+            them, image files that cannot be decoded, instead of raising.
+            Every file is then decoded once to find them (about 5 s per
+            50,000 small JPEGs), so files corrupt in the middle go too.
+        download: `tfds:` specs: download and prepare a data set that is
+            not prepared in `data_dir` yet (needs a network).
 
     Returns:
         A tuple `(train_ds, validation_ds, info)`: two batched, prefetched
@@ -206,8 +237,12 @@ def load(
     Raises:
         ValueError: for a bad spec, a bad argument, a missing or empty image
             folder, or an unknown / unsuitable TFDS data set.
-        RuntimeError: if a TFDS data set is not prepared in `data_dir` and
-            downloading it fails (for example without a network).
+        BadImageError: (a `DataError`, a `ValueError`) for image files in a
+            folder that cannot be decoded; `.bad` lists them.
+        NotPreparedError: (a `DataError`) if a TFDS data set is not
+            prepared in `data_dir` and `download` is False.
+        RuntimeError: if `download=True` and downloading fails (for
+            example without a network).
 
     Example:
 
@@ -225,14 +260,18 @@ def load(
     size = _normalize_image_size(image_size)
     if seed is not None:
         _check_int("seed", seed, minimum=0)
+    _check_bool("skip_bad_images", skip_bad_images)
+    _check_bool("download", download)
 
     if kind == "digits":
         train, val, meta = _digits_source(size)
     elif kind == "tfds":
-        train, val, meta = _tfds_source(arg, data_dir, size, validation_split)
+        train, val, meta = _tfds_source(
+            arg, data_dir, size, validation_split, download
+        )
     else:
         train, val, meta = _folder_source(
-            arg, size, validation_split, shuffle, seed
+            arg, size, validation_split, shuffle, seed, skip_bad_images
         )
 
     train_ds = _train_pipeline(
@@ -265,6 +304,11 @@ def _check_int(name, value, *, minimum):
         raise ValueError(
             f"`{name}` must be an integer >= {minimum}, got {value!r}."
         )
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
 
 
 def _check_validation_split(value):
@@ -346,7 +390,34 @@ def _digits_source(size):
     return make(x_train, y_train), make(x_val, y_val), info
 
 
-def _tfds_source(name, data_dir, size, validation_split):
+_HOW_TO_PREPARE = (
+    "Prepare it on a machine with a network (`tfds build {name} "
+    "--data_dir=DIR`, or `keras_slim.data.load('tfds:{name}', "
+    "data_dir=DIR, download=True)`), copy DIR here and pass it as "
+    "`data_dir` (trainers and demo: --data_dir=DIR); or let this run "
+    "download it (needs a network): `download=True` (trainers and demo: "
+    "--download). Offline alternatives: 'folder:PATH' (see "
+    "`keras_slim.data.prepare_image_folder`) or 'digits'."
+)
+
+
+def _tfds_root(builder, data_dir):
+    if data_dir:
+        return os.path.abspath(os.path.expanduser(data_dir))
+    # The versioned folder TFDS looks in: <root>/<name>/<config>/<version>.
+    return str(builder.data_dir)
+
+
+def _not_prepared_message(name, builder, data_dir):
+    where = f"data_dir={data_dir!r}" if data_dir else "TFDS' default data_dir"
+    return (
+        f"TFDS data set {name!r} is not prepared in {where} (looked for "
+        f"{builder.data_dir}) and downloading is off. "
+        + _HOW_TO_PREPARE.format(name=name)
+    )
+
+
+def _tfds_source(name, data_dir, size, validation_split, download):
     import tensorflow_datasets as tfds
 
     spec = f"tfds:{name}"
@@ -385,17 +456,6 @@ def _tfds_source(name, data_dir, size, validation_split):
             f"TFDS data set {name!r} has an unknown number of channels."
         )
 
-    # Without a network tfds.load retries for minutes before it fails: say
-    # up front what is happening and turn the failure into a clear error.
-    prepared = builder.is_prepared()
-    if not prepared:
-        _LOG.warning(
-            "TFDS data set %r is not prepared in data_dir=%r; downloading "
-            "and preparing it (most data sets need a network for this).",
-            name,
-            data_dir,
-        )
-
     def tfds_load(split, with_info=False):
         return tfds.load(
             name,
@@ -403,20 +463,30 @@ def _tfds_source(name, data_dir, size, validation_split):
             data_dir=data_dir,
             as_supervised=True,
             with_info=with_info,
+            download=download,
         )
 
-    try:
-        train, info = tfds_load("train", with_info=True)
-    except Exception as err:
-        if prepared:
-            raise
-        raise RuntimeError(
-            f"TFDS data set {name!r} is not prepared in data_dir={data_dir!r} "
-            f"and downloading it failed: {type(err).__name__}: "
-            f"{_first_line(err)}. Run once with network access (or copy a "
-            "prepared TFDS data directory and pass it as `data_dir`), or use "
-            "'folder:PATH' / 'digits' offline."
-        ) from err
+    if not download:
+        # Without a network a download retries for minutes before it
+        # fails: only read what is prepared (under `tfds.testing.mock_data`
+        # this path reads the mock data).
+        try:
+            train, info = tfds_load("train", with_info=True)
+        except Exception as err:  # TFDS: AssertionError "could not find"
+            if builder.is_prepared():
+                raise
+            raise NotPreparedError(_not_prepared_message(
+                name, builder, data_dir)) from err
+    else:
+        try:
+            train, info = tfds_load("train", with_info=True)
+        except Exception as err:
+            raise RuntimeError(
+                f"TFDS data set {name!r} could not be downloaded and "
+                f"prepared in {_tfds_root(builder, data_dir)}: "
+                f"{type(err).__name__}: {_first_line(err)}. "
+                + _HOW_TO_PREPARE.format(name=name)
+            ) from err
 
     # `info` is the prepared builder's: its split list and class names are
     # now accurate. (Under tfds.testing.mock_data without metadata files the
@@ -476,7 +546,96 @@ def _first_line(err):
     return text.splitlines()[0] if text else repr(err)
 
 
-def _folder_source(path, size, validation_split, shuffle, seed):
+def _without_bad_images(root, spec, files, skip):
+    """`files` (one list per class) checked once; bad ones refused/skipped.
+
+    The default check reads each file's signature and end (fast); when the
+    user asks to skip bad files, every file is decoded once, so that files
+    corrupt in the middle are left out too.
+    """
+    bad = find_bad_images([f for class_files in files for f in class_files],
+                          decode=skip)
+    if not bad:
+        return files
+    listing = image_files.describe(bad)
+    total = sum(len(f) for f in files)
+    if not skip:
+        raise BadImageError(
+            f"{len(bad)} of the {total} image files in {root!r} (spec "
+            f"{spec!r}) cannot be decoded:\n{listing}\nDelete or replace "
+            "them, or leave them out with a warning: `skip_bad_images=True` "
+            "(trainers and demo: --skip_bad_images).",
+            bad,
+        )
+    _LOG.warning(
+        "Skipping %d of the %d image files in %r that cannot be decoded "
+        "(skip_bad_images=True):\n%s", len(bad), total, root, listing,
+    )
+    drop = {path for path, _ in bad}
+    return [[f for f in class_files if f not in drop] for class_files in files]
+
+
+# What TensorFlow's image decoders say when a file is not a valid image.
+_DECODE_FAILURE = re.compile(
+    r"Unknown image file format|jpeg::|Invalid JPEG|Invalid PNG|PNG|GIF|BMP|"
+    r"Input is empty|Decode(Image|Jpeg|Png|Gif|Bmp)", re.IGNORECASE)
+
+
+def explain_decode_error(spec, error):
+    """The `BadImageError` behind an image-decoding failure, or None.
+
+    A file whose signature and end are intact but whose content is corrupt
+    passes the check `load` makes and fails later, inside training, with
+    TensorFlow's message and no file name. Given that error, this decodes
+    every file of a `folder:` spec once and names the bad ones.
+
+    Args:
+        spec: The dataset spec the failing pipeline was built from.
+        error: The exception raised while iterating it.
+
+    Returns:
+        A `BadImageError` to raise (`raise explained from error`), or None
+        when the error is not about decoding a folder's images.
+
+    Example:
+
+    ```python
+    try:
+        model.fit(train_ds, epochs=10)
+    except tf.errors.InvalidArgumentError as err:
+        explained = keras_slim.data.explain_decode_error(spec, err)
+        if explained:
+            raise explained from err
+        raise
+    ```
+    """
+    if not isinstance(error, tf.errors.InvalidArgumentError):
+        return None
+    if not _DECODE_FAILURE.search(str(error)):
+        return None
+    kind, path = parse_spec(spec)
+    if kind != "folder":
+        return None
+    root = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(root):
+        return None
+    bad = find_bad_images(root, decode=True)
+    if not bad:
+        return None
+    return BadImageError(
+        f"An image file of {root!r} (spec {spec!r}) failed to decode while "
+        f"the pipeline was running ({image_files.error_text(error)}). "
+        f"Decoding every file found {len(bad)} that cannot be decoded:\n"
+        f"{image_files.describe(bad)}\nDelete or replace them, or leave "
+        "them out with a warning: `skip_bad_images=True` (trainers and "
+        "demo: --skip_bad_images), which decodes every file once to find "
+        "them.",
+        bad,
+    )
+
+
+def _folder_source(path, size, validation_split, shuffle, seed,
+                   skip_bad_images):
     spec = f"folder:{path}"
     layout = "one sub-folder per class, e.g. PATH/cat/001.jpg, PATH/dog/002.png"
     root = os.path.abspath(os.path.expanduser(path))
@@ -499,7 +658,9 @@ def _folder_source(path, size, validation_split, shuffle, seed):
             f"Image folder {root!r} (spec {spec!r}) has no class "
             f"sub-folders. Expected {layout}."
         )
-    files = [_list_images(os.path.join(root, name)) for name in class_names]
+    files = [image_files.list_images(os.path.join(root, name))
+             for name in class_names]
+    files = _without_bad_images(root, spec, files, skip_bad_images)
     total = sum(len(f) for f in files)
     if total == 0:
         raise ValueError(
@@ -581,18 +742,6 @@ def _folder_source(path, size, validation_split, shuffle, seed):
         class_names=tuple(class_names),
     )
     return make(train_items), make(val_items), meta
-
-
-def _list_images(class_dir):
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        dirnames.sort()  # Deterministic walk order.
-        found += [
-            os.path.join(dirpath, name)
-            for name in sorted(filenames)
-            if name.lower().endswith(_IMAGE_EXTENSIONS)
-        ]
-    return found
 
 
 # ---------------------------------------------------------------------------
