@@ -709,6 +709,14 @@ def slim(
         )
         width_range = (widths[0], widths[-1])
     width_range = width_lib.validate_width_range(width_range)
+    if width_range[1] < 1.0 - 1e-9:
+        raise ValueError(
+            "slim() builds every layer at the max width and keeps the "
+            "original weights, so the max width must be at least 1.0 (the "
+            f"original network); got a max width of {width_range[1]}. Add "
+            "1.0 to `widths` (or to `width_range`), or pass narrower "
+            "networks as configurations (dicts layer name -> channels)."
+        )
     if switchable_bn is None:
         switchable_bn = widths is not None and not triangular
     if switchable_bn and widths is None:

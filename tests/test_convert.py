@@ -540,3 +540,15 @@ def test_triangular_separable_convolutions_are_exact_at_every_width():
     assert_close(narrow, wide[..., : narrow.shape[-1]], atol=1e-5)
     model.set_width(0.5)
     assert_close(keras_slim.strip(model, 0.5)(x), model(x))
+
+
+def test_a_max_width_below_one_is_refused():
+    # Layers are built at the max width and hold the original weights: a
+    # max width below 1.0 used to fail with an IndexError in the copy.
+    base = _sequential(keras.layers.Conv2D(8, 3),
+                       keras.layers.GlobalAveragePooling2D(),
+                       keras.layers.Dense(2))
+    for kwargs in ({"widths": [0.9374, 0.4583], "width_range": (0.25, 1.5)},
+                   {"width_range": (0.25, 0.5)}):
+        with pytest.raises(ValueError, match="max width must be at least"):
+            keras_slim.slim(base, **kwargs)

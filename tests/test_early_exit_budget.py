@@ -208,3 +208,19 @@ def test_calibrate_exit_thresholds_refuses_bad_labels():
                             (np.full(40, 0.5), "integer class indices")):
         with pytest.raises(ValueError, match=message):
             keras_slim.calibrate_exit_thresholds(model, (x, labels))
+
+
+def test_budget_curve_leaves_the_pyplot_backend_alone(tmp_path):
+    # plot_budget_curve switched matplotlib to Agg, which silently blanked
+    # every later plt.show() of a notebook.
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a notebook's inline backend, say: not Agg
+    try:
+        early_exit.plot_budget_curve(tmp_path / "curve.png",
+                                     {"boosted": [(1e6, 0.5), (2e6, 0.7)]})
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "curve.png").stat().st_size > 0

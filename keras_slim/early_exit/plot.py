@@ -46,15 +46,14 @@ def plot_budget_curve(path, curves, anytime=None, title=None, ax=None,
     ...     "budget.png", {"boosted": curve},
     ...     anytime={"boosted exits": anytime_accuracy(cache)})
     """
-    import matplotlib
-
-    if ax is None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: switching matplotlib's backend to
+    # Agg would silently blank every later plt.show() of a notebook.
+    from matplotlib.figure import Figure
 
     figure = None
     if ax is None:
-        figure, ax = plt.subplots(figsize=(7, 4.5))
+        figure = Figure(figsize=(7, 4.5))
+        ax = figure.subplots()
     for label, values in curves.items():
         points = np.asarray(_points(values))
         if len(points):
@@ -79,5 +78,4 @@ def plot_budget_curve(path, curves, anytime=None, title=None, ax=None,
         figure.tight_layout()
         if path is not None:
             figure.savefig(path, dpi=120)
-        plt.close(figure)
     return ax
