@@ -870,3 +870,20 @@ def test_the_command_line_prepares_and_checks(tmp_path, capsys):
     assert cli.main(["prepare", str(tmp_path / "missing.tar"),
                      str(tmp_path / "x")]) == 2
     assert "Archive not found" in capsys.readouterr().err
+
+
+def test_tfds_specs_without_tfds_installed_say_how_to_install(monkeypatch):
+    # tensorflow-datasets is an optional dependency ("keras-slim[tfds]").
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tfds(name, *args, **kwargs):
+        if name == "tensorflow_datasets":
+            raise ImportError("No module named 'tensorflow_datasets'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    with pytest.raises(data.DataError,
+                       match=r"pip install 'keras-slim\[tfds\]'"):
+        data.load("tfds:mnist", batch_size=8)

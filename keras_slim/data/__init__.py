@@ -36,6 +36,7 @@ from keras_slim.data import image_files
 from keras_slim.data.errors import BadImageError
 from keras_slim.data.errors import DataError
 from keras_slim.data.errors import NotPreparedError
+from keras_slim.data.errors import import_tfds
 from keras_slim.data.image_files import find_bad_images
 from keras_slim.data.prepare import prepare_image_folder
 
@@ -418,7 +419,7 @@ def _not_prepared_message(name, builder, data_dir):
 
 
 def _tfds_source(name, data_dir, size, validation_split, download):
-    import tensorflow_datasets as tfds
+    tfds = import_tfds()
 
     spec = f"tfds:{name}"
     try:

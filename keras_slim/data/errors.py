@@ -19,3 +19,21 @@ class BadImageError(DataError):
 
 class NotPreparedError(DataError):
     """A TFDS data set is not prepared in the data directory."""
+
+
+def import_tfds():
+    """`tensorflow_datasets`, or a clear error saying how to install it.
+
+    TFDS is an optional dependency (only `tfds:NAME` specs need it):
+    `pip install "keras-slim[tfds]"`.
+    """
+    try:
+        import tensorflow_datasets
+    except ImportError as error:
+        raise DataError(
+            "tfds:NAME data sets need TensorFlow Datasets, which is not "
+            f"installed ({error}). Install it with: pip install "
+            "'keras-slim[tfds]' (or: pip install tensorflow-datasets "
+            "importlib_resources)."
+        ) from None
+    return tensorflow_datasets

@@ -36,6 +36,7 @@ import tempfile
 import zipfile
 
 from keras_slim.data import image_files
+from keras_slim.data.errors import import_tfds
 
 _LOG = logging.getLogger("keras_slim.data")
 MARKER = ".keras_slim_prepared.json"
@@ -237,7 +238,7 @@ def _write_tfds(name, staging, split, data_dir, download, verbose):
     """Writes one PNG per example of a TFDS split; returns its folder."""
     import keras
     import tensorflow as tf
-    import tensorflow_datasets as tfds
+    tfds = import_tfds()
 
     from keras_slim import data as data_lib
 
