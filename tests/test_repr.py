@@ -345,7 +345,13 @@ def test_dropped_filters_are_truly_out_then_reinitialised(optimizer, bn_mode):
         fan_in, fan_out = kernel.shape[1], 8 * 9
         glorot_norm = np.sqrt(fan_in * 2.0 / (fan_in + fan_out))
         norms = np.linalg.norm(kernel[idx], axis=1)
-        assert np.all((norms > 0.5 * glorot_norm) & (norms < 1.5 * glorot_norm))
+        if paper:  # a fresh filter's length
+            assert np.all((norms > 0.5 * glorot_norm)
+                          & (norms < 1.5 * glorot_norm))
+        else:  # the kept filters' median length
+            np.testing.assert_allclose(
+                norms, np.median(np.linalg.norm(kernel[kept], axis=1)),
+                rtol=1e-5)
         if layer == "conv1" and paper:
             np.testing.assert_array_equal(values[7]["bn1/gamma"][idx], 1.0)
             np.testing.assert_array_equal(values[7]["bn1/beta"][idx], 0.0)
@@ -896,3 +902,34 @@ def _after_drop_mean(model, x, callback):
     for unit in controller.units:
         unit.mask.assign(np.ones(unit.filters, "float32"))
     return mean
+
+
+def test_calibration_data_gives_exact_statistics_right_at_the_event():
+    """With a few training images at hand, inference is right at once:
+    every BN's moving statistics equal its batch statistics on them."""
+    x, y = digits(128)
+    model = tiny_bn_model()
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    controller = repr_lib.RePrController(
+        model, repr_lib.RePrSchedule(1, 1, 1), 0.25, calibration_data=x[:64],
+        calibration_batches=1)
+    controller.update(0)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    controller.update(1)  # the drop
+    probe = keras.Model(model.input, [model.get_layer("bn1").input])
+    expected = probe(x[:64], training=True).numpy()
+    bn = model.get_layer("bn1")
+    live = np.flatnonzero(controller.units[0].mask.numpy() > 0)
+    out = controller.units[0].dropped()
+    np.testing.assert_allclose(bn.moving_mean.numpy()[live],
+                               expected.mean((0, 1, 2))[live], atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy()[live],
+                               expected.var((0, 1, 2))[live], rtol=1e-4)
+    # The dropped channels keep their held statistics; no weight moved
+    # but the dropped entries.
+    np.testing.assert_array_equal(bn.moving_mean.numpy()[out],
+                                  controller.units[0].held_mean.numpy()[out])
+    kernel = model.get_layer("conv2").kernel.numpy()
+    kept = controller.units[1].mask.numpy() > 0
+    np.testing.assert_array_equal(kernel[..., kept],
+                                  before["conv2/kernel"][..., kept])

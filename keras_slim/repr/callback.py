@@ -91,6 +91,9 @@ class RePrCallback(keras.callbacks.Callback):
             the run's peak is reported.
         min_tail_fraction: The last re-initialisation must leave this
             share of the run to train the new filters.
+        calibration_data: Optional training inputs (array or dataset) on
+            which the BN statistics are measured right at each event (a
+            few batches); without it they follow from the next steps.
 
     Raises:
         ValueError: for `drop_fraction` outside (0, 1), `s1`, `s2` or
@@ -139,6 +142,7 @@ class RePrCallback(keras.callbacks.Callback):
         schedule_check="warn",
         min_lr_fraction=schedule_lib.MIN_LR_FRACTION,
         min_tail_fraction=schedule_lib.MIN_TAIL_FRACTION,
+        calibration_data=None,
     ):
         super().__init__()
         if unit not in UNITS:
@@ -181,6 +185,7 @@ class RePrCallback(keras.callbacks.Callback):
                     f"{name} must be a number in [0, 1); got {value!r}.")
         self.min_lr_fraction = float(min_lr_fraction)
         self.min_tail_fraction = float(min_tail_fraction)
+        self.calibration_data = calibration_data
         self.controller = None
         self._next_event = None
         self._checked = True
@@ -211,6 +216,7 @@ class RePrCallback(keras.callbacks.Callback):
                 skip_overcomplete=self.skip_overcomplete,
                 bn_mode=self.bn_mode,
                 reestimate_bn=self.reestimate_bn,
+                calibration_data=self.calibration_data,
             )
         elif self.controller.model is not model:
             raise ValueError(

@@ -10,11 +10,16 @@ the schedule and the masks exactly.
 
 How a dropped filter is kept truly out during S2 (the sub-network phase):
 
-- At the drop, its kernel column and bias are set to zero, and so are the
-  scale and offset (gamma, beta) of the BN channel after it. Its output is
-  then exactly zero, in training and in inference mode (BN computes
-  `gamma * x_hat + beta = 0` whatever its statistics), and no gradient
-  flows through it to earlier layers.
+- At the drop, its kernel column and bias are set to zero, and so is the
+  scale (gamma) of the BN channel after it. With `bn_mode="paper"` the BN
+  offset (beta) is zeroed too and the channel outputs exactly zero; with
+  `bn_mode="preserve"` (the default) beta keeps its value and the channel
+  outputs it, a constant equal to the channel's mean output (in training
+  mode BN output has mean beta): the dropped filter carries no signal and
+  gets no gradient either way, but the layers after it keep seeing the
+  mean they were trained on (the next BN absorbs a constant in training
+  mode; in inference mode its statistics stay closer to right). Without a
+  BN after the conv the output is zero in both modes.
 - After every optimizer step the same values are written back, inside the
   traced train step (`hold`): whatever the gradient, momentum, Adam moments
   or weight decay did to them this step is undone, and the BN moving mean
@@ -25,15 +30,26 @@ How a dropped filter is kept truly out during S2 (the sub-network phase):
   re-initialisation, so the new filters start without momentum.
 
 At re-initialisation (see `reinit.py`) the kernel columns get orthogonal
-directions scaled to the layer initialiser's norm, the bias and every BN
-parameter and statistic of those channels their initializers' values, and
-the optimizer slots of those entries zero.
+directions and the optimizer slots of those entries zero. With
+`bn_mode="paper"` the new filters are as long as a freshly initialised
+filter and their bias and every BN parameter and statistic get the
+initializers' values (gamma 1, beta 0, statistics 0 / 1). With
+`bn_mode="preserve"` they enter at their layer's scale: as long as the
+median kept filter, their BN gamma the median |gamma| of the kept
+channels, beta kept, a moving variance estimated from the kept filters
+(see `FilterUnit._enter_like_kept` for the measurements behind it).
+
+After every event, `StatisticsRestart` (`reestimate_bn=True`) re-estimates
+every BN's moving statistics from the steps that follow, so inference
+follows the changed network after one step instead of after
+`1 / (1 - momentum)` steps.
 
 The next layer's input weights of a dropped filter are left alone, as in
-the paper: during S2 they get no gradient (their input is zero), though
-weight decay and momentum still act on them as on any weight; at
-re-initialisation they are kept, so the new filter starts with its
-predecessor's outgoing weights.
+the paper: during S2 they get no gradient from a zero input (a preserved
+constant input acts like a bias and does move them), weight decay and
+momentum still act on them as on any weight; at re-initialisation they
+are kept, so the new filter starts with its predecessor's outgoing
+weights.
 """
 
 import time
@@ -369,10 +385,18 @@ class FilterUnit:
         fresh = _sample(self.conv.kernel_initializer, shape, seeds[0])
         norms = np.linalg.norm(fresh.reshape(-1, self.filters), axis=0)
         norms = norms[dropped]
+        kept_norms = np.linalg.norm(kept, axis=1)
+        if self.bn_mode == "preserve" and kept.size and np.median(
+                kept_norms) > 0:
+            # At the length of the layer's kept filters, not of a fresh
+            # initialisation: training (weight decay, growth) has moved
+            # them far from it, and a filter's length sets its effective
+            # learning rate under BN (lr / |w|^2) and its output's scale
+            # without BN.
+            norms = np.full(len(dropped), float(np.median(kept_norms)))
         if not np.any(norms > 0):
             # A zeros (or constant-zero) initializer: borrow the kept
             # filters' typical length instead.
-            kept_norms = np.linalg.norm(kept, axis=1)
             norms = np.full(len(dropped), float(np.mean(kept_norms))
                             if kept.size and np.mean(kept_norms) > 0 else 1.0)
         flat[:, dropped] = (directions * norms[:, None]).T
@@ -455,6 +479,55 @@ class FilterUnit:
         return touched
 
 
+def _statistics_probes(model, layers):
+    """`[(probe_model, layers)]`: functional models that output the
+    inputs of `layers`, or None when some layer is outside any functional
+    graph of `model` (e.g. a subclassed model)."""
+    roots = []
+
+    def visit(candidate):
+        if isinstance(candidate, keras.Model):
+            if getattr(candidate, "inputs", None):
+                roots.append(candidate)
+                return
+            for sub in getattr(candidate, "layers", []):
+                visit(sub)
+
+    visit(model)
+    probes, found = [], set()
+    for root in roots:
+        inside = {id(layer) for layer in graph_lib.all_layers(root)}
+        chosen = [layer for layer in layers if id(layer) in inside]
+        if not chosen:
+            continue
+        try:
+            probe = keras.Model(root.inputs, [layer.input for layer in chosen])
+        except (ValueError, AttributeError):
+            return None
+        probes.append((probe, chosen))
+        found.update(id(layer) for layer in chosen)
+    if len(found) != len(layers):
+        return None
+    return probes
+
+
+def take_batches(data, count, batch_size=128):
+    """Up to `count` input batches from `data`: an array of inputs, or a
+    `tf.data.Dataset` of inputs or `(inputs, labels, ...)` tuples."""
+    if data is None:
+        return []
+    if isinstance(data, tf.data.Dataset):
+        batches = []
+        for element in data.take(count):
+            if isinstance(element, (tuple, list)):
+                element = element[0]
+            batches.append(element)
+        return batches
+    array = np.asarray(data)
+    return [array[i:i + batch_size]
+            for i in range(0, min(len(array), count * batch_size), batch_size)]
+
+
 class StatisticsRestart:
     """Re-estimates BN moving statistics after an event, without data.
 
@@ -503,6 +576,67 @@ class StatisticsRestart:
         self.start_step = None
         self.last = None
         self.next_gap = None
+        self._probes = None
+
+    def measure(self, model, batches):
+        """Sets every restarted layer's statistics to those of `batches`.
+
+        The exact version of the restart, for when training images are at
+        hand (`RePrController(calibration_data=...)`): the model runs in
+        training mode on each batch (as a training step would, without
+        updating any weight), and each BN's moving mean and variance
+        become the average of its batch means and variances. Every other
+        variable the calls touch is put back.
+
+        Returns:
+            False (and changes nothing) when the layers cannot be reached
+            from a functional graph of `model`.
+        """
+        if not self.layers or not batches:
+            return True  # nothing to measure
+        if self._probes is None:
+            probes = _statistics_probes(
+                model, [layer for layer, _ in self.layers])
+            if probes is None:
+                return False
+
+            def moments(probe):
+                # One traced call per probe: batch moments of every
+                # layer's input, in training mode as a step computes them.
+                @tf.function(reduce_retracing=True)
+                def run(batch):
+                    outputs = probe(batch, training=True)
+                    if not isinstance(outputs, (list, tuple)):
+                        outputs = [outputs]
+                    result = []
+                    for output in outputs:
+                        output = tf.cast(output, tf.float32)
+                        axes = list(range(len(output.shape) - 1))
+                        result.append(tf.nn.moments(output, axes))
+                    return result
+
+                return run
+
+            self._probes = [(moments(probe), layers)
+                            for probe, layers in probes]
+        saved = [(v, to_numpy(v)) for v in model.non_trainable_variables]
+        sums = {}
+        for batch in batches:
+            for run, layers in self._probes:
+                for layer, (mean, variance) in zip(layers, run(batch)):
+                    old = sums.get(id(layer), (0.0, 0.0))
+                    sums[id(layer)] = (
+                        old[0] + to_numpy(mean).astype("float64"),
+                        old[1] + to_numpy(variance).astype("float64"))
+        for variable, value in saved:
+            variable.assign(value)
+        for layer, _ in self.layers:
+            mean, variance = sums[id(layer)]
+            for variable, value in ((layer.moving_mean, mean),
+                                    (layer.moving_variance, variance)):
+                variable.assign(
+                    (value / len(batches)).astype(np.dtype(variable.dtype)))
+        return True
 
     def start(self, step):
         """Marks `step` as the event: later corrections average from it."""
@@ -611,6 +745,22 @@ class RePrController:
             values when the null space has room.
         seed: Seed of the re-initialisation (with cycle and layer).
         verbose: 1 prints one line per event.
+        normalization: "chance" or "paper" (see `rank_filters`).
+        max_drop_per_layer: Largest share of a layer dropped at once, or
+            None (see `FilterRanking.select`).
+        skip_overcomplete: Leave out layers with more filters than fan-in.
+        reestimate_bn: Re-estimate BN statistics after every event
+            (`StatisticsRestart`).
+        bn_mode: "preserve" or "paper" (see the module doc).
+        calibration_data: Optional training inputs (an array, or a
+            `tf.data.Dataset` of inputs or `(inputs, labels)`): with it,
+            the BN statistics are measured on `calibration_batches` of its
+            batches right at each event, so inference is right at once
+            instead of after the next training step.
+        calibration_batches: How many batches of `calibration_data`.
+
+    `**PAPER` (`normalization="paper"`, no ceiling, every conv ranked,
+    `bn_mode="paper"`, `reestimate_bn=False`) gives the paper's method.
 
     Raises:
         ValueError: for a bad argument, a model with no conv layer to rank
@@ -642,6 +792,8 @@ class RePrController:
         skip_overcomplete=True,
         reestimate_bn=True,
         bn_mode="preserve",
+        calibration_data=None,
+        calibration_batches=4,
     ):
         self.drop_fraction = ranking_lib.check_fraction(drop_fraction)
         self.ranking = ranking_lib.check_method(ranking)
@@ -696,6 +848,10 @@ class RePrController:
         self.event_seconds = 0.0
         self._warned = set()
         self.restart = StatisticsRestart(model) if reestimate_bn else None
+        self.calibration = []
+        if calibration_data is not None and self.restart is not None:
+            self.calibration = take_batches(calibration_data,
+                                           int(calibration_batches))
 
     def _warn_if_graph_unknown(self, convs, calls):
         called = {id(c.layer) for c in calls}
@@ -812,9 +968,34 @@ class RePrController:
             performed.append(record)
             if self.verbose:
                 self._print(record)
-        if performed and self.restart is not None:
-            self.restart.start(step)
+        if performed:
+            self._after_event(step)
         return performed
+
+    def _after_event(self, step):
+        """Re-estimates the BN statistics after an event (see
+        `StatisticsRestart`): measured on `calibration_data` at once when
+        given, then refined from the training steps that follow."""
+        if self.restart is None:
+            return
+        start = time.perf_counter()
+        if self.calibration:
+            if not self.restart.measure(self.model, self.calibration):
+                self._warn_once(
+                    "probe", "RePr cannot reach the BatchNormalization "
+                    "layers of this model from a functional graph, so "
+                    "calibration_data is not used; their statistics are "
+                    "re-estimated from the next training steps instead.")
+                self.calibration = []
+            for unit in self.units:
+                unit.hold()  # dropped channels keep their held statistics
+        self.restart.start(step)
+        self.event_seconds += time.perf_counter() - start
+
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
 
     def next_update_step(self, step):
         """The next step count at which `update` has work: an event, or a
@@ -891,6 +1072,8 @@ class RePrController:
         early = step < event.step
         record.update(step=step, event=event.kind, cycle=event.cycle,
                       seconds=seconds, early=early)
+        if self.calibration:
+            self._after_event(step)
         self._record_learning_rate(record, step)
         self.history.append(record)
         if early:
