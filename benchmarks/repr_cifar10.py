@@ -324,7 +324,7 @@ def event_probes(controller_of, x_probe, y_probe, after=PROBE_STEPS):
             controller = controller_of()
             self.pending = None
             if controller is not None and (
-                    controller.next_event_step(step - 1) == step):
+                    controller.schedule.next_event_step(step - 1) == step):
                 self.pending = accuracy(self.model)
 
     before = Before()

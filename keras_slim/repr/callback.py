@@ -274,7 +274,7 @@ class RePrCallback(keras.callbacks.Callback):
         self._start_step = step
         self._checked = False
         self.controller.update(step)
-        self._next_event = self.controller.next_update_step(step)
+        self._next_event = self.controller.next_event_step(step)
 
     def _step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -305,7 +305,7 @@ class RePrCallback(keras.callbacks.Callback):
         step = self._step()
         if step >= self._next_event:
             self.controller.update(step)
-            self._next_event = self.controller.next_update_step(step)
+            self._next_event = self.controller.next_event_step(step)
 
     def on_train_end(self, logs=None):
         model = self.model

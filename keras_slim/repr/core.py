@@ -573,10 +573,41 @@ class StatisticsRestart:
             if not 0.0 < momentum < 1.0:
                 continue
             self.layers.append((layer, momentum))
-        self.start_step = None
-        self.last = None
-        self.next_gap = None
         self._probes = None
+
+        def variable(value, name, dtype=None):
+            # Checkpointed with RePr's state, so a resumed run corrects at
+            # the same steps with the same values as an uninterrupted one.
+            return tf.Variable(
+                value, dtype=dtype, trainable=False, name=f"repr_{name}",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+        # The event's step (-1: no restart running) and the next gap.
+        self.start_var = variable(-1, "restart_step", tf.int64)
+        self.gap_var = variable(0, "restart_gap", tf.int64)
+        # Per layer, the statistics written at the last correction.
+        self.last_vars = [
+            (variable(np.zeros(layer.moving_mean.shape, "float32"),
+                      f"restart_mean_{i}"),
+             variable(np.zeros(layer.moving_variance.shape, "float32"),
+                      f"restart_variance_{i}"))
+            for i, (layer, _) in enumerate(self.layers)
+        ]
+
+    @property
+    def variables(self):
+        """The restart's state, for RePr's checkpoint."""
+        return [self.start_var, self.gap_var] + [
+            v for pair in self.last_vars for v in pair]
+
+    @property
+    def start_step(self):
+        step = int(self.start_var.numpy())
+        return None if step < 0 else step
+
+    @property
+    def next_gap(self):
+        return int(self.gap_var.numpy())
 
     def measure(self, model, batches):
         """Sets every restarted layer's statistics to those of `batches`.
@@ -642,12 +673,11 @@ class StatisticsRestart:
         """Marks `step` as the event: later corrections average from it."""
         if not self.layers:
             return
-        self.start_step = int(step)
-        self.last = [
-            (to_numpy(layer.moving_mean), to_numpy(layer.moving_variance))
-            for layer, _ in self.layers
-        ]
-        self.next_gap = 1
+        for (layer, _), (mean, variance) in zip(self.layers, self.last_vars):
+            mean.assign(tf.cast(layer.moving_mean, tf.float32))
+            variance.assign(tf.cast(layer.moving_variance, tf.float32))
+        self.start_var.assign(int(step))
+        self.gap_var.assign(1)
 
     @property
     def active(self):
@@ -655,31 +685,31 @@ class StatisticsRestart:
 
     def update(self, step):
         """Corrects the statistics if a correction is due after `step`."""
-        if self.start_step is None:
+        start = self.start_step
+        if start is None:
             return False
-        gap = int(step) - self.start_step
+        gap = int(step) - start
         if gap < self.next_gap:
             return False
         largest = 0.0
-        for i, (layer, momentum) in enumerate(self.layers):
+        for (layer, momentum), pair in zip(self.layers, self.last_vars):
             decay = momentum ** gap
             largest = max(largest, decay)
-            last_mean, last_variance = self.last[i]
-            values = []
-            for variable, last in ((layer.moving_mean, last_mean),
-                                   (layer.moving_variance, last_variance)):
-                raw = to_numpy(variable)
+            for variable, stored in zip(
+                    (layer.moving_mean, layer.moving_variance), pair):
+                raw = to_numpy(variable).astype("float64")
+                last = to_numpy(stored).astype("float64")
                 value = (raw - decay * last) / (1.0 - decay)
                 # Entries that did not move (held, frozen) stay bit-exact.
                 value = np.where(raw == last, last, value)
                 if variable is layer.moving_variance:
                     value = np.maximum(value, 0.0)
+                value = value.astype("float32")
                 variable.assign(value.astype(np.dtype(variable.dtype)))
-                values.append(value)
-            self.last[i] = tuple(values)
-        self.next_gap = 2 * gap
+                stored.assign(value)
+        self.gap_var.assign(2 * gap)
         if largest < 1e-3:
-            self.start_step = None
+            self.start_var.assign(-1)
         return True
 
 
@@ -697,12 +727,12 @@ PAPER = {
 class RePrState(tf.Module):
     """RePr's checkpointed state: add it to your `tf.train.Checkpoint`.
 
-    Holds how many schedule events have happened and, per ranked layer,
-    the filter mask, the kernel at the last drop and the BN statistics
-    held during S2.
+    Holds how many schedule events have happened, per ranked layer the
+    filter mask, the kernel at the last drop and the BN statistics (and
+    offset) held during S2, and the state of the BN statistics restart.
     """
 
-    def __init__(self, events_done, units):
+    def __init__(self, events_done, units, restart=None):
         super().__init__(name="repr_state")
         self.events_done = events_done
         # Lists in ranked-layer order (checkpoint keys must not depend on
@@ -717,6 +747,8 @@ class RePrState(tf.Module):
         self.held_offsets = [
             u.held_offset for u in units if u.held_offset is not None
         ]
+        # The BN statistics restart after the last event (if any).
+        self.statistics_restart = list(restart.variables) if restart else []
 
 
 class RePrController:
@@ -843,11 +875,12 @@ class RePrController:
                            self.bn_mode)
                 for i, conv in enumerate(convs)
             ]
-        self.state = RePrState(self.events_done, self.units)
+            self.restart = (StatisticsRestart(model) if reestimate_bn
+                            else None)
+        self.state = RePrState(self.events_done, self.units, self.restart)
         self.history = []
         self.event_seconds = 0.0
         self._warned = set()
-        self.restart = StatisticsRestart(model) if reestimate_bn else None
         self.calibration = []
         if calibration_data is not None and self.restart is not None:
             self.calibration = take_batches(calibration_data,
@@ -913,8 +946,16 @@ class RePrController:
         return self.schedule
 
     def next_event_step(self, step):
-        """The next step count at which `update` must run, or None."""
-        return self._require_schedule().next_event_step(int(step))
+        """The next step count at which `update` must run, or None: the
+        schedule's next event, or a correction of the BN statistics after
+        one (see `StatisticsRestart`). Drivers stop their runs of steps
+        there, so an interrupted and resumed run corrects at the same
+        steps as an uninterrupted one."""
+        candidates = [self._require_schedule().next_event_step(int(step))]
+        if self.restart is not None and self.restart.active:
+            candidates.append(self.restart.start_step + self.restart.next_gap)
+        candidates = [c for c in candidates if c is not None]
+        return min(candidates) if candidates else None
 
     def update(self, step):
         """Runs every event due once `step` optimizer steps are done.
@@ -996,15 +1037,6 @@ class RePrController:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, stacklevel=3)
-
-    def next_update_step(self, step):
-        """The next step count at which `update` has work: an event, or a
-        correction of the BN statistics after one (None when neither)."""
-        candidates = [self.next_event_step(step)]
-        if self.restart is not None and self.restart.active:
-            candidates.append(self.restart.start_step + self.restart.next_gap)
-        candidates = [c for c in candidates if c is not None]
-        return min(candidates) if candidates else None
 
     def check_run(self, total_steps, learning_rate=None, start_step=0,
                   action="warn",
