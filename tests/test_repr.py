@@ -809,6 +809,7 @@ def test_schedule_longer_than_fit_warns_and_stopping_in_s2_reinitialises():
         model.fit(x, y, batch_size=32, epochs=2, verbose=0,
                   callbacks=[strict])
     assert int(model.optimizer.iterations.numpy()) == 0
+    assert "train_step" not in model.__dict__ and model.train_function is None
     with pytest.raises(ValueError, match="Unknown schedule_check 'loud'"):
         repr_lib.RePrCallback(1, 1, 1, 0.3, schedule_check="loud")
 

@@ -289,10 +289,15 @@ class RePrCallback(keras.callbacks.Callback):
         if not epochs or not steps:
             return  # a dataset of unknown length: nothing to check against
         total = self._start_step + (int(epochs) - int(epoch)) * int(steps)
-        self.controller.check_run(
-            total, start_step=self._start_step, action=self.schedule_check,
-            min_lr_fraction=self.min_lr_fraction,
-            min_tail_fraction=self.min_tail_fraction)
+        try:
+            self.controller.check_run(
+                total, start_step=self._start_step,
+                action=self.schedule_check,
+                min_lr_fraction=self.min_lr_fraction,
+                min_tail_fraction=self.min_tail_fraction)
+        except ValueError:
+            self._restore_step()  # refused: leave the model as it was
+            raise
 
     def on_train_batch_begin(self, batch, logs=None):
         # Events run before the first step that follows them, not after
@@ -308,11 +313,14 @@ class RePrCallback(keras.callbacks.Callback):
             self._next_event = self.controller.next_event_step(step)
 
     def on_train_end(self, logs=None):
-        model = self.model
         # A fit that ends while filters are out (exactly at a
         # re-initialisation's step, or stopped early) must not return a
         # model with zeroed filters: bring them back now.
         self.controller.finish(self._step())
+        self._restore_step()
+
+    def _restore_step(self):
+        model = self.model
         if self._original_step is None:
             model.__dict__.pop("train_step", None)
         else:
