@@ -2,35 +2,51 @@
 
 Trains on 45,000 CIFAR-10 training images (the last 500 images of every
 class are held out for validation), each run starting from the same seeded
-weights and data order as its baseline:
+weights and data order as its baseline, three rows per network:
+
+- standard training;
+- RePr with the library's defaults (`keras_slim.repr.RePrCallback`: ranking
+  relative to chance, at most half of a layer dropped, overcomplete layers
+  skipped, BN channels preserved, BN statistics measured on 512 fixed
+  training images at each event and refined from the next steps) on a
+  schedule that passes its checks;
+- RePr as in the paper (`**keras_slim.repr.PAPER`: the paper's score, one
+  global cut-off without ceiling, BN zeroed / reset to the initializers)
+  on the paper's schedule proportions (S1 = 20%, S2 = 10% of the run, 3
+  cycles, the last re-initialisation after 90%).
+
+Networks:
 
 - The paper's small ConvNet (as in the author's code): three 5x5
   convolutions of 32 filters with ReLU, each followed by a 3x3 stride-2
-  max-pool, one dense layer; no BN, no augmentation; plain SGD, learning
-  rate 0.05 halved every 25k steps, batch 64, 100 epochs. Rows: standard
-  training; RePr (orthogonality ranking) with the paper's schedule (S1 = 20,
-  S2 = 10 epochs, 3 cycles, then 10 ordinary epochs); RePr with L2-norm
-  ranking (the paper's ablation).
-- ResNet-20 (`keras_slim.models.resnet20`, BN, pad/crop/flip augmentation,
-  SGD with Nesterov momentum 0.9, cosine learning rate from 0.1, weight
-  decay 5e-4 on kernels, batch 128) over a shorter schedule with the same
-  2:1 proportions: standard vs RePr.
+  max-pool, one dense layer; no BN, no augmentation; plain SGD from 0.05,
+  batch 64, the learning rate halved twice (the author halves it every 25k
+  steps of a 100-epoch run: after 35.6% and 71.1% of it, kept as shares
+  of a shorter run).
+- ResNet-20 (`keras_slim.models.resnet20`, BN, pad/crop/flip
+  augmentation, SGD with Nesterov momentum 0.9, cosine learning rate from
+  0.1, weight decay 5e-4 on kernels, batch 128).
 
-Also measured (RePr's own cost): the time its events take (ranking,
-dropping, re-initialising) as a share of the baseline's training time, the
-per-step cost of holding the dropped filters (interleaved repeats of the
-same steps with and without it), and how long ranking every filter of
+Recorded per RePr run: the events (step, learning rate, filters dropped
+per layer and the largest share of one layer), and the hold-out accuracy
+(inference mode, 2,000 hold-out images) just before each event, right
+after it and after the first 50 or more steps (the first batch boundary
+at least 50 steps later; events fall between batches of
+`steps_per_execution` steps). Also measured (RePr's own cost): the time
+its events and BN corrections take as a share of the baseline's training
+time, the per-step cost of holding dropped filters (interleaved repeats of
+the same steps with and without it), and how long ranking every filter of
 ResNet-56 takes.
 
 Outputs (in `--output_dir`): `results.json`, `results.md` and
-`repr_cifar10.png` (validation accuracy per epoch, drop windows shaded).
+`repr_cifar10.png` (hold-out accuracy per epoch, mean of the seeds, events
+marked, drop windows shaded).
 
 Usage:
 
     python -m benchmarks.repr_cifar10 --quick     # < 20 min on 2 cores
-    python -m benchmarks.repr_cifar10 --subset    # the paper's schedule, 10k images
-    python -m benchmarks.repr_cifar10             # full: see README
-    python -m benchmarks.repr_cifar10 --seeds 0,1,2 --runs convnet_standard,convnet_repr
+    python -m benchmarks.repr_cifar10 --seeds 0,1,2   # full: see README
+    python -m benchmarks.repr_cifar10 --seeds 0 --runs resnet20_standard,resnet20_repr
 
 An interrupted run restarted with the same arguments trains only the runs
 it had not finished.
@@ -54,39 +70,46 @@ from benchmarks.common import DEFAULT_ARCHIVE, DEFAULT_CACHE, REPO, log, spread,
 
 from benchmarks.any_width_cifar10 import load_cifar10, normalize, split, train_dataset
 
-RUNS = ("convnet_standard", "convnet_repr", "convnet_repr_l2",
-        "resnet20_standard", "resnet20_repr", "resnet20_repr_per_layer")
-DEFAULT_RUNS = RUNS[:5]
+RUNS = ("convnet_standard", "convnet_repr", "convnet_repr_paper",
+        "resnet20_standard", "resnet20_repr", "resnet20_repr_paper")
+DEFAULT_RUNS = RUNS
 LABELS = {
     "convnet_standard": "ConvNet, standard",
-    "convnet_repr": "ConvNet, RePr (orthogonality)",
-    "convnet_repr_l2": "ConvNet, RePr (L2 ranking)",
+    "convnet_repr": "ConvNet, RePr (defaults)",
+    "convnet_repr_paper": "ConvNet, RePr (as in the paper)",
     "resnet20_standard": "ResNet-20, standard",
-    "resnet20_repr": "ResNet-20, RePr (orthogonality)",
-    "resnet20_repr_per_layer": "ResNet-20, RePr (orthogonality, per-layer "
-                               "cut-off)",
+    "resnet20_repr": "ResNet-20, RePr (defaults)",
+    "resnet20_repr_paper": "ResNet-20, RePr (as in the paper)",
 }
-# RePr runs: (ranking, cut-off).
-VARIANTS = {"convnet_repr": ("orthogonality", "global"),
-            "convnet_repr_l2": ("l2", "global"),
-            "resnet20_repr": ("orthogonality", "global"),
-            "resnet20_repr_per_layer": ("orthogonality", "per_layer")}
-# Schedules in epochs: (epochs, S1, S2, cycles). Both keep the paper's
-# proportions: S1 = 2 * S2, ordinary training after the last cycle.
-# ResNet-20 trains on a third of the training images in the full setting:
-# on this shared 2-core machine a 45k-image epoch took ~9 min.
-FULL = {"convnet": (100, 20, 10, 3), "resnet20": (10, 2, 1, 3),
-        "train_per_class": 4500, "val_per_class": 500,
-        "resnet_train_per_class": 1500}
-QUICK = {"convnet": (10, 2, 1, 3), "resnet20": (7, 2, 1, 2),
-         "train_per_class": 1000, "val_per_class": 200,
-         "resnet_train_per_class": 500}
-# The paper's full ConvNet schedule on a 10k-image subset (a 45k-image run
-# of 100 epochs takes ~70 min here): what the schedule does, at a fifth of
-# the data.
-SUBSET = {"convnet": (100, 20, 10, 3), "resnet20": (10, 2, 1, 3),
-          "train_per_class": 1000, "val_per_class": 500,
-          "resnet_train_per_class": 500}
+# RePr rows: which preset.
+VARIANTS = {"convnet_repr": "defaults", "convnet_repr_paper": "paper",
+            "resnet20_repr": "defaults", "resnet20_repr_paper": "paper"}
+# The paper's proportions: S1 = 20, S2 = 10 of 100 epochs, 3 cycles.
+PAPER_SCHEDULE = (0.2, 0.1, 3)
+# Per family: epochs and, per preset, (S1, S2) as shares of the run and
+# the number of cycles (rounded to whole executions of steps). The
+# ConvNet's learning rate stays high (halved twice), so the paper's
+# proportions pass the library's checks; under ResNet-20's cosine decay
+# they put the last events at 2-10% of the peak learning rate, so the
+# defaults run two cycles in the first 60% of the run instead (the
+# checks' limit: 20% of the peak, reached after 70%).
+FULL = {
+    "convnet": {"epochs": 10, "defaults": PAPER_SCHEDULE,
+                "paper": PAPER_SCHEDULE},
+    "resnet20": {"epochs": 3, "defaults": (0.2, 0.1, 2),
+                 "paper": PAPER_SCHEDULE},
+    "train_per_class": 4500, "val_per_class": 500,
+}
+QUICK = {
+    "convnet": {"epochs": 10, "defaults": PAPER_SCHEDULE,
+                "paper": PAPER_SCHEDULE},
+    "resnet20": {"epochs": 5, "defaults": (0.2, 0.1, 2),
+                 "paper": PAPER_SCHEDULE},
+    "train_per_class": 1000, "val_per_class": 200,
+    "resnet_train_per_class": 500,
+}
+PROBE_IMAGES_PER_CLASS = 200  # hold-out images for the per-event probes
+PROBE_STEPS = 50  # "50 steps later"
 
 
 def default_archive():
@@ -105,22 +128,23 @@ def parse_args(argv=None):
     )
     parser.add_argument("--quick", action="store_true",
                         help="Subsets and short schedules (< 20 min).")
-    parser.add_argument("--subset", action="store_true",
-                        help="The paper's ConvNet schedule (100 epochs, "
-                        "S1 = 20, S2 = 10, 3 cycles) on 10k training images.")
     parser.add_argument("--runs", default=",".join(DEFAULT_RUNS),
                         help=f"Comma-separated subset of {RUNS}.")
-    parser.add_argument("--seeds", default="0",
+    parser.add_argument("--seeds", default="0,1,2",
                         help="Comma-separated seeds (each run per seed).")
+    parser.add_argument("--epochs", default=None,
+                        help="Override the epochs per family, e.g. "
+                        "convnet=15,resnet20=6.")
     parser.add_argument("--drop_fraction", type=float, default=0.3,
                         help="Share of ranked filters RePr drops per cycle.")
     parser.add_argument("--perf_repeats", type=int, default=None,
                         help="Interleaved repeats of the hold-cost timing "
-                        "(default 11; 5 with --quick).")
+                        "(default 7; 5 with --quick).")
     parser.add_argument("--steps_per_execution", type=int, default=64,
                         help="At most this many training steps per traced "
                         "call (the largest divisor of an epoch's steps); "
-                        "1 = Keras' default. Results do not depend on it.")
+                        "1 = Keras' default. RePr's events are rounded to "
+                        "whole executions.")
     parser.add_argument("--archive", default=str(default_archive()))
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE))
     parser.add_argument("--output_dir", default=None,
@@ -133,14 +157,18 @@ def parse_args(argv=None):
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not 0 < args.drop_fraction < 1:
         parser.error("--drop_fraction must be in (0, 1).")
-    if args.quick and args.subset:
-        parser.error("Pass --quick or --subset, not both.")
-    args.setting_name = ("quick" if args.quick
-                         else "subset" if args.subset else "full")
-    args.setting = {"quick": QUICK, "subset": SUBSET,
-                    "full": FULL}[args.setting_name]
+    args.setting_name = "quick" if args.quick else "full"
+    setting = {"quick": QUICK, "full": FULL}[args.setting_name]
+    args.setting = {k: (dict(v) if isinstance(v, dict) else v)
+                    for k, v in setting.items()}
+    if args.epochs:
+        for item in args.epochs.split(","):
+            family, _, value = item.partition("=")
+            if family not in ("convnet", "resnet20") or not value.isdigit():
+                parser.error(f"--epochs: expected family=N, got {item!r}.")
+            args.setting[family]["epochs"] = int(value)
     if args.perf_repeats is None:
-        args.perf_repeats = 5 if args.quick else 11
+        args.perf_repeats = 5 if args.quick else 7
     if args.output_dir is None:
         args.output_dir = "repr_cifar10_results" + (
             "" if args.setting_name == "full" else "_" + args.setting_name)
@@ -155,12 +183,17 @@ def run_config(name, args):
     train = setting["train_per_class"]
     if family == "resnet20":
         train = setting.get("resnet_train_per_class", train)
-    config = {"quick": args.quick, "setting": args.setting_name,
-              "schedule": list(setting[family]),
+    config = {"setting": args.setting_name,
+              "epochs": setting[family]["epochs"],
               "train_per_class": train,
-              "val_per_class": setting["val_per_class"]}
+              "val_per_class": setting["val_per_class"],
+              "steps_per_execution_limit": args.steps_per_execution,
+              "execution_rule": "divisor <= limit and <= epoch / 4"}
     if name in VARIANTS:
         config["drop_fraction"] = args.drop_fraction
+        config["preset"] = VARIANTS[name]
+        config["schedule_shares"] = list(setting[family][VARIANTS[name]])
+        config["calibration_images"] = 512
     return config
 
 
@@ -184,17 +217,22 @@ def paper_convnet():
     return keras.Model(inputs, outputs, name="repr_convnet")
 
 
+# The author's ConvNet schedule: halved every 25k of 70.3k steps.
+CONVNET_HALVING_SHARE = 25000 / 70300
+
+
 def build(family, steps_per_epoch, epochs, per_execution=1):
     """A compiled model of `family` ("convnet" or "resnet20")."""
     import keras
     import keras_slim
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    total = steps_per_epoch * epochs
     if family == "convnet":
         model = paper_convnet()
-        # The author's: 0.05, halved every 25k steps (staircase).
         schedule = keras.optimizers.schedules.ExponentialDecay(
-            0.05, 25000, 0.5, staircase=True)
+            0.05, max(1, int(round(CONVNET_HALVING_SHARE * total))), 0.5,
+            staircase=True)
         optimizer = keras.optimizers.SGD(schedule)
     else:
         from trainers import loop
@@ -204,23 +242,35 @@ def build(family, steps_per_epoch, epochs, per_execution=1):
             optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
             lr_schedule="cosine", weight_decay=5e-4,
         )
-        optimizer = loop.build_optimizer(config, steps_per_epoch,
-                                         steps_per_epoch * epochs)
+        optimizer = loop.build_optimizer(config, steps_per_epoch, total)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"],
                   steps_per_execution=per_execution)
     return model
 
 
 def steps_per_execution(steps_per_epoch, limit):
-    """The largest divisor of an epoch's steps that is at most `limit`.
+    """The largest divisor of an epoch's steps that is at most `limit` and
+    at most a quarter of the epoch.
 
     Several steps per traced call cut Keras' per-step overhead (about half
     of a ConvNet step here) without changing what is computed; RePr's
-    events fall on epoch boundaries, so a divisor of the epoch keeps them
-    between executions, where callbacks run.
+    events are rounded to whole executions, where callbacks run, so an
+    execution must stay small against S1 and S2.
     """
-    return max(d for d in range(1, min(limit, steps_per_epoch) + 1)
-               if steps_per_epoch % d == 0)
+    limit = max(1, min(limit, steps_per_epoch // 4))
+    return max(d for d in range(1, limit + 1) if steps_per_epoch % d == 0)
+
+
+def repr_schedule(shares, total_steps, per_execution):
+    """(S1, S2, cycles) in steps from shares of the run, each a whole
+    number of executions (at least one)."""
+    s1_share, s2_share, cycles = shares
+
+    def steps(share):
+        return per_execution * max(
+            1, int(round(share * total_steps / per_execution)))
+
+    return steps(s1_share), steps(s2_share), int(cycles)
 
 
 def datasets(family, data, batch_size, seed):
@@ -234,6 +284,69 @@ def datasets(family, data, batch_size, seed):
     return ds.batch(batch_size, drop_remainder=True).prefetch(2)
 
 
+def probe_split(x_val, y_val, per_class=PROBE_IMAGES_PER_CLASS):
+    """The first `per_class` hold-out images of every class."""
+    index = np.concatenate([np.flatnonzero(y_val == c)[:per_class]
+                            for c in np.unique(y_val)])
+    return normalize(x_val[index]), y_val[index]
+
+
+def event_probes(controller_of, x_probe, y_probe, after=PROBE_STEPS):
+    """Two callbacks recording the probe accuracy around RePr's events.
+
+    `before` goes before the RePr callback in fit's list and `after`
+    behind it: at the batch where an event runs, `before` sees the network
+    just before it and `after` right after it. `before` also measures each
+    event's "later" accuracy at the first batch boundary at least `after`
+    steps after it, before RePr acts there (so the next event never
+    counts).
+    """
+    import keras
+
+    records = []
+
+    def accuracy(model):
+        logits = model.predict(x_probe, batch_size=500, verbose=0)
+        return float(np.mean(np.argmax(logits, -1) == y_probe))
+
+    def step_of(model):
+        return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+    class Before(keras.callbacks.Callback):
+        pending = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            step = step_of(self.model)
+            for record in records:
+                if "later" not in record and step >= record["step"] + after:
+                    record["later"] = accuracy(self.model)
+                    record["later_steps"] = step - record["step"]
+            controller = controller_of()
+            self.pending = None
+            if controller is not None and (
+                    controller.schedule.next_event_step(step - 1) == step):
+                self.pending = accuracy(self.model)
+
+    before = Before()
+
+    class After(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            controller = controller_of()
+            if controller is None:
+                return
+            step = step_of(self.model)
+            for event in controller.history:
+                if event["step"] == step and not event.get("probed"):
+                    event["probed"] = True
+                    records.append({
+                        "step": step, "event": event["event"],
+                        "cycle": event["cycle"], "before": before.pending,
+                        "right_after": accuracy(self.model),
+                    })
+
+    return before, After(), records
+
+
 # -------------------------------------------------------------------- runs
 def run_one(name, seed, data, args):
     """Trains one run; returns its result dict."""
@@ -241,22 +354,33 @@ def run_one(name, seed, data, args):
     from keras_slim import repr as repr_lib
 
     family = name.split("_")[0]
-    epochs, s1, s2, cycles = args.setting[family]
+    epochs = args.setting[family]["epochs"]
     batch_size = 64 if family == "convnet" else 128
     (x_train, _), (x_val, y_val) = data
     steps_per_epoch = len(x_train) // batch_size
+    total_steps = steps_per_epoch * epochs
     keras.utils.set_random_seed(seed)
     per_execution = steps_per_execution(steps_per_epoch,
                                         args.steps_per_execution)
     model = build(family, steps_per_epoch, epochs, per_execution)
     ds = datasets(family, data, batch_size, seed)
-    callbacks, callback = [], None
+    callbacks, callback, records = [], None, []
     if name in VARIANTS:
-        ranking, cutoff = VARIANTS[name]
+        preset = VARIANTS[name]
+        s1, s2, cycles = repr_schedule(args.setting[family][preset],
+                                       total_steps, per_execution)
+        # The defaults measure BN statistics on 512 fixed training images
+        # at each event (the paper's preset does not re-estimate them).
+        calibration = normalize(x_train[np.random.default_rng(seed)
+                                        .permutation(len(x_train))[:512]])
         callback = repr_lib.RePrCallback(
-            s1, s2, cycles, args.drop_fraction, ranking=ranking,
-            cutoff=cutoff, seed=seed, verbose=1)
-        callbacks.append(callback)
+            s1, s2, cycles, args.drop_fraction, unit="steps", seed=seed,
+            verbose=1, calibration_data=calibration,
+            **(repr_lib.PAPER if preset == "paper" else {}))
+        x_probe, y_probe = probe_split(x_val, y_val)
+        before, after, records = event_probes(
+            lambda: callback.controller, x_probe, y_probe)
+        callbacks += [before, callback, after]
     epoch_times = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -268,12 +392,20 @@ def run_one(name, seed, data, args):
 
     callbacks.append(EpochTimer())
     log(f"{name} seed {seed}: {epochs} epochs of {steps_per_epoch} steps"
-        + (f", S1={s1} S2={s2} x{cycles}" if callback else ""))
+        + (f", S1={s1} S2={s2} steps x{cycles}" if callback else ""))
     start, cpu = time.perf_counter(), time.process_time()
-    history = model.fit(
-        ds, epochs=epochs, validation_data=(normalize(x_val), y_val),
-        validation_batch_size=500, callbacks=callbacks, verbose=2,
-    )
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            ds, epochs=epochs, validation_data=(normalize(x_val), y_val),
+            validation_batch_size=500, callbacks=callbacks, verbose=2,
+        )
+    repr_warnings = [str(w.message) for w in caught
+                     if "RePr" in str(w.message)]
+    for message in repr_warnings:
+        log(f"warning: {message}")
     result = {
         "label": LABELS[name], "seed": seed, "epochs": epochs,
         "train_images": len(x_train),
@@ -289,12 +421,23 @@ def run_one(name, seed, data, args):
     if callback is not None:
         controller = callback.controller
         result["schedule"] = {"s1": s1, "s2": s2, "cycles": cycles,
+                              "unit": "steps",
                               "drop_fraction": args.drop_fraction,
-                              "ranking": ranking, "cutoff": cutoff}
-        result["events"] = [
-            {k: v for k, v in e.items() if k != "dropped"}
-            for e in controller.history
-        ]
+                              "preset": preset}
+        result["warnings"] = repr_warnings
+        sizes = {u.name: u.filters for u in controller.units}
+        events = []
+        for e in controller.history:
+            event = {k: v for k, v in e.items()
+                     if k not in ("dropped", "probed")}
+            if e["event"] == "drop":
+                event["max_layer_share"] = max(
+                    (n / sizes[k] for k, n in e["filters"].items()),
+                    default=0.0)
+            events.append(event)
+        result["events"] = events
+        result["probes"] = records
+        result["skipped_layers"] = dict(controller.skipped)
         result["event_seconds"] = controller.event_seconds
     log(f"{name} seed {seed}: final val accuracy "
         f"{result['final_val_accuracy']:.4f} "
@@ -380,13 +523,42 @@ def time_ranking(repeats=7):
 
 # ----------------------------------------------------------------- report
 def summarize(results):
-    """{run: {"accuracies": [...], "mean": m, "std": s}} over seeds."""
+    """Per run (over seeds): accuracies, mean, std; per RePr run also the
+    difference to standard (per seed and mean), the largest share of a
+    layer dropped at once, and the worst probe (accuracy after the first
+    50+ steps minus just before an event, in points)."""
     table = {}
     for key, result in results.items():
         name = key.rsplit("@", 1)[0]
-        table.setdefault(name, []).append(result["final_val_accuracy"])
-    return {name: {"accuracies": acc, "mean": float(np.mean(acc)),
-                   "std": float(np.std(acc))} for name, acc in table.items()}
+        table.setdefault(name, {})[result["seed"]] = result
+    summary = {}
+    for name, by_seed in table.items():
+        seeds = sorted(by_seed)
+        acc = [by_seed[s]["final_val_accuracy"] for s in seeds]
+        row = {"seeds": seeds, "accuracies": acc,
+               "mean": float(np.mean(acc)), "std": float(np.std(acc))}
+        family = name.split("_")[0]
+        base = table.get(f"{family}_standard", {})
+        paired = [s for s in seeds if s in base]
+        if name in VARIANTS and paired:
+            deltas = [100 * (by_seed[s]["final_val_accuracy"]
+                             - base[s]["final_val_accuracy"]) for s in paired]
+            row.update(delta_points=deltas,
+                       delta_mean=float(np.mean(deltas)),
+                       delta_std=float(np.std(deltas)))
+        if name in VARIANTS:
+            shares = [e.get("max_layer_share", 0.0) for s in seeds
+                      for e in by_seed[s].get("events", [])
+                      if e["event"] == "drop"]
+            row["max_layer_share"] = float(max(shares, default=0.0))
+            changes = [100 * (p["later"] - p["before"])
+                       for s in seeds for p in by_seed[s].get("probes", [])
+                       if p.get("later") is not None
+                       and p.get("before") is not None]
+            row["worst_probe_points"] = float(min(changes, default=0.0))
+            row["probe_changes"] = changes
+        summary[name] = row
+    return summary
 
 
 def train_images(result):
@@ -394,6 +566,16 @@ def train_images(result):
         return result["train_images"]
     config = result.get("config", {})
     return 10 * config["train_per_class"] if config else ""
+
+
+def _schedule_text(sample):
+    schedule = sample.get("schedule")
+    if not schedule:
+        return str(sample["epochs"])
+    per_epoch = sample["steps_per_epoch"]
+    return (f"{sample['epochs']} (S1 {schedule['s1'] / per_epoch:.2g} / "
+            f"S2 {schedule['s2'] / per_epoch:.2g} ep. x "
+            f"{schedule['cycles']}, {schedule['drop_fraction']:.0%})")
 
 
 def markdown(report):
@@ -404,38 +586,68 @@ def markdown(report):
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']}; machine: {report['machine']}; "
         f"wall time {report['wall_seconds'] / 60:.1f} min.", "",
-        "| Run | Train images | Epochs (S1/S2 x cycles) | Seeds | "
-        "Final val accuracy | vs standard |",
+        "| Run | Train images | Epochs (S1 / S2 x cycles, dropped) | "
+        "Seeds | Hold-out accuracy: mean ± std (per seed) | vs standard "
+        "(mean ± std of paired differences) |",
         "|---|---|---|---|---|---|",
     ]
     for name in RUNS:
         if name not in summary:
             continue
         row = summary[name]
-        family = name.split("_")[0]
-        base = summary.get(f"{family}_standard")
         sample = next(r for k, r in results.items()
                       if k.rsplit("@", 1)[0] == name)
-        schedule = sample.get("schedule")
-        epochs = str(sample["epochs"]) + (
-            f" ({schedule['s1']}/{schedule['s2']} x {schedule['cycles']}, "
-            f"{schedule['drop_fraction']:.0%} dropped)" if schedule else "")
         accs = ", ".join(f"{a:.4f}" for a in row["accuracies"])
         delta = ""
-        if base and name != f"{family}_standard":
-            delta = f"{100 * (row['mean'] - base['mean']):+.2f} pt"
+        if "delta_mean" in row:
+            delta = (f"{row['delta_mean']:+.2f} ± {row['delta_std']:.2f} pt")
         lines.append(
             f"| {LABELS[name]} | {train_images(sample)} | "
-            f"{epochs} | {len(row['accuracies'])} | "
-            f"{row['mean']:.4f} ({accs}) | {delta} |")
+            f"{_schedule_text(sample)} | {len(row['accuracies'])} | "
+            f"{row['mean']:.4f} ± {row['std']:.4f} ({accs}) | {delta} |")
+    probes = [(k, r) for k, r in results.items() if r.get("probes")]
+    if probes:
+        lines += ["", "Events (hold-out probe of "
+                  f"{10 * PROBE_IMAGES_PER_CLASS} images, inference mode: "
+                  "just before, right after, and after the first 50+ "
+                  "steps; learning rate at the event; largest share of one "
+                  "layer dropped):", "",
+                  "| Run | Event | Step | Learning rate | Before | Right "
+                  "after | Later (steps) | Largest layer share |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, result in probes:
+            events = {(e["step"], e["event"]): e for e in result["events"]}
+            for probe in result["probes"]:
+                event = events.get((probe["step"], probe["event"]), {})
+                rate = event.get("learning_rate")
+                later = probe.get("later")
+                lines.append(
+                    f"| {key} | {probe['event']} {probe['cycle'] + 1} | "
+                    f"{probe['step']} | "
+                    f"{'' if rate is None else f'{rate:.3g}'} | "
+                    f"{probe['before']:.3f} | {probe['right_after']:.3f} | "
+                    + ("" if later is None else
+                       f"{later:.3f} (+{probe['later_steps']})")
+                    + " | " + (f"{event['max_layer_share']:.2f}"
+                               if "max_layer_share" in event else "")
+                    + " |")
+    warned = [(k, r["warnings"]) for k, r in results.items()
+              if r.get("warnings")]
+    if warned:
+        lines += ["", "Warnings RePr gave (schedule checks):", ""]
+        for key, messages in warned:
+            for message in messages:
+                lines.append(f"- {key}: {message}")
     if perf:
         lines += ["", "RePr's own cost:", ""]
         for key, value in perf.get("events", {}).items():
             lines.append(
-                f"- {key}: events (ranking, drop, re-init) "
+                f"- {key}: events (ranking, drop, re-init, BN corrections) "
                 f"{value['event_seconds']:.2f} s = "
                 f"{100 * value['share']:.3f}% of the standard run's "
-                f"{value['standard_seconds'] / 60:.1f} min of training.")
+                f"{value['standard_seconds'] / 60:.1f} min of training "
+                f"(whole run / standard run: "
+                f"{value['total_time_ratio']:.3f}).")
         for family, value in perf.get("hold", {}).items():
             ratio = value["ratio"]
             lines.append(
@@ -467,44 +679,49 @@ def plot(report, path):
     families = [f for f in ("convnet", "resnet20")
                 if any(k.startswith(f) for k in results)]
     fig, axes = plt.subplots(1, len(families), figsize=(6.5 * len(families),
-                                                         4.5), squeeze=False)
-    colors = {"convnet_standard": "black", "convnet_repr": "tab:red",
-              "convnet_repr_l2": "tab:blue", "resnet20_standard": "black",
-              "resnet20_repr": "tab:red",
-              "resnet20_repr_per_layer": "tab:green"}
+                                                         4.8), squeeze=False)
+    colors = {"standard": "black", "repr": "tab:red",
+              "repr_paper": "tab:blue"}
     for ax, family in zip(axes[0], families):
-        shaded = False
         for name in RUNS:
             if not name.startswith(family):
                 continue
-            curves = [r["history"]["val_accuracy"] for k, r in results.items()
-                      if k.rsplit("@", 1)[0] == name]
-            if not curves:
+            runs = [r for k, r in results.items()
+                    if k.rsplit("@", 1)[0] == name]
+            if not runs:
                 continue
+            color = colors[name.split("_", 1)[1]]
+            curves = [r["history"]["val_accuracy"] for r in runs]
             epochs = np.arange(1, len(curves[0]) + 1)
             for curve in curves if len(curves) > 1 else []:
-                ax.plot(epochs, curve, color=colors[name], alpha=0.25, lw=0.8)
+                ax.plot(epochs, curve, color=color, alpha=0.25, lw=0.8)
             mean = np.mean(curves, axis=0)
-            ax.plot(epochs, mean, color=colors[name], lw=1.6,
-                    label=f"{LABELS[name]} ({mean[-1]:.3f})")
-            sample = next(r for k, r in results.items()
-                          if k.rsplit("@", 1)[0] == name)
-            if sample.get("schedule") and not shaded:
-                s = sample["schedule"]
-                for c in range(s["cycles"]):
-                    start = c * (s["s1"] + s["s2"]) + s["s1"]
-                    ax.axvspan(start + 0.5, start + s["s2"] + 0.5,
-                               color="tab:orange", alpha=0.15,
-                               label="sub-network (filters dropped)"
-                               if c == 0 else None)
-                shaded = True
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (5k hold-out)"
-                      if not report["quick"] else "validation accuracy")
+            ax.plot(epochs, mean, color=color, lw=1.6, marker=".",
+                    label=f"{LABELS[name]} ({mean[-1]:.3f}, "
+                    f"{len(curves)} seed{'s' * (len(curves) > 1)})")
+            sample = runs[0]
+            schedule = sample.get("schedule")
+            if schedule:
+                per_epoch = sample["steps_per_epoch"]
+                # Event e runs after step e: at epoch e / per_epoch.
+                for event in sample.get("events", []):
+                    x = event["step"] / per_epoch
+                    ax.axvline(x, color=color, lw=0.8,
+                               ls="--" if event["event"] == "drop" else ":")
+                for c in range(schedule["cycles"]):
+                    start = (c * (schedule["s1"] + schedule["s2"])
+                             + schedule["s1"]) / per_epoch
+                    ax.axvspan(start, start + schedule["s2"] / per_epoch,
+                               color=color, alpha=0.08)
+        ax.plot([], [], color="gray", ls="--", lw=0.8, label="drop")
+        ax.plot([], [], color="gray", ls=":", lw=0.8,
+                label="re-initialisation (shaded: filters out)")
+        ax.set_xlabel("epoch (events at their step / steps per epoch)")
+        ax.set_ylabel("hold-out accuracy (end of each epoch)")
         ax.set_title({"convnet": "Small ConvNet (no BN, no augmentation)",
                       "resnet20": "ResNet-20 (BN, augmentation)"}[family])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -520,6 +737,12 @@ def main(argv=None):
         report = json.loads(results_path.read_text())
         held = report.get("setting",
                           "quick" if report.get("quick") else "full")
+        if report.get("results") and not any(
+                "preset" in r.get("config", {})
+                for r in report["results"].values()):
+            raise SystemExit(
+                f"{results_path} holds results of the RePr benchmark before "
+                "the defaults / paper rows; use another --output_dir.")
         if held != args.setting_name:
             raise SystemExit(
                 f"{results_path} holds a {held} run; use another "
@@ -579,6 +802,7 @@ def main(argv=None):
                 / base["train_seconds"],
             }
     perf["events"] = events
+    report["summary"] = summarize(report["results"])
     hold = perf.setdefault("hold", {})
     for family in ("convnet", "resnet20"):
         if family not in hold and any(r.startswith(family) for r in args.runs):

@@ -51,7 +51,7 @@ def test_orthogonal_filters_score_zero_and_duplicates_score_highest():
     random[..., 5] = -2.0 * random[..., 2]  # |cosine| = 1
     model = kernel_model([rng.normal(size=(3, 3, 1, 6)), orthogonal, random],
                          input_channels=1)
-    ranking = repr_lib.rank_filters(model)
+    ranking = repr_lib.rank_filters(model, normalization="paper")
     assert ranking.layer_names == ["conv1", "conv2"]  # the first is excluded
     # Zero up to the kernel's float32 rounding.
     np.testing.assert_allclose(ranking.scores["conv1"], 0.0, atol=1e-7)
@@ -87,7 +87,7 @@ def test_global_ranking_compares_layers_and_norm_rankings_drop_small_first():
     orthogonal = np.eye(4).reshape(1, 1, 4, 4)
     model = kernel_model([rng.normal(size=(1, 1, 4, 4)), parallel, orthogonal],
                          input_channels=4)
-    ranking = repr_lib.rank_filters(model)
+    ranking = repr_lib.rank_filters(model, normalization="paper")
     assert [name for name, _ in ranking.order[:4]] == ["conv1"] * 4
     # min_kept: a layer is never emptied by the global cut-off.
     assert len(ranking.select(0.5)["conv1"]) == 3
@@ -268,13 +268,16 @@ OPTIMIZERS = {
 }
 
 
+@pytest.mark.parametrize("bn_mode", ["paper", "preserve"])
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-def test_dropped_filters_are_truly_out_then_reinitialised(optimizer):
+def test_dropped_filters_are_truly_out_then_reinitialised(optimizer, bn_mode):
     x, y = digits(256)
     model = bn_and_bias_net()
     model.compile(OPTIMIZERS[optimizer](),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    callback = repr_lib.RePrCallback(3, 4, 1, 0.25, unit="steps", verbose=0)
+    paper = bn_mode == "paper"
+    callback = repr_lib.RePrCallback(3, 4, 1, 0.25, unit="steps", verbose=0,
+                                     **(repr_lib.PAPER if paper else {}))
     recorder = Recorder(x[:16])
     model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
               callbacks=[callback, recorder])
@@ -299,7 +302,12 @@ def test_dropped_filters_are_truly_out_then_reinitialised(optimizer):
                 np.testing.assert_array_equal(
                     entries(step, path, idx), entries(3, path, idx),
                     err_msg=f"{path} moved at step {step}")
-            if "moving" not in path:
+            if path == "bn1/beta" and not paper:
+                # Preserved: the channel outputs its offset (its mean).
+                held = controller.units[0].held_offset.numpy()[idx]
+                np.testing.assert_array_equal(entries(3, path, idx), held)
+                assert np.all(held != 0.0)
+            elif "moving" not in path:
                 assert np.all(entries(3, path, idx) == 0.0), path
         kept = np.setdiff1d(np.arange(8), idx)
         kernel = f"{layer}/kernel"
@@ -309,7 +317,12 @@ def test_dropped_filters_are_truly_out_then_reinitialised(optimizer):
             for mode in ("inference", "training"):
                 for out in output_index[layer]:
                     got = values[step][mode][out][..., idx]
-                    assert np.all(got == 0.0), (layer, mode, out, step)
+                    expected = 0.0
+                    if out == 1 and not paper:  # bn1: its held offset
+                        expected = np.broadcast_to(
+                            entries(3, "bn1/beta", idx), got.shape)
+                    np.testing.assert_allclose(got, expected, atol=1e-6,
+                                               err_msg=f"{layer} {mode}")
                     assert np.any(values[step][mode][out][..., kept] != 0)
     if "conv1" in dropped:
         kept_stats = np.setdiff1d(np.arange(8), dropped["conv1"])
@@ -332,14 +345,36 @@ def test_dropped_filters_are_truly_out_then_reinitialised(optimizer):
         fan_in, fan_out = kernel.shape[1], 8 * 9
         glorot_norm = np.sqrt(fan_in * 2.0 / (fan_in + fan_out))
         norms = np.linalg.norm(kernel[idx], axis=1)
-        assert np.all((norms > 0.5 * glorot_norm) & (norms < 1.5 * glorot_norm))
-        if layer == "conv1":
+        if paper or layer == "conv2":  # a fresh filter's length
+            assert np.all((norms > 0.5 * glorot_norm)
+                          & (norms < 1.5 * glorot_norm))
+        else:  # before a BN: the kept filters' median length
+            np.testing.assert_allclose(
+                norms, np.median(np.linalg.norm(kernel[kept], axis=1)),
+                rtol=1e-5)
+        if layer == "conv1" and paper:
             np.testing.assert_array_equal(values[7]["bn1/gamma"][idx], 1.0)
             np.testing.assert_array_equal(values[7]["bn1/beta"][idx], 0.0)
             np.testing.assert_array_equal(
                 values[7]["bn1/moving_mean"][idx], 0.0)
             np.testing.assert_array_equal(
                 values[7]["bn1/moving_variance"][idx], 1.0)
+        elif layer == "conv1":
+            # At its layer's scale, its offset kept, its variance estimated
+            # from the kept filters' variance per squared norm.
+            gamma = values[7]["bn1/gamma"]
+            np.testing.assert_allclose(
+                gamma[idx], np.median(np.abs(gamma[kept])), rtol=1e-6)
+            np.testing.assert_array_equal(values[7]["bn1/beta"][idx],
+                                          values[6]["bn1/beta"][idx])
+            np.testing.assert_array_equal(
+                values[7]["bn1/moving_mean"][idx], 0.0)
+            squared = np.sum(kernel**2, axis=1)
+            variance = values[7]["bn1/moving_variance"]
+            np.testing.assert_allclose(
+                variance[idx],
+                np.median(variance[kept] / squared[kept]) * squared[idx],
+                rtol=1e-4)
         else:
             np.testing.assert_array_equal(values[7]["conv2/bias"][idx], 0.0)
         for path in names[layer]:
@@ -349,7 +384,8 @@ def test_dropped_filters_are_truly_out_then_reinitialised(optimizer):
             assert len(slots) == (1 if optimizer.startswith("sgd") else 2)
             for slot in slots:
                 assert np.all(slot[..., idx] == 0.0), path
-                assert np.any(values[6]["slots"][path][0][..., idx] != 0)
+                if path != "bn1/beta" or paper:
+                    assert np.any(values[6]["slots"][path][0][..., idx] != 0)
         # ... and they train again afterwards.
         assert not np.array_equal(entries(16, f"{layer}/kernel", idx),
                                   entries(7, f"{layer}/kernel", idx))
@@ -387,7 +423,8 @@ def test_closest_fallback_warns_once_when_filters_exceed_fan_in():
     x = keras.layers.Conv2D(8, 1, use_bias=False, name="wide")(x)  # fan-in 3
     model = keras.Model(inputs, x)
     controller = repr_lib.RePrController(
-        model, repr_lib.RePrSchedule(1, 1, 2), drop_fraction=0.25)
+        model, repr_lib.RePrSchedule(1, 1, 2), drop_fraction=0.25,
+        skip_overcomplete=False)
     for cycle in range(2):
         controller.drop(cycle)
         dropped = controller.units[0].dropped()
@@ -601,3 +638,299 @@ def test_fit_under_mirrored_strategy_holds_dropped_filters():
         assert report[step]["mean"] == report["2"]["mean"]  # no drift
     assert report["5"]["kernel_max"] > 0  # re-initialised
     assert report["5"]["replicas_equal"]
+
+
+# ------------------------------------------------- fair ranking (issue 18)
+def random_conv_model(specs, seed=0):
+    """`specs`: list of (kernel_size, in_channels, filters) after a stem;
+    layers are named `l{i}`; kernels random normal (He-like)."""
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input((8, 8, specs[0][1]))
+    x = keras.layers.Conv2D(specs[0][1], 1, name="stem")(inputs)
+    layers = []
+    for i, (k, cin, filters) in enumerate(specs):
+        if x.shape[-1] != cin:
+            x = keras.layers.Conv2D(cin, 1, name=f"adapt{i}")(x)
+        layer = keras.layers.Conv2D(filters, k, padding="same",
+                                    use_bias=False, name=f"l{i}")
+        x = layer(x)
+        layers.append(layer)
+    model = keras.Model(inputs, x)
+    for layer in layers:
+        layer.kernel.assign(rng.normal(size=layer.kernel.shape))
+    return model, [layer.name for layer in layers]
+
+
+def test_chance_scores_of_random_filters_do_not_depend_on_fan_in():
+    """Random (unrelated) filters score alike whatever their fan-in and
+    count, so one global cut-off takes about the same share of every
+    layer; the paper's score takes the layers with the smallest fan-in."""
+    specs = [(1, 16, 16), (3, 16, 16), (3, 16, 64), (3, 64, 64)]
+    fan_ins = [16, 144, 144, 576]
+    shares = {"chance": [], "paper": []}
+    means = []
+    for seed in range(6):
+        model, names = random_conv_model(specs, seed)
+        for normalization in ("chance", "paper"):
+            ranking = repr_lib.rank_filters(model, layers=names,
+                                            normalization=normalization)
+            assert ranking.fan_in == dict(zip(names, fan_ins))
+            dropped = ranking.select(0.3)
+            shares[normalization].append(
+                [len(dropped.get(n, ())) / len(ranking.scores[n])
+                 for n in names])
+            if normalization == "chance":
+                means.append([ranking.scores[n] for n in names])
+    # Standard errors above chance: about N(0, 1) in every layer.
+    for i, name in enumerate(names):
+        pooled = np.concatenate([m[i] for m in means])
+        assert abs(np.mean(pooled)) < 0.3, (name, np.mean(pooled))
+        assert 0.7 < np.std(pooled) < 1.3, (name, np.std(pooled))
+    chance = np.mean(shares["chance"], axis=0)
+    assert np.all((chance > 0.18) & (chance < 0.42)), chance
+    paper = np.mean(shares["paper"], axis=0)
+    assert paper[0] > 0.9 and paper[3] < 0.05, paper  # ranked by fan-in
+    # The expectation itself: exact values and the large-d approximation.
+    assert repr_lib.chance_overlap(1) == pytest.approx(1.0)
+    assert repr_lib.chance_overlap(2) == pytest.approx(2 / np.pi)
+    assert repr_lib.chance_overlap(576) == pytest.approx(
+        np.sqrt(2 / (np.pi * 576)), rel=2e-3)
+
+
+def test_chance_scores_still_find_duplicates_and_orthogonal_filters():
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(8, 50))
+    weights[5] = -3 * weights[2]  # a duplicate (|cos| = 1)
+    weights[7] = 0.0  # dead
+    scores = repr_lib.orthogonality_scores(weights, "chance")
+    assert scores[7] == scores.max()
+    assert set(np.argsort(scores)[-3:-1]) == {2, 5}
+    q, _ = np.linalg.qr(rng.normal(size=(50, 50)))
+    orthogonal = repr_lib.orthogonality_scores(q[:8], "chance")
+    chance = repr_lib.chance_overlap(50)
+    spread = np.sqrt((1 / 50 - chance**2) / 7)
+    np.testing.assert_allclose(orthogonal, -chance / spread, atol=1e-6)
+    with pytest.raises(ValueError, match="Unknown normalization 'z'"):
+        repr_lib.orthogonality_scores(weights, "z")
+
+
+def test_ceiling_overcomplete_layers_and_summary():
+    rng = np.random.default_rng(4)
+    # conv1: four near-duplicates among 8 filters (very redundant);
+    # conv2: random; wide: 8 filters for a fan-in of 4 (overcomplete).
+    base = rng.normal(size=(1, 1, 4, 1))
+    near = np.concatenate([base + 0.01 * rng.normal(size=(1, 1, 4, 6)),
+                           rng.normal(size=(1, 1, 4, 2))], axis=-1)
+    near = np.tile(near, (3, 3, 1, 1)) + 0.01 * rng.normal(size=(3, 3, 4, 8))
+    model = kernel_model([rng.normal(size=(1, 1, 4, 4)), near,
+                          rng.normal(size=(3, 3, 8, 4)),
+                          rng.normal(size=(1, 1, 4, 8))], input_channels=4)
+    ranking = repr_lib.rank_filters(model)
+    assert ranking.layer_names == ["conv1", "conv2"]
+    assert "8 filters for a fan-in of 4" in ranking.skipped["conv3"]
+    free = ranking.select(0.5)
+    assert len(free["conv1"]) == 6  # the global cut-off empties conv1 ...
+    capped = ranking.select(0.5, max_drop_per_layer=0.25)
+    # ... the ceiling keeps 6 of its 8 and takes the rest elsewhere.
+    assert len(capped["conv1"]) == 2 and len(capped["conv2"]) == 1
+    assert sum(len(v) for v in capped.values()) == 3  # 0.25 cap on conv2
+    text = ranking.summary(0.5, max_drop_per_layer=0.25)
+    assert "conv1" in text and "  2 (25%)" in text and "  1 (25%)" in text
+    assert "conv3  not ranked: 8 filters for a fan-in of 4" in text
+    assert "dropped 3 of 12 ranked filters" in text
+    everything = repr_lib.rank_filters(model, skip_overcomplete=False)
+    assert everything.layer_names == ["conv1", "conv2", "conv3"]
+    for bad in (0, 1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="max_drop_per_layer must be"):
+            ranking.select(0.3, max_drop_per_layer=bad)
+
+
+# ------------------------------------- schedules users cannot get wrong
+def tiny_bn_model(optimizer=None):
+    model = bn_and_bias_net()
+    model.compile(optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _messages(caught, text):
+    return [str(w.message) for w in caught if text in str(w.message)]
+
+
+def test_fit_ending_at_the_last_reinit_brings_the_filters_back():
+    """Issue 17.4: fit of exactly cycles * (s1 + s2) steps used to return
+    with the dropped filters zeroed (the re-init waited for a next fit)."""
+    x, y = digits(256)  # 8 steps per epoch at batch 32
+    model = tiny_bn_model(keras.optimizers.SGD(0.05))
+    callback = repr_lib.RePrCallback(1, 1, 2, 0.25, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=32, epochs=4, verbose=0,
+                  callbacks=[callback])
+    history = callback.controller.history
+    assert [(h["step"], h["event"]) for h in history] == [
+        (8, "drop"), (16, "reinit"), (24, "drop"), (32, "reinit")]
+    assert not history[-1].get("early")
+    for unit in callback.controller.units:
+        assert unit.dropped().size == 0
+        columns = unit.kernel.numpy().reshape(-1, unit.filters)
+        assert np.all(np.linalg.norm(columns, axis=0) > 0)
+    # ... and the run was told that the new filters get no training.
+    assert _messages(caught, "leaves 0 of the run's 32 steps (0%)")
+
+
+def test_schedule_longer_than_fit_warns_and_stopping_in_s2_reinitialises():
+    x, y = digits(256)
+    model = tiny_bn_model()
+    callback = repr_lib.RePrCallback(1, 2, 3, 0.25, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0,
+                  callbacks=[callback])
+    # Planned: drop 8, reinit 24, ... (72); fit ends after 16, in S2.
+    assert _messages(caught, "does not fit a run that ends after step 16")
+    early = _messages(caught, "Training stopped after step 16")
+    assert early and "due after step 24" in early[0]
+    assert [(h["step"], h["event"], h["early"]) for h in
+            callback.controller.history if "early" in h] == [
+        (16, "reinit", True)]
+    assert all(u.dropped().size == 0 for u in callback.controller.units)
+    # A schedule entirely after the end: said, nothing happens.
+    later = repr_lib.RePrCallback(5, 5, 1, 0.25, verbose=0)
+    with pytest.warns(UserWarning, match="2 of its events"):
+        tiny_bn_model().fit(x, y, batch_size=32, epochs=1, verbose=0,
+                            callbacks=[later])
+    assert later.controller.history == []
+    # Refused on request, before any step.
+    strict = repr_lib.RePrCallback(1, 2, 3, 0.25, verbose=0,
+                                   schedule_check="raise")
+    model = tiny_bn_model()
+    with pytest.raises(ValueError, match="does not fit a run"):
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0,
+                  callbacks=[strict])
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert "train_step" not in model.__dict__ and model.train_function is None
+    with pytest.raises(ValueError, match="Unknown schedule_check 'loud'"):
+        repr_lib.RePrCallback(1, 1, 1, 0.3, schedule_check="loud")
+
+
+def test_events_at_a_small_learning_rate_are_reported():
+    x, y = digits(256)
+    # Cosine decay to zero over 40 of the 48 steps: the last re-init
+    # comes at 10% of the peak, the events before at 35% or more.
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 40)
+    model = tiny_bn_model(keras.optimizers.SGD(schedule))
+    callback = repr_lib.RePrCallback(1, 1, 2, 0.25, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=32, epochs=6, verbose=0,
+                  callbacks=[callback])
+    found = _messages(caught, "at a learning rate below 20% of the run's "
+                      "peak")
+    assert len(found) == 1
+    assert "reinit of cycle 2 after step 32" in found[0]
+    assert "drop of cycle 1" not in found[0]
+    rates = [h["learning_rate"] for h in callback.controller.history]
+    np.testing.assert_allclose(
+        rates, [float(schedule(s)) for s in (8, 16, 24, 32)], rtol=1e-5)
+    # The paper's own schedule passes: constant rate halved every 25k
+    # steps, 100 epochs of 703 steps, S1 = 20 and S2 = 10 epochs.
+    paper = repr_lib.RePrSchedule.from_epochs(20, 10, 3, 703)
+    rate = keras.optimizers.schedules.ExponentialDecay(0.05, 25000, 0.5,
+                                                       staircase=True)
+    assert repr_lib.check_run(paper, 70300, rate) == []
+    cosine = keras.optimizers.schedules.CosineDecay(0.1, 70300)
+    assert len(repr_lib.check_run(paper, 70300, cosine)) == 1
+
+
+def test_statistics_restart_replaces_stale_bn_statistics():
+    """After an event, the BN moving statistics are those of the batches
+    trained since (bias-corrected), not 99% those of the network before."""
+    x, y = digits(64)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="c0")(inputs)
+    h = keras.layers.Conv2D(8, 3, padding="same", use_bias=False,
+                            name="c1")(h)
+    h = keras.layers.BatchNormalization(momentum=0.99, name="b1")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", use_bias=False,
+                            name="c2")(h)
+    h = keras.layers.BatchNormalization(momentum=0.99, name="b2")(h)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
+    model = keras.Model(inputs, keras.layers.Dense(10)(h))
+    model.compile(keras.optimizers.SGD(0.0),  # weights frozen in effect
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = repr_lib.RePrCallback(2, 3, 1, 0.4, unit="steps", verbose=0)
+    probe = keras.Model(model.input, [model.get_layer("b2").input])
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen[int(model.optimizer.iterations.numpy())] = (
+                model.get_layer("b2").moving_mean.numpy().copy())
+
+    # The same 64 images every step: the batch statistics after the drop
+    # are one fixed value, which a restarted average matches at once.
+    model.fit(x, y, batch_size=64, epochs=12, verbose=0, shuffle=False,
+              callbacks=[callback, Spy()])
+    assert [h["step"] for h in callback.controller.history] == [2, 5]
+    batch_mean = np.mean(probe(x, training=True).numpy(), axis=(0, 1, 2))
+    # The drop changed what b2 sees; one step later its statistics are
+    # the new batch's (a plain momentum of 0.99 would be 1% of the way).
+    # Channels of c2 that are dropped keep their held statistics.
+    out = callback.controller.history[0]["dropped"].get("c2", [])
+    live = np.setdiff1d(np.arange(8), out)
+    np.testing.assert_allclose(seen[3][live], _after_drop_mean(
+        model, x, callback)[live], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(seen[3][out], seen[2][out])
+    assert np.abs(seen[2] - seen[3]).max() > 1e-3
+    np.testing.assert_allclose(seen[11], batch_mean, rtol=1e-4, atol=1e-6)
+    plain = repr_lib.RePrCallback(2, 3, 1, 0.4, unit="steps", verbose=0,
+                                  reestimate_bn=False)
+    assert plain.reestimate_bn is False
+
+
+def _after_drop_mean(model, x, callback):
+    """b2's batch mean with the filters of the first event dropped."""
+    controller = callback.controller
+    saved = [v.numpy() for v in model.variables]
+    for unit in controller.units:
+        unit.drop(controller.history[0]["dropped"].get(unit.name, []))
+    probe = keras.Model(model.input, [model.get_layer("b2").input])
+    mean = np.mean(probe(x, training=True).numpy(), axis=(0, 1, 2))
+    for variable, value in zip(model.variables, saved):
+        variable.assign(value)
+    for unit in controller.units:
+        unit.mask.assign(np.ones(unit.filters, "float32"))
+    return mean
+
+
+def test_calibration_data_gives_exact_statistics_right_at_the_event():
+    """With a few training images at hand, inference is right at once:
+    every BN's moving statistics equal its batch statistics on them."""
+    x, y = digits(128)
+    model = tiny_bn_model()
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    controller = repr_lib.RePrController(
+        model, repr_lib.RePrSchedule(1, 1, 1), 0.25, calibration_data=x[:64],
+        calibration_batches=1)
+    controller.update(0)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    controller.update(1)  # the drop
+    probe = keras.Model(model.input, [model.get_layer("bn1").input])
+    expected = probe(x[:64], training=True).numpy()
+    bn = model.get_layer("bn1")
+    live = np.flatnonzero(controller.units[0].mask.numpy() > 0)
+    out = controller.units[0].dropped()
+    np.testing.assert_allclose(bn.moving_mean.numpy()[live],
+                               expected.mean((0, 1, 2))[live], atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy()[live],
+                               expected.var((0, 1, 2))[live], rtol=1e-4)
+    # The dropped channels keep their held statistics; no weight moved
+    # but the dropped entries.
+    np.testing.assert_array_equal(bn.moving_mean.numpy()[out],
+                                  controller.units[0].held_mean.numpy()[out])
+    kernel = model.get_layer("conv2").kernel.numpy()
+    kept = controller.units[1].mask.numpy() > 0
+    np.testing.assert_array_equal(kernel[..., kept],
+                                  before["conv2/kernel"][..., kept])

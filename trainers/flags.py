@@ -204,6 +204,12 @@ def define_flags():
         "RePr: one cut-off over the filters of all layers (global, the "
         "paper) or the same share dropped from every layer (per_layer).",
     )
+    flags.DEFINE_boolean(
+        "repr_paper", _DEFAULTS.repr_paper,
+        "RePr exactly as in the paper (its score, no per-layer ceiling, "
+        "every conv ranked, BN zeroed and reset to the initializers) "
+        "instead of the library's defaults (keras_slim.repr.PAPER).",
+    )
 
     # Distribution.
     flags.DEFINE_enum(

@@ -108,6 +108,7 @@ class TrainConfig:
     repr_drop_fraction: float = 0.3
     repr_ranking: str = "orthogonality"
     repr_cutoff: str = "global"
+    repr_paper: bool = False
 
     def resolved_model_kwargs(self):
         """`--model_kwargs`, or the model's default when it is empty."""
@@ -143,6 +144,7 @@ class TrainConfig:
                 "drop_fraction": self.repr_drop_fraction,
                 "ranking": self.repr_ranking,
                 "cutoff": self.repr_cutoff,
+                **({"paper": True} if self.repr_paper else {}),
             }} if self.method == "repr" else {}),
         }))
 
@@ -698,6 +700,9 @@ def _train(config, strategy):
         progress.update(step, list(logs.items()))
         if step % every == 0 or step >= total_steps:
             manager.save(checkpoint_number=step)
+    if controller is not None:
+        # A run that ends while filters are dropped brings them back.
+        controller.finish(step)
     writer.flush()
     if not is_chief:
         shutil.rmtree(write_dir, ignore_errors=True)

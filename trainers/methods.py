@@ -284,10 +284,14 @@ register(Method(
 
 
 def repr_controller(config, model, steps_per_epoch):
-    """RePr's controller from the `--repr_*` flags (schedule in epochs)."""
+    """RePr's controller from the `--repr_*` flags (schedule in epochs).
+
+    The schedule is checked against the run (its steps and the
+    optimizer's learning-rate schedule): problems are warned about.
+    """
     from keras_slim import repr as repr_lib
 
-    return repr_lib.RePrController(
+    controller = repr_lib.RePrController(
         model,
         repr_lib.RePrSchedule.from_epochs(
             config.repr_s1, config.repr_s2, config.repr_cycles,
@@ -298,7 +302,11 @@ def repr_controller(config, model, steps_per_epoch):
         cutoff=config.repr_cutoff,
         seed=config.seed,
         verbose=config.verbose,
+        **(repr_lib.PAPER if config.repr_paper else {}),
     )
+    total_steps = config.train_steps or config.epochs * steps_per_epoch
+    controller.check_run(total_steps)
+    return controller
 
 
 register(Method(

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_slim.repr import core as core_lib
 from keras_slim.repr import ranking as ranking_lib
 from keras_slim.repr import schedule as schedule_lib
 from keras_slim.repr.core import RePrController
@@ -19,15 +20,34 @@ class RePrCallback(keras.callbacks.Callback):
     network trains normally until `fit` ends. Steps are counted by the
     optimizer (`optimizer.iterations`), so the schedule starts at the
     optimizer's first step and continues across several `fit` calls. An
-    event due after step `t` runs just before step `t + 1`.
+    event due after step `t` runs just before step `t + 1`; one due after
+    the last step of `fit` runs when `fit` ends.
 
-    During S2 the dropped filters are truly out: their outputs are exactly
-    zero and their weights, bias, BN parameters and BN statistics are
-    written back after every optimizer step inside the traced train step
-    (so gradients, momentum, Adam moments and weight decay cannot move
+    During S2 the dropped filters are truly out: they carry no signal and
+    get no update (their weights, BN parameters and statistics are
+    written back after every optimizer step inside the traced train step,
+    so gradients, momentum, Adam moments and weight decay cannot move
     them, also with `steps_per_execution > 1` and under `tf.distribute`).
-    See `keras_slim.repr.core` for the details and for what happens to the
-    next layer's weights.
+    See `keras_slim.repr.core` for the details.
+
+    The defaults differ from the paper where the paper's choices break
+    networks it was not tried on (measured on ResNet-20, see the README):
+    the ranking compares layers fairly (`normalization="chance"`), no
+    layer loses more than half its filters (`max_drop_per_layer`), layers
+    with more filters than fan-in are not ranked, a BN channel keeps its
+    offset while dropped and comes back at its layer's scale
+    (`bn_mode="preserve"`), and BN statistics are re-estimated after each
+    event. `RePrCallback(..., **keras_slim.repr.PAPER)` runs the paper's
+    exact method instead.
+
+    When `fit` starts, the schedule is checked against the run (its
+    length from `fit`'s epochs and steps, its learning rate from the
+    optimizer): events after the end, too little training after the
+    last re-initialisation, or events at a learning rate far below the
+    run's peak are reported (`schedule_check`). The paper's schedule
+    assumes a nearly constant learning rate (its code: 0.05, halved every
+    25k steps) over 100 epochs; under a schedule that decays to zero, put
+    the cycles early.
 
     To resume a run exactly, checkpoint `callback.attach(model)` (RePr's
     state: masks, held values, events done) with the model and optimizer.
@@ -55,14 +75,34 @@ class RePrCallback(keras.callbacks.Callback):
         min_kept: Filters each layer keeps whatever the ranking.
         seed: Seed of the re-initialisation.
         verbose: 1 prints one line per drop / re-initialisation.
+        normalization: "chance" (each filter's overlap in standard errors
+            above that of random filters of its layer's fan-in) or
+            "paper" (the paper's score, which ranks layers by fan-in).
+        max_drop_per_layer: Largest share of one layer's filters dropped
+            at once, in (0, 1), or None (the paper: no ceiling).
+        skip_overcomplete: Do not rank layers with more filters than
+            fan-in (they can never be orthogonal).
+        bn_mode: "preserve" or "paper" (see `keras_slim.repr.core`).
+        reestimate_bn: Re-estimate every BN's moving statistics from the
+            steps after each event (see `StatisticsRestart`).
+        schedule_check: "warn", "raise" or "off": what to do when the
+            schedule does not suit the run (see above).
+        min_lr_fraction: An event at a learning rate below this share of
+            the run's peak is reported.
+        min_tail_fraction: The last re-initialisation must leave this
+            share of the run to train the new filters.
+        calibration_data: Optional training inputs (array or dataset) on
+            which the BN statistics are measured right at each event (a
+            few batches); without it they follow from the next steps.
 
     Raises:
         ValueError: for `drop_fraction` outside (0, 1), `s1`, `s2` or
-            `cycles` < 1, an unknown ranking, cut-off or unit; when training
-            starts,
-            for a model with no conv layer to rank, a layer whose filters
-            cannot be masked, or a schedule that is not a multiple of
-            `steps_per_execution`.
+            `cycles` < 1, an unknown ranking, cut-off, unit, normalization,
+            bn_mode or schedule_check; when training starts, for a model
+            with no conv layer to rank, a layer whose filters cannot be
+            masked, a schedule that is not a multiple of
+            `steps_per_execution`, or (with `schedule_check="raise"`) a
+            schedule that does not suit the run.
 
     Example:
 
@@ -70,6 +110,9 @@ class RePrCallback(keras.callbacks.Callback):
     ...     s1=20, s2=10, cycles=3, drop_fraction=0.3)
     >>> model.fit(train_ds, epochs=100, callbacks=[callback])
     >>> callback.controller.history[0]["filters"]   # filters dropped per layer
+    >>> print(callback.controller.last_ranking.summary(0.3))
+    >>> paper = keras_slim.repr.RePrCallback(20, 10, 3, 0.3,
+    ...                                      **keras_slim.repr.PAPER)
 
     Reference:
         Prakash, Storer, Florencio & Zhang, RePr: Improved Training of
@@ -91,6 +134,15 @@ class RePrCallback(keras.callbacks.Callback):
         min_kept=1,
         seed=0,
         verbose=1,
+        normalization="chance",
+        max_drop_per_layer=0.5,
+        skip_overcomplete=True,
+        bn_mode="preserve",
+        reestimate_bn=True,
+        schedule_check="warn",
+        min_lr_fraction=schedule_lib.MIN_LR_FRACTION,
+        min_tail_fraction=schedule_lib.MIN_TAIL_FRACTION,
+        calibration_data=None,
     ):
         super().__init__()
         if unit not in UNITS:
@@ -117,8 +169,26 @@ class RePrCallback(keras.callbacks.Callback):
         self.min_kept = min_kept
         self.seed = seed
         self.verbose = verbose
+        self.normalization = ranking_lib.check_normalization(normalization)
+        self.max_drop_per_layer = ranking_lib.check_ceiling(
+            max_drop_per_layer)
+        self.skip_overcomplete = skip_overcomplete
+        self.bn_mode = core_lib.check_bn_mode(bn_mode)
+        self.reestimate_bn = reestimate_bn
+        self.schedule_check = schedule_lib.check_schedule_check(
+            schedule_check)
+        for value, name in ((min_lr_fraction, "min_lr_fraction"),
+                            (min_tail_fraction, "min_tail_fraction")):
+            if isinstance(value, bool) or not isinstance(
+                    value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(
+                    f"{name} must be a number in [0, 1); got {value!r}.")
+        self.min_lr_fraction = float(min_lr_fraction)
+        self.min_tail_fraction = float(min_tail_fraction)
+        self.calibration_data = calibration_data
         self.controller = None
         self._next_event = None
+        self._checked = True
 
     # ------------------------------------------------------------ state
     def attach(self, model):
@@ -141,6 +211,12 @@ class RePrCallback(keras.callbacks.Callback):
                 min_kept=self.min_kept,
                 seed=self.seed,
                 verbose=self.verbose,
+                normalization=self.normalization,
+                max_drop_per_layer=self.max_drop_per_layer,
+                skip_overcomplete=self.skip_overcomplete,
+                bn_mode=self.bn_mode,
+                reestimate_bn=self.reestimate_bn,
+                calibration_data=self.calibration_data,
             )
         elif self.controller.model is not model:
             raise ValueError(
@@ -195,18 +271,40 @@ class RePrCallback(keras.callbacks.Callback):
         model.train_step = self.controller.wrap_train_step(model.train_step)
         model.make_train_function(force=True)
         step = self._step()
+        self._start_step = step
+        self._checked = False
         self.controller.update(step)
         self._next_event = self.controller.next_event_step(step)
 
     def _step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # The first epoch of this fit is `initial_epoch`: only now is the
+        # run's length known (`params` has fit's epochs and steps).
+        if self._checked:
+            return
+        self._checked = True
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        if not epochs or not steps:
+            return  # a dataset of unknown length: nothing to check against
+        total = self._start_step + (int(epochs) - int(epoch)) * int(steps)
+        try:
+            self.controller.check_run(
+                total, start_step=self._start_step,
+                action=self.schedule_check,
+                min_lr_fraction=self.min_lr_fraction,
+                min_tail_fraction=self.min_tail_fraction)
+        except ValueError:
+            self._restore_step()  # refused: leave the model as it was
+            raise
+
     def on_train_batch_begin(self, batch, logs=None):
         # Events run before the first step that follows them, not after
         # the last step before them: the same step count, but validation
         # at an epoch's end then sees the network that epoch trained (not
-        # one just dropped or re-initialised), and an event due after the
-        # very last step of `fit` waits for the next `fit`.
+        # one just dropped or re-initialised). An event due after the very
+        # last step of `fit` runs in `on_train_end`.
         if self._next_event is None:
             return
         step = self._step()
@@ -215,6 +313,13 @@ class RePrCallback(keras.callbacks.Callback):
             self._next_event = self.controller.next_event_step(step)
 
     def on_train_end(self, logs=None):
+        # A fit that ends while filters are out (exactly at a
+        # re-initialisation's step, or stopped early) must not return a
+        # model with zeroed filters: bring them back now.
+        self.controller.finish(self._step())
+        self._restore_step()
+
+    def _restore_step(self):
         model = self.model
         if self._original_step is None:
             model.__dict__.pop("train_step", None)

@@ -3,25 +3,55 @@
 RePr (Prakash et al., CVPR 2019) measures a filter's redundancy by its
 overlap with the other filters of its layer. For a convolution with `N`
 filters, `W` holds one flattened filter per row, each row scaled to unit L2
-norm; `P = |W Wᵀ − I|`; a filter's score is the sum of its row of `P`
-divided by `N`. Filters of every ranked layer are then sorted together (one
-global cut-off), highest score first. The first convolution is excluded by
-default, as in the author's code.
+norm; `P = |W Wᵀ − I|`; the paper scores a filter by the sum of its row of
+`P` divided by `N`, and sorts the filters of every ranked layer together
+(one global cut-off), highest score first. The first convolution is
+excluded by default, as in the author's code.
 
-Where the author's code differs (and this module follows the paper): it
-normalises the whole kernel tensor by one norm instead of each filter, and
-scores a filter by the absolute mean of its signed off-diagonal entries
-rather than the sum of their absolute values.
+Why the default differs from the paper (`normalization="chance"`): the
+paper's score is not comparable across layers. For filters that have
+nothing to do with each other (independent random directions) the expected
+`|cos|` of two filters of length `d = fan_in` is
+
+    E_d = Γ(d / 2) / (√π · Γ((d + 1) / 2))  ≈  sqrt(2 / (π d)),
+
+0.20 at `d = 16`, 0.067 at `d = 144`, 0.033 at `d = 576`: a global
+cut-off on the paper's score takes filters by fan-in, whatever they
+learned (on ResNet-20 it took 15 of 16 filters of the first stage and 0-4
+of 64 of the last). The default score divides each filter's mean `|cos|` to
+the others by `E_d`: 1 means "as much overlap as unrelated filters of this
+length", 0 orthogonal to every other filter, `1 / E_d` a duplicate. It is
+what a statistician would call the overlap relative to chance: random
+layers of any fan-in score about 1, so one cut-off compares what the
+layers learned. `normalization="paper"` keeps the paper's exact formula.
+
+Layers whose filters outnumber their fan-in (`N > d`, e.g. the 1x1
+projection shortcuts of a ResNet, or a 1x1 convolution that widens its
+input) can never have orthogonal filters, and re-initialising a filter
+orthogonally to the kept ones is impossible there: they are not ranked by
+default (`skip_overcomplete=True`) and `FilterRanking.skipped` says so.
+
+`FilterRanking.select` also takes a per-layer ceiling
+(`max_drop_per_layer`): no layer loses more than that share of its
+filters, whatever the global order says (and never all but `min_kept`).
+
+Where the author's code differs (and this module follows the paper for
+`normalization="paper"`): it normalises the whole kernel tensor by one
+norm instead of each filter, and scores a filter by the absolute mean of
+its signed off-diagonal entries rather than the sum of their absolute
+values.
 """
 
 import contextlib
 import dataclasses
+import math
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 METHODS = ("orthogonality", "l1", "l2")
+NORMALIZATIONS = ("chance", "paper", "ratio")
 
 # Score of a filter that is entirely zero under "orthogonality". Any real
 # filter scores below (N - 1) / N < 1: a dead filter computes nothing and
@@ -199,35 +229,75 @@ def filter_matrix(layer):
     return kernel.reshape(-1, kernel.shape[-1]).T
 
 
-def orthogonality_scores(weights):
+def chance_overlap(fan_in):
+    """Expected `|cos|` between two independent random filters of length
+    `fan_in`: `Γ(d/2) / (√π Γ((d+1)/2))`, about `sqrt(2 / (π d))`.
+
+    Example:
+
+    >>> round(chance_overlap(16), 4), round(chance_overlap(576), 4)
+    (0.2026, 0.0333)
+    """
+    d = int(fan_in)
+    if d < 1:
+        raise ValueError(f"fan_in must be >= 1; got {fan_in!r}.")
+    return math.exp(math.lgamma(d / 2) - math.lgamma((d + 1) / 2)) / (
+        math.sqrt(math.pi))
+
+
+def orthogonality_scores(weights, normalization="paper"):
     """RePr's inter-filter orthogonality score of each row of `weights`.
 
-    Rows are scaled to unit L2 norm, `P = |W Wᵀ − I|`, and row `i` scores
-    `sum_j P[i, j] / N`. The diagonal of `P` is zero for unit rows and is
-    left out exactly (no rounding residue). A row of zeros scores
-    `DEAD_FILTER_SCORE` (1.0), above any real filter.
+    Rows are scaled to unit L2 norm and `P = |W Wᵀ − I|` (its diagonal,
+    zero for unit rows, is left out exactly).
+
+    - `normalization="paper"`: row `i` scores `sum_j P[i, j] / N` (the
+      paper's formula), in [0, 1). A row of zeros scores
+      `DEAD_FILTER_SCORE` (1.0), above any real filter.
+    - `normalization="chance"`: row `i` scores its mean overlap with the
+      other rows relative to that of independent random rows of the same
+      length, `sum_j P[i, j] / ((N - 1) * chance_overlap(fan_in))`: about
+      1 for unrelated filters whatever the fan-in, 0 for a filter
+      orthogonal to all others, `1 / chance_overlap(fan_in)` for a
+      duplicate. A row of zeros scores as a duplicate.
 
     Args:
         weights: `(N, fan_in)` array, one filter per row.
+        normalization: "paper" or "chance" (see the module doc for why
+            `rank_filters` uses "chance" by default).
 
     Returns:
-        A float64 array of `N` scores in [0, 1]; higher is more redundant.
+        A float64 array of `N` scores; higher is more redundant.
 
     Example:
 
     >>> orthogonality_scores(np.eye(3))
     array([0., 0., 0.])
     """
+    check_normalization(normalization)
     weights = np.asarray(weights, "float64")
-    count = weights.shape[0]
+    count, fan_in = weights.shape
     norms = np.linalg.norm(weights, axis=1)
     dead = norms <= np.finfo("float64").tiny
     unit = weights / np.where(dead, 1.0, norms)[:, None]
     unit[dead] = 0.0
     overlap = np.abs(unit @ unit.T)
     np.fill_diagonal(overlap, 0.0)
-    scores = overlap.sum(axis=1) / count
-    scores[dead] = DEAD_FILTER_SCORE
+    if normalization == "paper":
+        scores = overlap.sum(axis=1) / count
+        scores[dead] = DEAD_FILTER_SCORE
+        return scores
+    chance = chance_overlap(fan_in)
+    if count < 2:
+        return np.where(dead, 1.0 / chance, 0.0)
+    mean = overlap.sum(axis=1) / (count - 1)
+    if normalization == "ratio":
+        scores = mean / chance
+        scores[dead] = 1.0 / chance
+        return scores
+    spread = math.sqrt(max(1.0 / fan_in - chance**2, 1e-300) / (count - 1))
+    scores = (mean - chance) / spread
+    scores[dead] = (1.0 - chance) / spread
     return scores
 
 
@@ -244,17 +314,31 @@ class FilterRanking:
         order: Every `(layer_name, filter_index)`, the first to drop
             first: descending orthogonality score, or ascending norm. Ties
             keep model order, then filter order.
+        normalization: "chance" or "paper" for the orthogonality ranking
+            (see `orthogonality_scores`), None for the norms.
+        fan_in: dict layer name -> length of its flattened filters.
+        skipped: dict layer name -> why a convolution was not ranked
+            (e.g. more filters than fan-in).
+
+    Example:
+
+    >>> ranking = rank_filters(model)
+    >>> print(ranking.summary(0.3, max_drop_per_layer=0.5))
     """
 
     method: str
     layer_names: list
     scores: dict
     order: list
+    normalization: object = None
+    fan_in: dict = dataclasses.field(default_factory=dict)
+    skipped: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self):
         return len(self.order)
 
-    def select(self, fraction, min_kept=1, cutoff="global"):
+    def select(self, fraction, min_kept=1, cutoff="global",
+               max_drop_per_layer=None):
         """The filters a cut-off at `fraction` drops.
 
         Args:
@@ -264,11 +348,14 @@ class FilterRanking:
             cutoff: "global" (the paper): `round(fraction * total)` filters
                 (at least one), the first of `order`, wherever they are.
                 "per_layer": `round(fraction * N)` of each layer's `N`
-                filters, its most redundant ones. The orthogonality score
-                of random filters shrinks with their length (about
-                `sqrt(2 / (pi * fan_in))`), so a global cut-off takes far
-                more from layers with a small fan-in (1x1 convolutions,
-                the first stage of a ResNet); "per_layer" does not.
+                filters, its most redundant ones. With the paper's score
+                a global cut-off takes far more from layers with a small
+                fan-in (see the module doc); the default chance-relative
+                score does not need "per_layer" for that.
+            max_drop_per_layer: Optional ceiling, in (0, 1): no layer
+                loses more than `floor(max_drop_per_layer * N)` filters (a
+                global cut-off then takes the next filters of `order`
+                from other layers instead).
 
         Returns:
             dict layer name -> sorted int array of dropped filter indices
@@ -281,7 +368,13 @@ class FilterRanking:
         """
         fraction = check_fraction(fraction)
         check_cutoff(cutoff)
+        check_ceiling(max_drop_per_layer)
         sizes = {name: len(s) for name, s in self.scores.items()}
+        ceiling = {
+            name: size if max_drop_per_layer is None
+            else int(np.floor(max_drop_per_layer * size + 1e-9))
+            for name, size in sizes.items()
+        }
         if cutoff == "global":
             total = len(self.order)
             budget = {None: min(total, max(1, _round(fraction * total)))}
@@ -292,7 +385,8 @@ class FilterRanking:
         dropped = {name: [] for name in self.layer_names}
         for name, index in self.order:
             key = None if cutoff == "global" else name
-            if budget[key] == 0 or remaining[name] <= min_kept:
+            if (budget[key] == 0 or remaining[name] <= min_kept
+                    or len(dropped[name]) >= ceiling[name]):
                 continue
             dropped[name].append(index)
             remaining[name] -= 1
@@ -302,6 +396,57 @@ class FilterRanking:
             for name, indices in dropped.items()
             if indices
         }
+
+    def summary(self, fraction=None, min_kept=1, cutoff="global",
+                max_drop_per_layer=None):
+        """A table of the ranked layers, one row each (a string).
+
+        Columns: filters, fan-in, the mean / min / max score and, when
+        `fraction` is given, how many filters `select(fraction, ...)`
+        drops from the layer. Skipped layers are listed with the reason.
+
+        Example:
+
+        >>> print(ranking.summary(0.3, max_drop_per_layer=0.5))
+        layer              filters  fan-in   mean    min    max  dropped
+        conv2                   32     800  1.012  0.701  1.544   9 (28%)
+        ...
+        """
+        selection = {}
+        if fraction is not None:
+            selection = self.select(fraction, min_kept, cutoff,
+                                    max_drop_per_layer)
+        width = max([len("layer")] + [len(n) for n in self.layer_names]
+                    + [len(n) for n in self.skipped])
+        header = (f"{'layer':<{width}}  filters  fan-in  {'mean':>6}  "
+                  f"{'min':>6}  {'max':>6}")
+        if fraction is not None:
+            header += "  dropped"
+        lines = [
+            f"RePr ranking: {self.method}"
+            + (f" ({self.normalization})" if self.normalization else ""),
+            header,
+        ]
+        total_dropped = 0
+        for name in self.layer_names:
+            scores = self.scores[name]
+            line = (f"{name:<{width}}  {len(scores):7d}  "
+                    f"{self.fan_in.get(name, 0):6d}  {np.mean(scores):6.3f}  "
+                    f"{np.min(scores):6.3f}  {np.max(scores):6.3f}")
+            if fraction is not None:
+                count = len(selection.get(name, ()))
+                total_dropped += count
+                line += f"  {count:3d} ({count / len(scores):.0%})"
+            lines.append(line)
+        if fraction is not None:
+            lines.append(
+                f"dropped {total_dropped} of {len(self.order)} ranked filters"
+                f" ({cutoff} cut-off at {fraction:g}"
+                + (f", at most {max_drop_per_layer:g} of a layer"
+                   if max_drop_per_layer is not None else "") + ")")
+        for name, reason in self.skipped.items():
+            lines.append(f"{name:<{width}}  not ranked: {reason}")
+        return "\n".join(lines)
 
 
 CUTOFFS = ("global", "per_layer")
@@ -333,6 +478,21 @@ def check_fraction(fraction):
     return float(fraction)
 
 
+def check_ceiling(ceiling):
+    """Validates `max_drop_per_layer`: None or a number in (0, 1)."""
+    if ceiling is None:
+        return None
+    if isinstance(ceiling, bool) or not isinstance(
+        ceiling, (int, float, np.floating, np.integer)
+    ) or not 0.0 < float(ceiling) < 1.0:
+        raise ValueError(
+            "max_drop_per_layer must be None or a number strictly between "
+            "0 and 1 (the largest share of one layer's filters dropped at "
+            f"once); got {ceiling!r}."
+        )
+    return float(ceiling)
+
+
 def check_method(method):
     if method not in METHODS:
         raise ValueError(
@@ -342,17 +502,65 @@ def check_method(method):
     return method
 
 
-def score_layer(layer, method):
+def check_normalization(normalization):
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"Unknown normalization {normalization!r}; expected 'chance' "
+            "(overlap relative to random filters of the same fan-in, the "
+            "default) or 'paper' (the paper's sum over N)."
+        )
+    return normalization
+
+
+def fan_in(layer):
+    """Length of a conv layer's flattened filters (kernel size x input
+    channels)."""
+    return int(np.prod(layer.kernel.shape[:-1]))
+
+
+def is_overcomplete(layer):
+    """Whether a conv layer has more filters than its fan-in: they can
+    never all be orthogonal."""
+    return int(layer.kernel.shape[-1]) > fan_in(layer)
+
+
+def score_layer(layer, method, normalization="paper"):
     """Scores of one conv layer's filters (see `FilterRanking.scores`)."""
     weights = filter_matrix(layer)
     if method == "orthogonality":
-        return orthogonality_scores(weights)
+        return orthogonality_scores(weights, normalization)
     order = 1 if method == "l1" else 2
     return np.linalg.norm(weights, ord=order, axis=1)
 
 
+def rankable_layers(model, exclude_first=True, layers=None,
+                    skip_overcomplete=True):
+    """`(convs, skipped)`: the convolutions RePr ranks and, by name, the
+    ones it leaves out and why (see `conv_layers`, `rank_filters`)."""
+    convs = conv_layers(model, exclude_first=exclude_first, layers=layers)
+    skipped = {}
+    if skip_overcomplete:
+        for layer in convs:
+            if is_overcomplete(layer):
+                skipped[layer.name] = (
+                    f"{layer.kernel.shape[-1]} filters for a fan-in of "
+                    f"{fan_in(layer)}: they can never all be orthogonal "
+                    "(skip_overcomplete=False ranks it anyway)"
+                )
+        convs = [layer for layer in convs if layer.name not in skipped]
+        if not convs:
+            raise ValueError(
+                f"Every convolution RePr could rank in model '{model.name}' "
+                "has more filters than its fan-in "
+                f"({', '.join(skipped)}): pass skip_overcomplete=False to "
+                "rank them anyway."
+            )
+    return convs, skipped
+
+
 def rank_filters(model, method="orthogonality", exclude_first=True,
-                 layers=None):
+                 layers=None, normalization="chance",
+                 skip_overcomplete=True):
     """Ranks the convolution filters of `model` for RePr, globally.
 
     For each conv layer the filters are flattened one per row and scored
@@ -366,45 +574,65 @@ def rank_filters(model, method="orthogonality", exclude_first=True,
             "l1" or "l2" (the smallest filters first: the paper's ablation).
         exclude_first: Leave out the model's first convolution.
         layers: Optional names of the conv layers to rank instead.
+        normalization: For "orthogonality": "chance" (default; each
+            filter's overlap relative to that of random filters of its
+            layer's fan-in, so layers compare fairly) or "paper" (the
+            paper's exact score, which ranks layers by fan-in; see the
+            module doc).
+        skip_overcomplete: Leave out layers with more filters than fan-in
+            (listed in `FilterRanking.skipped`).
 
     Returns:
         A `FilterRanking`.
 
     Raises:
-        ValueError: for an unknown method, a model without a convolution
-            to rank, or a named layer that is not a rankable convolution.
+        ValueError: for an unknown method or normalization, a model
+            without a convolution to rank, or a named layer that is not a
+            rankable convolution.
 
     Example:
 
     >>> ranking = keras_slim.repr.rank_filters(model)
     >>> ranking.order[:3]          # the three most redundant filters
     [('conv3', 12), ('conv2', 5), ('conv3', 30)]
-    >>> ranking.select(0.3)        # what a 30% drop removes, per layer
+    >>> ranking.select(0.3, max_drop_per_layer=0.5)   # what a drop removes
+    >>> print(ranking.summary(0.3))                   # per-layer counts
 
     Reference:
         Prakash, Storer, Florencio & Zhang, RePr: Improved Training of
         Convolutional Filters, CVPR 2019 (https://arxiv.org/abs/1811.07275).
     """
     check_method(method)
-    convs = conv_layers(model, exclude_first=exclude_first, layers=layers)
+    check_normalization(normalization)
+    convs, skipped = rankable_layers(model, exclude_first, layers,
+                                     skip_overcomplete)
     names = [layer.name for layer in convs]
     if len(set(names)) != len(names):
         raise ValueError(
             f"Layer names must be unique to rank filters; got {names}."
         )
     with single_threaded_blas():
-        scores = {layer.name: score_layer(layer, method) for layer in convs}
+        scores = {layer.name: score_layer(layer, method, normalization)
+                  for layer in convs}
     all_scores = np.concatenate([scores[name] for name in names])
     layer_index = np.concatenate(
         [np.full(len(scores[name]), i) for i, name in enumerate(names)]
     )
     filter_index = np.concatenate([np.arange(len(scores[n])) for n in names])
     key = -all_scores if method == "orthogonality" else all_scores
-    # np.lexsort sorts by the last key first: score, then layer, then index.
-    order = np.lexsort((filter_index, layer_index, key))
+    # Dead (all-zero) filters go first in every ranking: they compute
+    # nothing, whatever their score says relative to other layers.
+    dead = np.concatenate([
+        np.linalg.norm(filter_matrix(layer), axis=1) == 0 for layer in convs
+    ])
+    # np.lexsort sorts by the last key first: dead, score, layer, index.
+    order = np.lexsort((filter_index, layer_index, key, ~dead))
     return FilterRanking(
         method=method,
         layer_names=names,
         scores=scores,
         order=[(names[layer_index[i]], int(filter_index[i])) for i in order],
+        normalization=normalization if method == "orthogonality" else None,
+        fan_in={layer.name: fan_in(layer) for layer in convs},
+        skipped=skipped,
     )

@@ -3,6 +3,8 @@
 
 import dataclasses
 
+import numpy as np
+
 DROP = "drop"
 REINIT = "reinit"
 
@@ -107,3 +109,136 @@ class RePrSchedule:
             steps_per_epoch, "steps_per_epoch", "batches per epoch"
         )
         return cls(s1 * steps_per_epoch, s2 * steps_per_epoch, cycles)
+
+
+# ------------------------------------------------------ run checks
+SCHEDULE_CHECKS = ("warn", "raise", "off")
+
+# Defaults of `check_run`: an event is suspicious below this share of the
+# run's peak learning rate, and the last re-initialisation needs at least
+# this share of the run after it. The paper's own schedule (constant
+# learning rate halved every 25k steps, 100 epochs, last re-init after 90)
+# passes both: 25% of the peak at its last events, 10% of the run left.
+MIN_LR_FRACTION = 0.2
+MIN_TAIL_FRACTION = 0.1
+
+
+def check_schedule_check(value):
+    if value not in SCHEDULE_CHECKS:
+        raise ValueError(
+            f"Unknown schedule_check {value!r}; expected 'warn' (the "
+            "default), 'raise' or 'off'."
+        )
+    return value
+
+
+def learning_rate_at(learning_rate, step):
+    """The learning rate after `step` steps, as a float, or None.
+
+    `learning_rate` is what a Keras optimizer holds: a number, a
+    `keras.optimizers.schedules.LearningRateSchedule` (or any callable of
+    the step), or a variable (a constant that callbacks may change: its
+    current value).
+    """
+    import keras
+
+    if learning_rate is None:
+        return None
+    if isinstance(learning_rate, (int, float)):
+        return float(learning_rate)
+    if callable(learning_rate) and not hasattr(learning_rate, "assign"):
+        value = learning_rate(step)
+    else:
+        value = learning_rate
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def check_run(schedule, total_steps, learning_rate=None, start_step=0,
+              min_lr_fraction=MIN_LR_FRACTION,
+              min_tail_fraction=MIN_TAIL_FRACTION):
+    """What is wrong with running `schedule` in a run of `total_steps`.
+
+    RePr only helps when the re-initialised filters can still learn: the
+    paper's schedule (S1 = 20, S2 = 10 epochs, 3 cycles, 100 epochs) keeps
+    a nearly constant learning rate (its code halves it every 25k steps,
+    about 36 epochs) and leaves 10 ordinary epochs after the last
+    re-initialisation. The same numbers under a schedule that decays to
+    zero put the last events at a learning rate too small to repair them.
+
+    Args:
+        schedule: A `RePrSchedule` (optimizer steps).
+        total_steps: Optimizer steps at which the run ends.
+        learning_rate: The optimizer's learning rate (number, schedule or
+            variable), or None to skip the learning-rate check.
+        start_step: Optimizer steps done when the run starts (events
+            before it are past).
+        min_lr_fraction: An event at a learning rate below this share of
+            the run's peak is reported.
+        min_tail_fraction: The last re-initialisation must leave at least
+            this share of the run's steps (and at least one step) to train
+            the new filters.
+
+    Returns:
+        A list of messages (empty when the schedule fits the run).
+
+    Example:
+
+    >>> check_run(RePrSchedule(20, 10, 3), total_steps=90)
+    ['RePr\\'s last re-initialisation is due after step 90, ...']
+    """
+    total_steps, start_step = int(total_steps), int(start_step)
+    problems = []
+    events = [e for e in schedule.events if e.step >= start_step]
+    if not events:
+        return problems
+    late = [e for e in events if e.step > total_steps]
+    if late:
+        problems.append(
+            f"RePr's schedule (S1={schedule.s1}, S2={schedule.s2}, "
+            f"{schedule.cycles} cycles = {schedule.total_steps} steps) does "
+            f"not fit a run that ends after step {total_steps}: "
+            f"{len(late)} of its events (the first: {late[0].kind} of cycle "
+            f"{late[0].cycle + 1}, due after step {late[0].step}) will not "
+            "happen. If the run ends while filters are dropped they are "
+            "brought back (re-initialised) when it ends, untrained. Shorten "
+            "S1 / S2 / cycles or train longer."
+        )
+    reinits = [e for e in events if e.kind == REINIT and e.step <= total_steps]
+    if reinits:
+        last = reinits[-1]
+        tail = total_steps - last.step
+        if tail < max(1, min_tail_fraction * total_steps):
+            problems.append(
+                f"RePr's last re-initialisation (cycle {last.cycle + 1}, "
+                f"after step {last.step}) leaves {tail} of the run's "
+                f"{total_steps} steps ({tail / max(total_steps, 1):.0%}) to "
+                "train the new filters; the paper leaves 10% at a high "
+                "learning rate. Fewer cycles, a shorter S1 / S2 or a longer "
+                "run fix it."
+            )
+    if learning_rate is not None and not isinstance(learning_rate,
+                                                    (int, float)):
+        if callable(learning_rate) and not hasattr(learning_rate, "assign"):
+            probe = sorted(set(
+                [int(s) for s in np.linspace(start_step, total_steps, 201)]
+                + [e.step for e in events if e.step <= total_steps]))
+            rates = {s: learning_rate_at(learning_rate, s) for s in probe}
+            peak = max(rates.values())
+            low = [(e, rates[e.step]) for e in events
+                   if e.step <= total_steps and peak > 0
+                   and rates[e.step] < min_lr_fraction * peak]
+            if low:
+                listed = ", ".join(
+                    f"{e.kind} of cycle {e.cycle + 1} after step {e.step}: "
+                    f"{rate:.3g} ({rate / peak:.0%})" for e, rate in low[:4])
+                problems.append(
+                    f"{len(low)} RePr event(s) fall at a learning rate below "
+                    f"{min_lr_fraction:.0%} of the run's peak ({peak:.3g}): "
+                    f"{listed}. Filters dropped or re-initialised then barely "
+                    "train: the network loses accuracy it cannot win back. "
+                    "Put the cycles early in the run (fewer cycles, shorter "
+                    "S1 / S2) or use a schedule that keeps the learning "
+                    "rate up while RePr runs (the paper's is nearly "
+                    "constant)."
+                )
+    return problems
