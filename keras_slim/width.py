@@ -130,7 +130,8 @@ def validate_width_range(width_range):
 def width_tag(width):
     """Formats a width for metric names: `0.25 -> "w0.25"`.
 
-    A configuration (dict) gets its `width_suffix` ("cfg" + a hash).
+    A configuration (dict) gets its `width_suffix`: its name for a named
+    configuration (`keras_slim.search.load_configs`), else "cfg" + a hash.
     """
     if isinstance(width, dict):
         return width_suffix(width)
@@ -156,7 +157,17 @@ def are_configs(widths):
 
 
 def width_suffix(width):
-    """A file-name-safe tag for a width or configuration: "w0.35"."""
+    """A file-name-safe tag for a width or configuration: "w0.35".
+
+    A configuration with a `name` attribute (what
+    `keras_slim.search.load_configs` returns) is tagged by its name, with
+    characters other than letters, digits, ".", "_" and "-" replaced by
+    "_"; any other configuration by "cfg" + a hash of its channels.
+    """
+    name = getattr(width, "name", None)
+    if isinstance(width, dict) and name:
+        return "".join(c if c.isalnum() or c in "._-" else "_"
+                       for c in str(name))
     if isinstance(width, dict):
         text = ",".join(f"{k}={int(v)}" for k, v in sorted(width.items()))
         return "cfg" + hashlib.sha1(text.encode()).hexdigest()[:10]
