@@ -590,3 +590,18 @@ def test_loaded_configurations_name_files_and_rows(trained, searched,
                                            widths=[config])
     assert manifest["exports"][0]["file"] == (
         f"{trained.network.name}_{name}.tflite")
+
+
+def test_log_lines_show_the_estimate(trained, digits, capsys):
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    result = search.autoslim(trained, _search_set(digits),
+                             targets=[0.6 * full], bins=6, verbose=2)
+    lines = capsys.readouterr().out.strip().splitlines()
+    steps = len(result["history"]) - 1
+    assert len(lines) == steps
+    # From the first step on: an estimated total and the time left.
+    for number, line in enumerate(lines[:-1], start=1):
+        total = line.split("/~")[1].split()[0]
+        assert line.startswith(f"step {number}/~") and total.isdigit()
+        assert "left" in line
+    assert lines[-1].startswith(f"step {steps}/~{steps} ")

@@ -205,8 +205,10 @@ def autoslim(
         max_steps: Stop after this many steps in this call (progress is
             kept; call again to continue). None: run to the end.
         seed: Seed of the search-set subsample and of the screening subset.
-        verbose: 0 = silent, 1 = a Keras progress bar with the estimated
-            number of steps and the time left.
+        verbose: 0 = silent, 1 = a Keras progress bar, 2 = one line per
+            step (for logs); both show the estimated number of steps (the
+            remaining cost over the average cost a step has removed) and
+            the time left.
         min_width: No group narrows below its channel count at this
             uniform width. None (default): the narrowest width the
             supernet was trained at (`model.width_range[0]`), below which
@@ -410,9 +412,11 @@ def autoslim(
     save_progress()
     smallest = min(t for _, t in plan_targets)
     bar = keras.utils.Progbar(
-        _steps_left(progress["history"], metric, smallest), verbose=verbose,
-        unit_name="step", stateful_metrics=["accuracy", _BAR_UNIT[metric][0]],
+        _steps_left(progress["history"], metric, smallest),
+        verbose=1 if verbose == 1 else 0, unit_name="step",
+        stateful_metrics=["accuracy", _BAR_UNIT[metric][0]],
     )
+    step_seconds = []
     steps_done = 0
     while len(recorded) < len(plan_targets) and (
         max_steps is None or steps_done < int(max_steps)
@@ -476,6 +480,10 @@ def autoslim(
         bar.update(steps_done, values=[
             (name, row[metric] / scale), ("accuracy", row["accuracy"])],
             finalize=len(recorded) == len(plan_targets))
+        step_seconds.append(seconds)
+        if verbose == 2:  # one line per step, for logs
+            print(_step_line(
+                row, metric, left, step_seconds), flush=True)
     finished = len(recorded) == len(plan_targets)
     result = _result(space, runner, progress, plan_targets, finished, metric)
     if output_path is not None:
@@ -486,6 +494,22 @@ def autoslim(
 # What the progress bar shows of the cost: name and scale.
 _BAR_UNIT = {"macs": ("MMACs", 1e6), "params": ("Mparams", 1e6),
              "latency": ("ms", 1.0)}
+
+
+def _step_line(row, metric, left, step_seconds):
+    """A log line: step, estimated total, cost, accuracy, time left."""
+    name, scale = _BAR_UNIT[metric]
+    # The first step of a call traces the network: leave it out when
+    # there are others.
+    recent = step_seconds[1:] or step_seconds
+    per_step = sum(recent) / len(recent)
+    total = "?" if left is None else str(row["step"] + left)
+    remaining = ("?" if left is None else
+                 time.strftime("%H:%M:%S", time.gmtime(left * per_step)))
+    return (f"step {row['step']}/~{total} - {row['group']} - "
+            f"{row[metric] / scale:.4g} {name} - accuracy "
+            f"{row['accuracy']:.4f} - {per_step:.1f} s/step - "
+            f"about {remaining} left")
 
 
 def _steps_left(history, metric, smallest_target):
