@@ -67,6 +67,9 @@ def parse_args(argv=None):
                         help="uniform widths whose MACs are the targets")
     parser.add_argument("--supernet_epochs", type=int, default=None)
     parser.add_argument("--retrain_epochs", type=int, default=None)
+    parser.add_argument("--retrain_targets", default=None,
+                        help="the targets (of --targets) whose searched "
+                        "and uniform networks are retrained (default all)")
     parser.add_argument("--train_per_class", type=int, default=None,
                         help="training images per class (max 4500)")
     parser.add_argument("--search_images", type=int, default=None)
@@ -97,6 +100,11 @@ def parse_args(argv=None):
             setattr(args, key, value)
     args.width_range = tuple(float(v) for v in args.width_range.split(","))
     args.targets = [float(v) for v in args.targets.split(",")]
+    args.retrain_targets = (args.targets if args.retrain_targets is None else
+                            [float(v) for v in args.retrain_targets.split(",")])
+    if not set(args.retrain_targets) <= set(args.targets):
+        parser.error(f"--retrain_targets {args.retrain_targets} must be "
+                     f"among --targets {args.targets}")
     if args.output_dir is None:
         args.output_dir = f"/tmp/autoslim_cifar10_{'quick' if args.quick else 'full'}"
     return args
@@ -179,7 +187,10 @@ def main(argv=None):
         return
     search.plots.plot_channels(found, supernet, out / "channels.png")
 
+    retrain_names = {f"like_{w:g}x" for w in args.retrain_targets}
     for entry in found["configs"]:
+        if entry["name"] not in retrain_names:
+            continue
         runs = {
             "searched": entry["channels"],
             "uniform": search.config_from_counts(

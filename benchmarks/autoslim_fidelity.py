@@ -51,12 +51,15 @@ def parse_args(argv=None):
     parser.add_argument("--max_steps", type=int, default=None,
                         help="exhaustive: steps in this call (resumable)")
     parser.add_argument("--fidelity_file", default="fidelity.json")
+    parser.add_argument("--exhaustive_targets", default=None,
+                        help="exhaustive: uniform widths whose MACs are its "
+                        "targets (default the benchmark's --targets)")
     args, rest = parser.parse_known_args(argv)
     bench_args = bench.parse_args(rest)
     return args, bench_args
 
 
-def load(bench_args):
+def load(bench_args, widths=None):
     import keras
     import keras_slim
 
@@ -67,16 +70,18 @@ def load(bench_args):
     (x_train, y_train), _ = bench.split(
         images, labels, bench_args.train_per_class, 500)
     x, y = bench.search_set(x_train, y_train, bench_args)
-    targets = [keras_slim.profile(supernet, w)["macs"]
-               for w in bench_args.targets]
-    names = [f"like_{w:g}x" for w in bench_args.targets]
+    widths = widths or bench_args.targets
+    targets = [keras_slim.profile(supernet, w)["macs"] for w in widths]
+    names = [f"like_{w:g}x" for w in widths]
     return supernet, (x, y), targets, names, out
 
 
 def exhaustive(args, bench_args):
     from keras_slim import search
 
-    supernet, data, targets, names, out = load(bench_args)
+    widths = ([float(w) for w in args.exhaustive_targets.split(",")]
+              if args.exhaustive_targets else None)
+    supernet, data, targets, names, out = load(bench_args, widths)
     start = time.perf_counter()
     result = search.autoslim(
         supernet, data, targets=targets, names=names, bins=bench_args.bins,
@@ -253,6 +258,12 @@ def screened(args, bench_args):
             f"exhaustive {rows[-1]['exhaustive_search_accuracy']} at step "
             f"{rows[-1]['exhaustive_step']}")
     path = result["history"][1:]
+    # Time to reach each target: the first evaluation plus the steps up to
+    # the one that recorded it.
+    for row in rows:
+        row["minutes_to_reach"] = (result["history"][0]["seconds"] + sum(
+            r["seconds"] for r in path[: row["step"]])) / 60
+        log(f"{row['name']} reached after {row['minutes_to_reach']:.1f} min")
     common = 0
     for mine, theirs in zip(path, history[1:]):
         if mine["group"] != theirs["group"]:
