@@ -49,12 +49,14 @@ def plot_channels(result, model, path):
         uniform = configs_lib.config_from_counts(
             model, model.channels_for(width))
         positions = range(len(layers))
+        # Three significant digits: small networks' MACs differ in the
+        # second decimal of a million.
         axis.bar([p - 0.2 for p in positions],
                  [config["channels"][n] for n in layers], 0.4,
-                 label=f"searched ({config['macs'] / 1e6:.1f}M MACs)")
+                 label=f"searched ({config['macs'] / 1e6:.3g}M MACs)")
         axis.bar([p + 0.2 for p in positions], [uniform[n] for n in layers],
-                 0.4, label=f"uniform {width:g}x "
-                 f"({config['uniform']['macs'] / 1e6:.1f}M MACs)")
+                 0.4, label=f"uniform {width:.3g}x "
+                 f"({config['uniform']['macs'] / 1e6:.3g}M MACs)")
         axis.set_title(config["name"])
         axis.set_ylabel("channels")
         axis.legend(fontsize=8)
