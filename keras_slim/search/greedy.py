@@ -485,6 +485,8 @@ def autoslim(
             print(_step_line(
                 row, metric, left, step_seconds), flush=True)
     finished = len(recorded) == len(plan_targets)
+    if verbose == 1 and steps_done and not finished:
+        print()  # the bar stopped before its end (max_steps): end its line
     result = _result(space, runner, progress, plan_targets, finished, metric)
     if output_path is not None:
         configs_lib.save_configs(output_path, result)
