@@ -174,7 +174,7 @@ def replay(args, bench_args):
     for size in sizes:
         for rule, score in RULES.items():
             for finalists in counts:
-                same, work, full_work = 0, 0.0, 0.0
+                same, work, full_work, losses = 0, 0.0, 0.0, []
                 for step, screened in enumerate(raw[str(size)], start=1):
                     row = history[step]
                     chosen = {g: int(c)
@@ -187,6 +187,10 @@ def replay(args, bench_args):
                     pick = _pick(candidates, full_scores, screen, costs,
                                  finalists)
                     same += pick == row["group"]
+                    # What a different pick costs on the search set.
+                    groups = [g for g, _ in candidates]
+                    losses.append(max(full_scores)
+                                  - full_scores[groups.index(pick)])
                     # Work of the screened step (MACs per search image).
                     current = space.counts(chosen)
                     everything = greedy._work(space, space.costs.cuts,
@@ -202,10 +206,16 @@ def replay(args, bench_args):
                     "screen_images": size, "rule": rule,
                     "finalists": finalists, "steps": steps,
                     "same_pick": same / max(1, steps),
+                    # Search-set accuracy of the exhaustive pick minus that
+                    # of the screened pick, at the same state.
+                    "accuracy_lost_mean": float(np.mean(losses or [0])),
+                    "accuracy_lost_max": float(np.max(losses or [0])),
                     "work_vs_exhaustive": work / max(full_work, 1e-9),
                 })
                 log(f"{size:4d} images, {rule:30s} {finalists} finalists: "
                     f"same pick {same}/{steps} = {same / max(1, steps):.3f}, "
+                    f"accuracy lost mean {100 * np.mean(losses or [0]):.3f} "
+                    f"max {100 * np.max(losses or [0]):.2f} points, "
                     f"work {work / max(full_work, 1e-9):.3f} of exhaustive")
     update(out, args, "replay", {
         "exhaustive_steps": len(history) - 1,
