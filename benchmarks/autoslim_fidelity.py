@@ -17,8 +17,8 @@ Uses the supernet, the search set and the targets of
 - `--stage screened`: runs the whole screened search from scratch (timed;
   run it alone for the speed figure) and compares its configurations'
   search accuracy at every target with the exhaustive ones (those reached
-  so far). With the benchmark's own screening settings it writes the
-  benchmark's `search.json`, which `autoslim_cifar10` then reuses.
+  so far), and whether it found the same configurations as the
+  benchmark's own search (`search.json`) of the same settings.
 
     python -m benchmarks.autoslim_fidelity --stage replay \\
         --output_dir benchmarks/results_full/autoslim
@@ -230,11 +230,7 @@ def screened(args, bench_args):
     supernet, data, targets, names, out = load(bench_args)
     size = int(args.screen_images.split(",")[0])
     finalists = int(args.finalists.split(",")[0])
-    # The benchmark's own search when the settings are its own (a later
-    # `autoslim_cifar10` run then finds it finished).
-    stem = ("search" if (size, finalists) == (
-        bench_args.screen_images, bench_args.finalists)
-        else f"screened_{size}_{finalists}")
+    stem = f"screened_{size}_{finalists}"
     progress = out / f"{stem}_progress.json"
     if progress.exists():
         progress.unlink()  # a timed run starts from scratch
@@ -274,6 +270,16 @@ def screened(args, bench_args):
         row["minutes_to_reach"] = (result["history"][0]["seconds"] + sum(
             r["seconds"] for r in path[: row["step"]])) / 60
         log(f"{row['name']} reached after {row['minutes_to_reach']:.1f} min")
+    benchmark = out / "search.json"
+    same_as_benchmark = None
+    if benchmark.exists() and (size, finalists) == (
+            bench_args.screen_images, bench_args.finalists):
+        # Another process, same settings: determinism across runs.
+        theirs = json.loads(benchmark.read_text())
+        same_as_benchmark = [c["channels"] for c in theirs["configs"]] == [
+            c["channels"] for c in result["configs"]]
+        log(f"same configurations as the benchmark's search: "
+            f"{same_as_benchmark}")
     common = 0
     for mine, theirs in zip(path, history[1:]):
         if mine["group"] != theirs["group"]:
@@ -289,6 +295,7 @@ def screened(args, bench_args):
         "seconds_per_step": result["stats"]["seconds_per_step"],
         "work_ratio": result["stats"]["work_ratio"],
         "steps_on_the_exhaustive_path": common,
+        "same_configs_as_the_benchmark_search": same_as_benchmark,
         "exhaustive_finished": finished,
         "configs": rows,
     })
