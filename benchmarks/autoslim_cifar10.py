@@ -80,6 +80,9 @@ def parse_args(argv=None):
     parser.add_argument("--finalists", type=int, default=3,
                         help="screened candidates scored on every search "
                         "image")
+    parser.add_argument("--picks_per_step", type=int, default=1,
+                        help="groups narrowed at once while far from the "
+                        "next target")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -174,6 +177,7 @@ def main(argv=None):
         output_path=out / "search.json",
         progress_path=out / "search_progress.json",
         screen_images=args.screen_images or None, finalists=args.finalists,
+        picks_per_step=args.picks_per_step,
         verbose=2)
     log(f"search: {len(found['history']) - 1} steps, "
         f"{found['stats']['seconds'] / 60:.1f} min of steps "

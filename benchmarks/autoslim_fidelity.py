@@ -48,6 +48,9 @@ def parse_args(argv=None):
                         help="replay: screening sizes; screened: one size")
     parser.add_argument("--finalists", default="1,2,3,4,6",
                         help="replay: finalist counts; screened: one count")
+    parser.add_argument("--picks_per_step", type=int, default=1,
+                        help="screened: groups narrowed at once while far "
+                        "from the next target")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="exhaustive: steps in this call (resumable)")
     parser.add_argument("--fidelity_file", default="fidelity.json")
@@ -217,9 +220,24 @@ def replay(args, bench_args):
                     f"accuracy lost mean {100 * np.mean(losses or [0]):.3f} "
                     f"max {100 * np.max(losses or [0]):.2f} points, "
                     f"work {work / max(full_work, 1e-9):.3f} of exhaustive")
+    # Several picks per step assume the runner-up of step t is what step
+    # t+1 picks; the exhaustive path says how often that holds, and how
+    # far apart the best and the runner-up are (in search images).
+    runner_up, gaps = [], []
+    for step in range(1, len(history) - 1):
+        ranked = sorted(history[step]["scores"].items(),
+                        key=lambda t: -t[1])
+        gaps.append(round((ranked[0][1] - ranked[1][1]) * len(x)))
+        runner_up.append(history[step + 1]["group"] == ranked[1][0])
+    log(f"runner-up of step t picked at step t+1: {sum(runner_up)}/"
+        f"{len(runner_up)}; best - runner-up: median {np.median(gaps or [0])}"
+        f" images of {len(x)} (0 = tie broken by cost)")
     update(out, args, "replay", {
         "exhaustive_steps": len(history) - 1,
-        "exhaustive_finished": finished, "table": table})
+        "exhaustive_finished": finished, "table": table,
+        "runner_up_picked_next": (sum(runner_up) / len(runner_up)
+                                  if runner_up else None),
+        "best_minus_runner_up_images": gaps})
 
 
 def screened(args, bench_args):
@@ -230,7 +248,8 @@ def screened(args, bench_args):
     supernet, data, targets, names, out = load(bench_args)
     size = int(args.screen_images.split(",")[0])
     finalists = int(args.finalists.split(",")[0])
-    stem = f"screened_{size}_{finalists}"
+    picks = args.picks_per_step
+    stem = f"screened_{size}_{finalists}" + (f"_{picks}" if picks > 1 else "")
     progress = out / f"{stem}_progress.json"
     if progress.exists():
         progress.unlink()  # a timed run starts from scratch
@@ -239,6 +258,7 @@ def screened(args, bench_args):
     result = search.autoslim(
         supernet, data, targets=targets, names=names, bins=bench_args.bins,
         num_images=None, screen_images=size, finalists=finalists,
+        picks_per_step=picks,
         output_path=out / f"{stem}.json",
         progress_path=progress, verbose=2)
     seconds = time.perf_counter() - start
@@ -272,8 +292,9 @@ def screened(args, bench_args):
         log(f"{row['name']} reached after {row['minutes_to_reach']:.1f} min")
     benchmark = out / "search.json"
     same_as_benchmark = None
-    if benchmark.exists() and (size, finalists) == (
-            bench_args.screen_images, bench_args.finalists):
+    if benchmark.exists() and (size, finalists, picks) == (
+            bench_args.screen_images, bench_args.finalists,
+            bench_args.picks_per_step):
         # Another process, same settings: determinism across runs.
         theirs = json.loads(benchmark.read_text())
         same_as_benchmark = [c["channels"] for c in theirs["configs"]] == [
@@ -288,8 +309,9 @@ def screened(args, bench_args):
     log(f"screened search: {seconds / 60:.1f} min, {len(path)} steps, load "
         f"at start {load_average}; same path as exhaustive for the first "
         f"{common} steps")
-    update(out, args, f"screened_{size}_{finalists}", {
+    update(out, args, stem, {
         "screen_images": size, "finalists": finalists,
+        "picks_per_step": picks,
         "minutes": seconds / 60, "steps": len(path),
         "load_average_at_start": list(load_average),
         "seconds_per_step": result["stats"]["seconds_per_step"],

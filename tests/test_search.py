@@ -605,3 +605,39 @@ def test_log_lines_show_the_estimate(trained, digits, capsys):
         assert line.startswith(f"step {number}/~") and total.isdigit()
         assert "left" in line
     assert lines[-1].startswith(f"step {steps}/~{steps} ")
+
+
+def test_several_picks_per_step_while_far_from_the_target(trained, digits):
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    targets = [0.3 * full]
+    result = search.autoslim(trained, _search_set(digits), targets=targets,
+                             bins=12, verbose=0)
+    both = search.autoslim(trained, _search_set(digits), targets=targets,
+                           bins=12, picks_per_step=2, verbose=0)
+    assert both["finished"]
+    rows = both["history"][1:]
+    multi = [r for r in rows if "groups" in r]
+    assert multi, "no step narrowed two groups"
+    first = rows[0]
+    # The first step narrows the exhaustive step's pick and the runner-up.
+    reference = result["history"][1]
+    ranked = sorted(reference["scores"].items(), key=lambda t: -t[1])
+    assert first["group"] == reference["group"]
+    assert set(first["groups"]) == {g for g, _ in ranked[:2]}
+    previous = both["history"][0]["chosen"]
+    for group in first["groups"]:
+        assert first["chosen"][group] < previous[group]
+    # Its accuracy is that of both narrowings together, on the whole set.
+    costs = CostModel(trained)
+    runner = Runner(trained, costs.program, costs.cuts, *_search_set(digits))
+    counts = trained.channel_plan.counts_for_groups(first["chosen"])
+    assert first["accuracy"] == runner.accuracy(counts)
+    # The target is crossed by a single step, and fewer steps are needed.
+    (config,) = both["configs"]
+    assert config["macs"] <= config["target"]
+    assert "groups" not in both["history"][config["step"]]
+    assert len(rows) < len(result["history"]) - 1
+    with pytest.raises(ValueError, match="picks_per_step=3 needs"):
+        search.autoslim(trained, _search_set(digits), targets=targets,
+                        screen_images=32, finalists=2, picks_per_step=3,
+                        verbose=0)

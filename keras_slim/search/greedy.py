@@ -139,6 +139,7 @@ def autoslim(
     min_width=None,
     screen_images=None,
     finalists=3,
+    picks_per_step=1,
 ):
     """Searches per-layer channel counts for resource targets (AutoSlim).
 
@@ -180,6 +181,12 @@ def autoslim(
     the finalists are the exhaustive ones). `benchmarks/autoslim_fidelity.py`
     measures how often that holds.
 
+    Several picks per step (`picks_per_step`): far from the next target,
+    the step also narrows the runners-up of its ranking (distinct groups),
+    assuming that what ranks second now would rank first after the best is
+    narrowed; the step count drops by up to that factor. Targets are still
+    crossed by single-pick steps.
+
     Args:
         model: A `keras_slim.SlimmableModel` (e.g. a 1.5x supernet trained
             with the sandwich rule).
@@ -219,6 +226,11 @@ def autoslim(
             screen every candidate on that many images first (see above).
         finalists: With `screen_images`, how many screened candidates are
             scored on the whole search set.
+        picks_per_step: While the next target is far (more than twice what
+            these picks remove), narrow the `picks_per_step` best-scored
+            candidates (distinct groups) at once and score the result on
+            the whole search set (one more pass); near a target, one at a
+            time. 1 (default): always one.
 
     Returns:
         A dict with "configs" (per target, largest first: name, target,
@@ -264,7 +276,8 @@ def autoslim(
         raise ValueError(f"bins must be an integer >= 2; got {bins!r}.")
     min_width = _check_min_width(model, min_width)
     for value, label in ((screen_images, "screen_images"),
-                         (finalists, "finalists")):
+                         (finalists, "finalists"),
+                         (picks_per_step, "picks_per_step")):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, np.integer))
             or value < 1
@@ -274,6 +287,12 @@ def autoslim(
                 f"{' or None' if label == 'screen_images' else ''}; got "
                 f"{value!r}."
             )
+    if screen_images is not None and picks_per_step > finalists:
+        raise ValueError(
+            f"picks_per_step={picks_per_step} needs at least as many "
+            f"finalists (scored on the whole search set); got "
+            f"finalists={finalists}."
+        )
     if isinstance(targets, (int, float)):
         targets = [targets]
     targets = list(targets)
@@ -350,6 +369,7 @@ def autoslim(
         "min_width": min_width,
         "screen": ({"images": int(screen_images), "finalists": int(finalists),
                     "seed": int(seed)} if screening else None),
+        "picks_per_step": int(picks_per_step),
     }
     progress = None
     if progress_path is not None and os.path.isfile(progress_path):
@@ -408,6 +428,9 @@ def autoslim(
         if progress_path is not None:
             configs_lib.write_json(progress_path, progress)
 
+    def next_target():
+        return max(t for name, t in plan_targets if name not in recorded)
+
     record(progress["history"][-1])
     save_progress()
     smallest = min(t for _, t in plan_targets)
@@ -445,12 +468,14 @@ def autoslim(
             cached += _work(space, runner.cuts, current, candidates)[0] * (
                 len(screener.labels) / len(runner.labels))
         scores = runner.step(current, [candidates[i] for i in scored])
-        seconds = time.perf_counter() - start
         by_candidate = dict(zip(scored, scores))
-        best = min(
+        ranked = sorted(
             scored,
             key=lambda i: (-by_candidate[i], priced[i][metric], i),
         )
+        best = ranked[0]
+        taken = _far_picks(ranked[: int(picks_per_step)], priced, metric,
+                           space.cost(current)[metric], next_target())
         # Work in MACs per image: the current network up to the last cut
         # used, plus each scored candidate's suffix (screening counted at
         # its share of the images), against a full pass per candidate on
@@ -458,13 +483,25 @@ def autoslim(
         cached += _work(space, runner.cuts, current,
                         [candidates[i] for i in scored])[0]
         uncached = _work(space, runner.cuts, current, candidates)[1]
+        new_chosen, accuracy = picks[best][1], by_candidate[best]
+        if len(taken) > 1:
+            new_chosen = dict(chosen)
+            for i in taken:
+                new_chosen[picks[i][0]] = picks[i][1][picks[i][0]]
+            together = space.counts(new_chosen)
+            accuracy = runner.accuracy(together)
+            cached += _work(space, runner.cuts, current,
+                            [(None, together)], cut=0)[0]
+        seconds = time.perf_counter() - start
         row = {
             "step": last["step"] + 1, "group": picks[best][0],
-            "chosen": picks[best][1], "accuracy": by_candidate[best],
-            **priced[best], "seconds": seconds,
+            "chosen": new_chosen, "accuracy": accuracy,
+            **space.cost(space.counts(new_chosen)), "seconds": seconds,
             "work_cached": cached, "work_uncached": uncached,
             "scores": {candidates[i][0]: by_candidate[i] for i in scored},
         }
+        if len(taken) > 1:
+            row["groups"] = [picks[i][0] for i in taken]
         if screen is not None:
             row["screen"] = {g: value
                              for (g, _), value in zip(candidates, screen)}
@@ -561,16 +598,29 @@ def _check_min_width(model, min_width):
     return float(min_width)
 
 
-def _work(space, cuts, current, candidates):
+def _far_picks(ranked, priced, metric, cost, target):
+    """The candidates (indices, best first) one step narrows at once.
+
+    All of `ranked` while the next target is far: more than twice what
+    they remove together away; else only the best.
+    """
+    removed = sum(cost - priced[i][metric] for i in ranked)
+    if len(ranked) > 1 and cost - removed - target > removed:
+        return list(ranked)
+    return list(ranked[:1])
+
+
+def _work(space, cuts, current, candidates, cut=None):
     """MACs per image of one step with cached prefixes, and without.
 
-    `cuts`: group -> index of the first call the group affects.
+    `cuts`: group -> index of the first call the group affects (`cut`:
+    one index for every candidate instead).
     """
     def suffix_macs(counts, cut):
         return sum(macs for row, macs, _ in space.costs.layer_costs(counts)
                    if row["index"] >= cut)
 
-    starts = [cuts[g] for g, _ in candidates]
+    starts = [cuts[g] if cut is None else cut for g, _ in candidates]
     cached = suffix_macs(current, 0) - suffix_macs(current, max(starts))
     uncached = 0.0
     for (group, counts), cut in zip(candidates, starts):
