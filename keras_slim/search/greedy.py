@@ -369,8 +369,9 @@ def autoslim(
         "min_width": min_width,
         "screen": ({"images": int(screen_images), "finalists": int(finalists),
                     "seed": int(seed)} if screening else None),
-        "picks_per_step": int(picks_per_step),
     }
+    if picks_per_step > 1:  # (absent: progress files of one pick per step)
+        settings["picks_per_step"] = int(picks_per_step)
     progress = None
     if progress_path is not None and os.path.isfile(progress_path):
         with open(progress_path) as f:
