@@ -2,10 +2,12 @@
 
 1. Trains a slimmable supernet (zoo MobileNetV2 for CIFAR at 1.5x by
    default) briefly with the sandwich rule (US-Net, inplace distillation)
-   on 45,000 training images (the last 500 of every class are held out).
-2. Searches (`keras_slim.search.autoslim`) on `--search_images` images of
-   the 45,000 (no augmentation) for the MACs of the uniform widths
-   `--targets`.
+   on `--train_per_class` training images per class (the last 500 of every
+   class are held out).
+2. Searches (`keras_slim.search.autoslim`) on `--search_images` of those
+   images (no augmentation) for the MACs of the uniform widths `--targets`,
+   screening every candidate on `--screen_images` images first
+   (`--screen_images 0`: the exhaustive greedy step).
 3. Trains each searched configuration and the uniform-width network with
    at most the same MACs from scratch with one schedule, and evaluates them
    on the 5,000 held-out images.
@@ -14,17 +16,16 @@ Outputs (in `--output_dir`): `search.json` (the configurations, readable
 with `keras_slim.search.load_configs`), `results.json`, `results.md`,
 `channels.png`, `accuracy_vs_macs.png`. Every stage is resumable: the
 search keeps a progress file and finished trainings are kept in
-`results.json`.
+`results.json` (with each stage's seconds, so a resumed run still reports
+the whole cost). `--stop_after supernet` stops after training the
+supernet. When `fidelity.json` (from `benchmarks.autoslim_fidelity`: the
+screened search against the exhaustive one on this supernet) is in the
+folder, its figures are added to `results.json`.
 
 Usage:
 
-    python -m benchmarks.autoslim_cifar10 --quick   # ResNet-20, ~17 min
+    python -m benchmarks.autoslim_cifar10 --quick   # ResNet-20
     python -m benchmarks.autoslim_cifar10           # MobileNetV2 1.5x
-
-On 2 CPU cores one greedy step of MobileNetV2 1.5x with 1,024 search images
-takes about 2 minutes (see `autoslim_speed.py`), and reaching 0.75x MACs
-alone needs 45 to 217 steps: the full run takes many hours. `--quick` uses
-ResNet-20, 10,000 training images, 3 epochs, 256 search images and 6 bins.
 
 Reference:
     Yu & Huang, AutoSlim: Towards One-Shot Architecture Search for Channel
@@ -66,16 +67,31 @@ def parse_args(argv=None):
                         help="uniform widths whose MACs are the targets")
     parser.add_argument("--supernet_epochs", type=int, default=None)
     parser.add_argument("--retrain_epochs", type=int, default=None)
+    parser.add_argument("--retrain_targets", default=None,
+                        help="the targets (of --targets) whose searched "
+                        "and uniform networks are retrained (default all)")
     parser.add_argument("--train_per_class", type=int, default=None,
                         help="training images per class (max 4500)")
     parser.add_argument("--search_images", type=int, default=None)
     parser.add_argument("--bins", type=int, default=None)
+    parser.add_argument("--screen_images", type=int, default=128,
+                        help="screen every candidate on this many search "
+                        "images first (0: exhaustive)")
+    parser.add_argument("--finalists", type=int, default=3,
+                        help="screened candidates scored on every search "
+                        "image")
+    parser.add_argument("--picks_per_step", type=int, default=1,
+                        help="groups narrowed at once while far from the "
+                        "next target")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE))
     parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--stop_after", choices=("supernet", "search"),
+                        default=None,
+                        help="stop after this stage (a later run resumes)")
     args = parser.parse_args(argv)
     quick = {"model": "resnet20", "supernet_epochs": 3, "retrain_epochs": 3,
              "train_per_class": 1000, "search_images": 256, "bins": 6}
@@ -87,6 +103,11 @@ def parse_args(argv=None):
             setattr(args, key, value)
     args.width_range = tuple(float(v) for v in args.width_range.split(","))
     args.targets = [float(v) for v in args.targets.split(",")]
+    args.retrain_targets = (args.targets if args.retrain_targets is None else
+                            [float(v) for v in args.retrain_targets.split(",")])
+    if not set(args.retrain_targets) <= set(args.targets):
+        parser.error(f"--retrain_targets {args.retrain_targets} must be "
+                     f"among --targets {args.targets}")
     if args.output_dir is None:
         args.output_dir = f"/tmp/autoslim_cifar10_{'quick' if args.quick else 'full'}"
     return args
@@ -99,6 +120,15 @@ def build(args, widths=None):
     if widths is not None:
         kwargs.update(widths=widths, switchable_bn=False)
     return keras_slim.models.get(args.model, **kwargs)
+
+
+def search_set(x_train, y_train, args):
+    """The search images: `args.search_images` training images (seeded),
+    normalised, without augmentation."""
+    rng = np.random.default_rng(args.seed)
+    chosen = np.sort(rng.choice(len(x_train), args.search_images,
+                                replace=False))
+    return normalize(x_train[chosen]), y_train[chosen]
 
 
 def train(model, x, y, epochs, args, **compile_kwargs):
@@ -135,22 +165,36 @@ def main(argv=None):
               sandwich_size=4, inplace_distillation=True)
         supernet.save(supernet_path)
         results["supernet_seconds"] = time.perf_counter() - start
-    rng = np.random.default_rng(args.seed)
-    chosen = rng.choice(len(x_train), args.search_images, replace=False)
-    search_set = (normalize(x_train[np.sort(chosen)]),
-                  y_train[np.sort(chosen)])
+        results_path.write_text(json.dumps(results, indent=1))
+    if args.stop_after == "supernet":
+        return
+    searched_on = search_set(x_train, y_train, args)
     targets = [keras_slim.profile(supernet, w)["macs"] for w in args.targets]
     start = time.perf_counter()
     found = search.autoslim(
-        supernet, search_set, targets=targets, bins=args.bins,
+        supernet, searched_on, targets=targets, bins=args.bins,
         num_images=None, names=[f"like_{w:g}x" for w in args.targets],
         output_path=out / "search.json",
-        progress_path=out / "search_progress.json")
-    results["search_seconds"] = time.perf_counter() - start
+        progress_path=out / "search_progress.json",
+        screen_images=args.screen_images or None, finalists=args.finalists,
+        picks_per_step=args.picks_per_step,
+        verbose=2)
+    log(f"search: {len(found['history']) - 1} steps, "
+        f"{found['stats']['seconds'] / 60:.1f} min of steps "
+        f"({time.perf_counter() - start:.0f} s in this call)")
+    # The steps' own seconds: a resumed search still reports its whole
+    # time.
+    results["search_seconds"] = found["stats"]["seconds"]
     results["search_stats"] = found["stats"]
+    if args.stop_after == "search":
+        results_path.write_text(json.dumps(results, indent=1))
+        return
     search.plots.plot_channels(found, supernet, out / "channels.png")
 
+    retrain_names = {f"like_{w:g}x" for w in args.retrain_targets}
     for entry in found["configs"]:
+        if entry["name"] not in retrain_names:
+            continue
         runs = {
             "searched": entry["channels"],
             "uniform": search.config_from_counts(
@@ -179,6 +223,12 @@ def main(argv=None):
         retrained[key.split("/")[1]].append((row["macs"], row["accuracy"]))
     search.plots.plot_accuracy(found, out / "accuracy_vs_macs.png", retrained)
     results["args"] = {k: v for k, v in vars(args).items()}
+    results["total_minutes"] = (
+        results.get("supernet_seconds", 0) + results["search_seconds"]
+        + sum(r["seconds"] for r in results["retrained"].values())) / 60
+    fidelity = out / "fidelity.json"
+    if fidelity.exists():
+        results["fidelity"] = json.loads(fidelity.read_text())
     results_path.write_text(json.dumps(results, indent=1))
     lines = ["| target | kind | MACs | params | accuracy |",
              "|---|---|---|---|---|"]

@@ -6,9 +6,12 @@ cached prefixes and reports seconds per step, then times the same step
 without reuse (every candidate from the input) and reports the measured
 ratio, the MAC-count work ratio, and how many steps the three MAC targets
 need at most and at least (a cost-only walk that always removes the
-smallest / largest MAC bin), to bound the total search time.
+smallest / largest MAC bin), to bound the total search time. With
+`--screen_images`, also times a screened step (every candidate on that many
+images, the `--finalists` best on all of them) against the exhaustive one,
+interleaved.
 
-    python -m benchmarks.autoslim_speed --max_steps 2 \
+    python -m benchmarks.autoslim_speed --max_steps 2 --screen_images 128 \
         --output_dir autoslim_speed_results
 
 `--max_steps 0` runs the whole search to the smallest target.
@@ -74,6 +77,9 @@ def main(argv=None):
     parser.add_argument("--uncached", type=int, default=1,
                         help="interleaved repeats of one step with and "
                         "without prefix reuse (0 = skip)")
+    parser.add_argument("--screen_images", type=int, default=128,
+                        help="also time a screened step (0 = skip)")
+    parser.add_argument("--finalists", type=int, default=3)
     parser.add_argument("--output_dir", default="autoslim_speed_results")
     args = parser.parse_args(argv)
 
@@ -86,7 +92,10 @@ def main(argv=None):
     common.log(f"targets (MACs of uniform widths {widths}): {targets}")
 
     start = time.perf_counter()
-    space = autoslim_lib._Search(model, "macs", args.bins, None)
+    # The search never narrows a group below the supernet's narrowest
+    # trained width (autoslim's default min_width).
+    space = autoslim_lib._Search(model, "macs", args.bins, None,
+                                 model.width_range[0])
     setup = time.perf_counter() - start
     most, most_work = cost_only_steps(
         space, targets, lambda o: max(o, key=lambda t: t[0]))
@@ -167,6 +176,46 @@ def main(argv=None):
         report.update(step_cached_seconds=common.spread(cached),
                       step_uncached_seconds=common.spread(uncached),
                       measured_ratio=ratio)
+    if args.uncached and args.screen_images and args.screen_images < len(x):
+        # One screened step (every candidate on screen_images images, the
+        # finalists on all) against the exhaustive step, same state,
+        # interleaved. Untrained weights: which candidates are finalists
+        # is arbitrary here, so this is a typical step, not the trained
+        # supernet's.
+        subset = np.sort(np.random.default_rng(0).permutation(len(x))[
+            : args.screen_images])
+        screener = keras_slim.search.runner.Runner(
+            model, space.costs.program, space.costs.cuts, x[subset],
+            y[subset])
+
+        def screened_step():
+            _, logits = screener.step(current, candidates, return_logits=True)
+            screen = [screener.log_likelihood(l) for l in logits]
+            kept = sorted(range(len(candidates)), key=lambda i: -screen[i])[
+                : args.finalists]
+            runner.step(current, [candidates[i] for i in sorted(kept)])
+
+        screened_step()  # trace the screener's segments
+        exhaustive, screened = [], []
+        for repeat in range(args.uncached):
+            order = ("exhaustive", "screened")[::1 if repeat % 2 == 0 else -1]
+            for kind in order:
+                start = time.perf_counter()
+                if kind == "exhaustive":
+                    runner.step(current, candidates)
+                    exhaustive.append(time.perf_counter() - start)
+                else:
+                    screened_step()
+                    screened.append(time.perf_counter() - start)
+        ratio = common.spread(np.asarray(screened) / np.asarray(exhaustive))
+        common.log(f"one step: exhaustive {np.median(exhaustive):.1f} s, "
+                   f"screened ({args.screen_images} images, "
+                   f"{args.finalists} finalists) {np.median(screened):.1f} "
+                   f"s, ratio {ratio['median']:.3f}")
+        report.update(screen_images=args.screen_images,
+                      finalists=args.finalists,
+                      step_screened_seconds=common.spread(screened),
+                      screened_ratio=ratio)
     print(json.dumps(report, indent=1))
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:

@@ -132,7 +132,9 @@ def width_tag(width):
 
     Two decimals when they hold the width exactly, else as many digits as
     it needs (`0.333 -> "w0.333"`), so distinct widths never share a
-    metric. A configuration (dict) gets its `width_suffix`.
+    metric. A configuration (dict) gets its `width_suffix`: its name for a
+    named configuration (`keras_slim.search.load_configs`), else "cfg" + a
+    hash.
     """
     if isinstance(width, dict):
         return width_suffix(width)
@@ -161,7 +163,17 @@ def are_configs(widths):
 
 
 def width_suffix(width):
-    """A file-name-safe tag for a width or configuration: "w0.35"."""
+    """A file-name-safe tag for a width or configuration: "w0.35".
+
+    A configuration with a `name` attribute (what
+    `keras_slim.search.load_configs` returns) is tagged by its name, with
+    characters other than letters, digits, ".", "_" and "-" replaced by
+    "_"; any other configuration by "cfg" + a hash of its channels.
+    """
+    name = getattr(width, "name", None)
+    if isinstance(width, dict) and name:
+        return "".join(c if c.isalnum() or c in "._-" else "_"
+                       for c in str(name))
     if isinstance(width, dict):
         text = ",".join(f"{k}={int(v)}" for k, v in sorted(width.items()))
         return "cfg" + hashlib.sha1(text.encode()).hexdigest()[:10]

@@ -394,9 +394,18 @@ def test_trainers_train_searched_configs(tmp_path, method, names):
         batch_size=32, train_steps=4, steps_per_loop=2,
         checkpoint_every_steps=0, model_dir=str(tmp_path / "run"),
         verbose=0, calibration_examples=64,
+        export=("tflite",) if method == "plain" else (),
     )
     report = loop.train(config)
     assert [w["width"] for w in report["widths"]] == [found[n] for n in names]
+    # Rows and files are named by the configurations' names.
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [w["name"] for w in saved["widths"]] == names
+    if method == "plain":
+        manifest = json.loads(
+            (tmp_path / "run" / "tflite" / "manifest.json").read_text())
+        assert [e["file"].rsplit("_", 1)[-1] for e in manifest["exports"]
+                ] == [f"{n}.tflite" for n in names]
     channels = {n: [c["conv_a"], c["conv_b"]] for n, c in found.items()}
     assert [w["channels"] for w in report["widths"]] == [
         channels[n] for n in names]
@@ -422,3 +431,215 @@ def test_trainers_searched_config_errors(tmp_path):
         methods.get("plain").slim_kwargs(config)
     with pytest.raises(ValueError, match="does not"):
         methods.get("us").slim_kwargs(config)
+
+
+# ------------------------------------------------- the supernet's range
+def test_search_stays_within_the_supernets_trained_range(trained, digits):
+    # The smallest reachable target is every group at its count at the
+    # supernet's narrowest trained width (0.25); no group goes below it.
+    floor = trained.channel_plan.counts(0.25)
+    costs = CostModel(trained)
+    lowest = costs.cost(floor.tolist())["macs"]
+    result = search.autoslim(trained, _search_set(digits), targets=[lowest],
+                             bins=3, verbose=0)
+    assert result["finished"] and result["range"]["min"] == lowest
+    index = trained.channel_plan.index
+    for row in result["history"]:
+        for group, count in row["chosen"].items():
+            assert count >= floor[index[group]], (row["step"], group)
+    # Below it, a target is refused and the message names min_width.
+    with pytest.raises(ValueError, match="min_width"):
+        search.autoslim(trained, _search_set(digits), targets=[lowest - 1],
+                        verbose=0)
+    # An explicit lower min_width reaches lower, with a warning.
+    with pytest.warns(UserWarning, match="below the narrowest width"):
+        lower = search.autoslim(trained, _search_set(digits),
+                                targets=[lowest - 1], min_width=0.1, bins=3,
+                                verbose=0)
+    assert lower["finished"] and lower["configs"][0]["macs"] <= lowest - 1
+    with pytest.raises(ValueError, match="min_width must be"):
+        search.autoslim(trained, _search_set(digits), targets=[lowest],
+                        min_width=2.0, verbose=0)
+
+
+# ------------------------------------------------------------ bad data
+def test_labels_outside_the_classes_are_refused(trained, digits):
+    x, y = _search_set(digits)
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    for labels in (y + 10, y - 1):
+        with pytest.raises(ValueError, match=r"outside \[0, 10\)"):
+            search.autoslim(trained, (x, labels), targets=[full], verbose=0)
+    with pytest.raises(ValueError, match="one-hot rows of 12 classes"):
+        search.autoslim(trained, (x, np.eye(12)[y]), targets=[full],
+                        verbose=0)
+    with pytest.raises(ValueError, match="whole numbers"):
+        search.autoslim(trained, (x, y + 0.5), targets=[full], verbose=0)
+    # One-hot rows of the right width are class indices.
+    one_hot = search.autoslim(trained, (x, np.eye(10)[y]), targets=[full],
+                              verbose=0)
+    assert one_hot["history"][0]["accuracy"] == search.autoslim(
+        trained, (x, y), targets=[full], verbose=0)["history"][0]["accuracy"]
+
+
+def test_infinite_dataset_that_repeats_is_refused(trained, digits):
+    import tensorflow as tf
+
+    x, y = _search_set(digits)
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    repeating = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(
+        16).repeat()
+    with pytest.raises(ValueError, match="repeats image 0 as image 64"):
+        search.autoslim(trained, repeating, targets=[full], num_images=128,
+                        verbose=0)
+    # An infinite dataset with enough distinct images is read to exactly
+    # num_images images.
+    enough = tf.data.Dataset.from_tensor_slices((x, y)).batch(24).repeat()
+    result = search.autoslim(trained, enough, targets=[full], num_images=100,
+                             verbose=0)
+    assert result["num_images"] == 100
+
+
+# ------------------------------------------------------ progress bar
+def test_steps_left_from_the_cost_removed_per_step():
+    from keras_slim.search.greedy import _steps_left
+
+    history = [{"macs": 100.0}]
+    assert _steps_left(history, "macs", 50) is None  # nothing to average
+    history += [{"macs": 90.0}, {"macs": 80.0}]
+    assert _steps_left(history, "macs", 50) == 3  # 30 left at 10 a step
+    assert _steps_left(history, "macs", 75) == 1
+    assert _steps_left(history + [{"macs": 40.0}], "macs", 50) == 0
+
+
+def test_progress_bar_shows_an_estimated_total(trained, digits, capsys):
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    result = search.autoslim(trained, _search_set(digits),
+                             targets=[0.6 * full], bins=6, verbose=1)
+    shown = capsys.readouterr().out
+    steps = len(result["history"]) - 1
+    assert steps > 2
+    assert "Unknown" not in shown
+    # The last update shows the final count as the total.
+    assert f"{steps}/{steps}" in shown
+    # Earlier updates show an estimated total and the time left.
+    assert any(f"{i}/" in part and "s/step" in part
+               for i in range(1, steps) for part in shown.split("\r"))
+
+
+# --------------------------------------------------------- screening
+def test_screening_with_every_candidate_a_finalist_is_exhaustive(
+        trained, digits, searched):
+    result, targets, _ = searched
+    screened = search.autoslim(trained, _search_set(digits), targets=targets,
+                               bins=6, screen_images=64, finalists=100,
+                               verbose=0)
+    assert [r["group"] for r in screened["history"]] == [
+        r["group"] for r in result["history"]]
+
+
+def test_screening_picks_the_exhaustive_winner_when_it_is_a_finalist(
+        trained, digits, searched, tmp_path):
+    result, targets, _ = searched
+    screened = search.autoslim(
+        trained, _search_set(digits), targets=targets, bins=6,
+        screen_images=48, finalists=1, progress_path=tmp_path / "p.json",
+        verbose=0)
+    assert screened["finished"]
+    for config in screened["configs"]:  # targets met
+        assert config["macs"] <= config["target"]
+    first, reference = screened["history"][1], result["history"][1]
+    # Every candidate screened (two groups), one scored on the whole set,
+    # with the exhaustive step's score.
+    assert len(first["screen"]) == len(reference["scores"]) == 2
+    assert len(first["scores"]) == 1
+    for group, score in first["scores"].items():
+        assert score == reference["scores"][group]
+    if reference["group"] in first["scores"]:
+        assert first["group"] == reference["group"]
+    # Cheaper than the exhaustive step (MACs per search image).
+    assert first["work_cached"] < reference["work_cached"]
+    # Deterministic, and resumable.
+    partial = search.autoslim(
+        trained, _search_set(digits), targets=targets, bins=6,
+        screen_images=48, finalists=1, progress_path=tmp_path / "q.json",
+        max_steps=2, verbose=0)
+    assert not partial["finished"]
+    resumed = search.autoslim(
+        trained, _search_set(digits), targets=targets, bins=6,
+        screen_images=48, finalists=1, progress_path=tmp_path / "q.json",
+        verbose=0)
+    assert [r["group"] for r in resumed["history"]] == [
+        r["group"] for r in screened["history"]]
+    # Another screening is another search.
+    with pytest.raises(ValueError, match="another search"):
+        search.autoslim(trained, _search_set(digits), targets=targets,
+                        bins=6, screen_images=32, finalists=1,
+                        progress_path=tmp_path / "q.json", verbose=0)
+    with pytest.raises(ValueError, match="screen_images must be"):
+        search.autoslim(trained, _search_set(digits), targets=targets,
+                        screen_images=0, verbose=0)
+
+
+# ------------------------------------------------- named configurations
+def test_loaded_configurations_name_files_and_rows(trained, searched,
+                                                   tmp_path):
+    _, _, folder = searched
+    configs = search.load_configs(folder / "search.json")
+    name, config = list(configs.items())[-1]
+    assert config.name == name and config == dict(config)
+    assert keras_slim.width.width_suffix(config) == name
+    manifest = keras_slim.export.to_tflite(trained, tmp_path,
+                                           widths=[config])
+    assert manifest["exports"][0]["file"] == (
+        f"{trained.network.name}_{name}.tflite")
+
+
+def test_log_lines_show_the_estimate(trained, digits, capsys):
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    result = search.autoslim(trained, _search_set(digits),
+                             targets=[0.6 * full], bins=6, verbose=2)
+    lines = capsys.readouterr().out.strip().splitlines()
+    steps = len(result["history"]) - 1
+    assert len(lines) == steps
+    # From the first step on: an estimated total and the time left.
+    for number, line in enumerate(lines[:-1], start=1):
+        total = line.split("/~")[1].split()[0]
+        assert line.startswith(f"step {number}/~") and total.isdigit()
+        assert "left" in line
+    assert lines[-1].startswith(f"step {steps}/~{steps} ")
+
+
+def test_several_picks_per_step_while_far_from_the_target(trained, digits):
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    targets = [0.3 * full]
+    result = search.autoslim(trained, _search_set(digits), targets=targets,
+                             bins=12, verbose=0)
+    both = search.autoslim(trained, _search_set(digits), targets=targets,
+                           bins=12, picks_per_step=2, verbose=0)
+    assert both["finished"]
+    rows = both["history"][1:]
+    multi = [r for r in rows if "groups" in r]
+    assert multi, "no step narrowed two groups"
+    first = rows[0]
+    # The first step narrows the exhaustive step's pick and the runner-up.
+    reference = result["history"][1]
+    ranked = sorted(reference["scores"].items(), key=lambda t: -t[1])
+    assert first["group"] == reference["group"]
+    assert set(first["groups"]) == {g for g, _ in ranked[:2]}
+    previous = both["history"][0]["chosen"]
+    for group in first["groups"]:
+        assert first["chosen"][group] < previous[group]
+    # Its accuracy is that of both narrowings together, on the whole set.
+    costs = CostModel(trained)
+    runner = Runner(trained, costs.program, costs.cuts, *_search_set(digits))
+    counts = trained.channel_plan.counts_for_groups(first["chosen"])
+    assert first["accuracy"] == runner.accuracy(counts)
+    # The target is crossed by a single step, and fewer steps are needed.
+    (config,) = both["configs"]
+    assert config["macs"] <= config["target"]
+    assert "groups" not in both["history"][config["step"]]
+    assert len(rows) < len(result["history"]) - 1
+    with pytest.raises(ValueError, match="picks_per_step=3 needs"):
+        search.autoslim(trained, _search_set(digits), targets=targets,
+                        screen_images=32, finalists=2, picks_per_step=3,
+                        verbose=0)

@@ -516,7 +516,7 @@ def _print_report(report):
     rows = [("width", "channels", "val accuracy")]
     for entry in report["widths"]:
         rows.append((
-            (width_lib.width_tag(entry["width"])
+            (entry.get("name") or width_lib.width_tag(entry["width"])
              if isinstance(entry["width"], dict)
              else f"{entry['width']:.4g}"),
             "-".join(str(c) for c in entry["channels"]),
@@ -765,6 +765,9 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
             {
                 # A searched configuration stays a dict layer -> channels.
                 "width": width if isinstance(width, dict) else float(width),
+                # ... and keeps its name (`--searched_config=FILE:NAME`).
+                **({"name": width.name} if getattr(width, "name", None)
+                   else {}),
                 "channels": [int(c) for c in model.channels_for(width)],
                 "accuracy": float(accuracy[-1]),
                 # One accuracy per exit for early-exit models.
@@ -810,7 +813,8 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
     tf.io.gfile.rename(report_path + ".partial", report_path, overwrite=True)
     eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
     write_scalars(eval_writer, step, {
-        f"accuracy_{width_lib.width_tag(e['width'])}": e["accuracy"]
+        f"accuracy_{e.get('name') or width_lib.width_tag(e['width'])}":
+            e["accuracy"]
         for e in report["widths"]
     })
     eval_writer.flush()

@@ -18,6 +18,7 @@ Example:
 """
 
 from keras_slim.search.greedy import autoslim
+from keras_slim.search.configs import Configuration
 from keras_slim.search.configs import config_from_counts
 from keras_slim.search.configs import load_configs
 from keras_slim.search.configs import read_results

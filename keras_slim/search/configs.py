@@ -11,6 +11,31 @@ import os
 FORMAT = "keras_slim.search/1"
 
 
+class Configuration(dict):
+    """A searched configuration: a dict layer name -> channels with a name.
+
+    It is a plain dict everywhere a width is accepted (and compares equal
+    to one); its `name` tags the files and report rows made from it (e.g.
+    `net_like_1x.tflite` instead of a hash of the channels).
+
+    Example:
+
+    >>> config = Configuration("like_1x", {"stem": 16, "head": 640})
+    >>> config.name, dict(config)
+    ('like_1x', {'stem': 16, 'head': 640})
+    """
+
+    def __init__(self, name, channels):
+        super().__init__(channels)
+        self.name = str(name)
+
+    def __repr__(self):
+        return f"Configuration({self.name!r}, {dict.__repr__(self)})"
+
+    def __reduce__(self):
+        return (Configuration, (self.name, dict(self)))
+
+
 def config_from_counts(model, counts):
     """The dict layer name -> channels of group `counts` (every layer).
 
@@ -53,8 +78,8 @@ def load_configs(path):
         path: A JSON file written by `keras_slim.search.autoslim`.
 
     Returns:
-        dict name -> configuration (dict layer name -> channels), largest
-        target first.
+        dict name -> configuration (a `Configuration`: a dict layer name ->
+        channels that also carries its name), largest target first.
 
     Raises:
         ValueError: for a missing file or a file that is not a search
@@ -68,7 +93,9 @@ def load_configs(path):
     """
     data = read_results(path)
     return {
-        entry["name"]: {k: int(v) for k, v in entry["channels"].items()}
+        entry["name"]: Configuration(
+            entry["name"],
+            {k: int(v) for k, v in entry["channels"].items()})
         for entry in data["configs"]
     }
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -39,24 +40,33 @@ def _round_to(value, divisor):
 
 
 class _Search:
-    """The search space: groups, bins, reachable costs."""
+    """The search space: groups, bins, reachable costs.
 
-    def __init__(self, model, metric, bins, latency):
+    `min_width`: no group narrows below its channel count at this uniform
+    width (None: the group's own minimum, down to one divisor).
+    """
+
+    def __init__(self, model, metric, bins, latency, min_width=None):
         self.model = model
         self.costs = CostModel(model)
         plan = model.channel_plan
+        floors = np.asarray(plan.minimums, "int64")
+        if min_width is not None:
+            floors = np.maximum(floors, plan.counts(min_width))
         named = set(model._group_of_layer.values())
         self.groups = [
             g for g in plan.independent_groups
             if g in self.costs.cuts and g in named
-            and plan.minimums[plan.index[g]] < plan.full[plan.index[g]]
+            and floors[plan.index[g]] < plan.full[plan.index[g]]
         ]
         if not self.groups:
+            floor_text = ("" if min_width is None else
+                          f" or already at its count at min_width={min_width:g}")
             raise ValueError(
                 f"Model '{model.name}' has no slimmable channel group to "
                 "search (every group is fixed, derived from another or has "
-                "its minimum channel count already). Make it with "
-                "keras_slim.slim(model, width_range=(low, high))."
+                f"its minimum channel count already{floor_text}). Make it "
+                "with keras_slim.slim(model, width_range=(low, high))."
             )
         self.metric = metric
         self.latency = latency
@@ -64,7 +74,7 @@ class _Search:
         for g in self.groups:
             i = plan.index[g]
             divisor = int(plan.divisors[i])
-            self.minimum[g] = int(plan.minimums[i])
+            self.minimum[g] = int(floors[i])
             # One bin: 1/bins of the group, in whole multiples of its divisor.
             self.step_size[g] = _round_to(plan.full[i] / bins, divisor)
 
@@ -126,6 +136,10 @@ def autoslim(
     max_steps=None,
     seed=0,
     verbose=1,
+    min_width=None,
+    screen_images=None,
+    finalists=3,
+    picks_per_step=1,
 ):
     """Searches per-layer channel counts for resource targets (AutoSlim).
 
@@ -134,11 +148,12 @@ def autoslim(
     move together; depthwise layers and derived groups follow their
     producer; the input and the classifier's outputs never change) is
     narrowed by one bin (`full / bins` channels rounded to its divisor,
-    never below the group's minimum), every such candidate is scored on the
-    fixed search set, and the best one is kept: highest accuracy, then the
-    lowest cost, then the group order. Whenever the cost first drops to or
-    below a target (largest first) that configuration is recorded; the
-    search stops below the smallest target. No training happens inside.
+    never below the group's count at `min_width`), every such candidate is
+    scored on the fixed search set, and the best one is kept: highest
+    accuracy, then the lowest cost, then the group order. Whenever the cost
+    first drops to or below a target (largest first) that configuration is
+    recorded; the search stops below the smallest target. No training
+    happens inside.
 
     Candidates are scored with exact BatchNormalization statistics: the
     whole search set runs as one batch and every BN layer normalises with
@@ -155,11 +170,31 @@ def autoslim(
     `keras_slim.search.runner`). The result's "stats" report the saved
     work.
 
+    Screening (`screen_images`): every candidate is first scored on a fixed
+    subset of `screen_images` images of the search set (seeded by `seed`;
+    exact BN on that subset), ranked by the mean log-probability of the
+    true class, and only the `finalists` best are scored on the whole
+    search set, where the usual rule picks among them. A step then costs
+    about `screen_images / num_images` of an exhaustive step plus the
+    finalists' share; it picks what the exhaustive step picks whenever the
+    exhaustive winner is among the finalists (the rule and the scores of
+    the finalists are the exhaustive ones). `benchmarks/autoslim_fidelity.py`
+    measures how often that holds.
+
+    Several picks per step (`picks_per_step`): far from the next target,
+    the step also narrows the runners-up of its ranking (distinct groups),
+    assuming that what ranks second now would rank first after the best is
+    narrowed; the step count drops by up to that factor. Targets are still
+    crossed by single-pick steps.
+
     Args:
         model: A `keras_slim.SlimmableModel` (e.g. a 1.5x supernet trained
             with the sandwich rule).
-        search_data: `(x, y)` numpy arrays or a finite `tf.data.Dataset` of
-            `(x, y)` batches (held-out training images, no augmentation).
+        search_data: `(x, y)` numpy arrays or a `tf.data.Dataset` of
+            `(x, y)` batches (held-out training images, no augmentation);
+            labels are class indices in `[0, num_classes)` or one-hot rows.
+            An infinite dataset is read up to `num_images` images and
+            refused if it repeats an image before that.
         targets: Resource targets in `metric` units (MACs, parameters, or
             milliseconds), each within the reachable range.
         metric: "macs", "params" or "latency" (needs `latency_table`).
@@ -176,8 +211,26 @@ def autoslim(
             one, for `metric="latency"` or to report predicted latency.
         max_steps: Stop after this many steps in this call (progress is
             kept; call again to continue). None: run to the end.
-        seed: Seed of the search-set subsample.
-        verbose: 0 = silent, 1 = a Keras progress bar.
+        seed: Seed of the search-set subsample and of the screening subset.
+        verbose: 0 = silent, 1 = a Keras progress bar, 2 = one line per
+            step (for logs); both show the estimated number of steps (the
+            remaining cost over the average cost a step has removed) and
+            the time left.
+        min_width: No group narrows below its channel count at this
+            uniform width. None (default): the narrowest width the
+            supernet was trained at (`model.width_range[0]`), below which
+            its accuracy says little about a sub-network. A lower value is
+            allowed, with a warning.
+        screen_images: None (default): score every candidate on the whole
+            search set (the exhaustive greedy step). A number of images:
+            screen every candidate on that many images first (see above).
+        finalists: With `screen_images`, how many screened candidates are
+            scored on the whole search set.
+        picks_per_step: While the next target is far (more than twice what
+            these picks remove), narrow the `picks_per_step` best-scored
+            candidates (distinct groups) at once and score the result on
+            the whole search set (one more pass); near a target, one at a
+            time. 1 (default): always one.
 
     Returns:
         A dict with "configs" (per target, largest first: name, target,
@@ -185,14 +238,18 @@ def autoslim(
         (layer name -> channels) and "uniform": the widest uniform width
         with at most the same cost (or the model's min width, with
         "within_cost" False) and its search accuracy), "history" (one row per
-        step), "range" (the reachable costs), "finished" and "stats"
-        (seconds per step, the cached / uncached work ratio).
+        step, with "scores": the search-set accuracy of every candidate
+        scored on the whole search set and, when screening, "screen": every
+        candidate's screening score), "range" (the reachable costs),
+        "finished" and "stats" (seconds per step, the work done / the work
+        of scoring every candidate from the input).
 
     Raises:
         ValueError: for a target outside the reachable range (the message
-            gives the range), empty search data, a model without a
-            slimmable group, an unknown metric or a latency table measured
-            on another model.
+            gives the range), empty search data, labels outside
+            `[0, num_classes)`, an infinite dataset that repeats, a model
+            without a slimmable group, an unknown metric or a latency table
+            measured on another model.
 
     Example:
 
@@ -217,6 +274,25 @@ def autoslim(
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}.")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise ValueError(f"bins must be an integer >= 2; got {bins!r}.")
+    min_width = _check_min_width(model, min_width)
+    for value, label in ((screen_images, "screen_images"),
+                         (finalists, "finalists"),
+                         (picks_per_step, "picks_per_step")):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or value < 1
+        ):
+            raise ValueError(
+                f"{label} must be a positive integer"
+                f"{' or None' if label == 'screen_images' else ''}; got "
+                f"{value!r}."
+            )
+    if screen_images is not None and picks_per_step > finalists:
+        raise ValueError(
+            f"picks_per_step={picks_per_step} needs at least as many "
+            f"finalists (scored on the whole search set); got "
+            f"finalists={finalists}."
+        )
     if isinstance(targets, (int, float)):
         targets = [targets]
     targets = list(targets)
@@ -238,7 +314,8 @@ def autoslim(
         raise ValueError(f"names must be distinct; got {names}.")
     # A dataset is read up to num_images; arrays are subsampled with seed.
     is_dataset = isinstance(search_data, tf.data.Dataset)
-    x, labels = search_arrays(search_data, num_images if is_dataset else None)
+    x, labels = search_arrays(search_data, num_images if is_dataset else None,
+                              num_classes=_num_classes(model))
     if num_images is not None and len(x) > int(num_images):
         order = np.random.default_rng(seed).permutation(len(x))
         chosen = np.sort(order[: int(num_images)])
@@ -255,7 +332,7 @@ def autoslim(
             'metric="latency" needs latency_table= (a LatencyTable from '
             "keras_slim.search.latency_table, or a path to its JSON file)."
         )
-    space = _Search(model, metric, bins, latency)
+    space = _Search(model, metric, bins, latency, min_width)
     if latency is not None:
         latency.check(model, space.costs.program)
 
@@ -270,8 +347,10 @@ def autoslim(
             raise ValueError(
                 f"Target {target:g} ({metric}) is outside the reachable "
                 f"range [{min_cost:g}, {full_cost:g}] of this model: the "
-                "smallest cost has every searchable group at its minimum "
-                "channels, the largest is the full network."
+                "smallest cost has every searchable group at its count at "
+                f"min_width={min_width:g} (the narrowest width the "
+                "supernet was trained at, unless you pass min_width), the "
+                "largest is the full network."
             )
     order = sorted(range(len(targets)), key=lambda i: -targets[i])
     if names is None:
@@ -280,11 +359,19 @@ def autoslim(
             names = [f"{n}_{i}" for i, n in enumerate(names)]
     plan_targets = [(names[i], float(targets[i])) for i in order]
 
+    # Screening only helps when it leaves candidates out on fewer images.
+    screening = (screen_images is not None and int(screen_images) < len(x)
+                 and int(finalists) < len(space.groups))
     settings = {
         "fingerprint": fingerprint(model, space.costs.program),
         "weights_and_data": _weights_hash(model, x, labels),
         "metric": metric, "bins": bins, "targets": plan_targets,
+        "min_width": min_width,
+        "screen": ({"images": int(screen_images), "finalists": int(finalists),
+                    "seed": int(seed)} if screening else None),
     }
+    if picks_per_step > 1:  # (absent: progress files of one pick per step)
+        settings["picks_per_step"] = int(picks_per_step)
     progress = None
     if progress_path is not None and os.path.isfile(progress_path):
         with open(progress_path) as f:
@@ -296,6 +383,12 @@ def autoslim(
                 "Delete it or pass another progress_path."
             )
     runner = Runner(model, space.costs.program, space.costs.cuts, x, labels)
+    screener = None
+    if screening:
+        subset = np.sort(np.random.default_rng(seed).permutation(len(x))[
+            : int(screen_images)])
+        screener = Runner(model, space.costs.program, space.costs.cuts,
+                          x[subset], labels[subset])
 
     def entry(name, target, chosen, accuracy, step):
         counts = space.counts(chosen)
@@ -336,12 +429,18 @@ def autoslim(
         if progress_path is not None:
             configs_lib.write_json(progress_path, progress)
 
+    def next_target():
+        return max(t for name, t in plan_targets if name not in recorded)
+
     record(progress["history"][-1])
     save_progress()
+    smallest = min(t for _, t in plan_targets)
     bar = keras.utils.Progbar(
-        None, verbose=verbose, unit_name="step",
-        stateful_metrics=["cost", "accuracy"],
+        _steps_left(progress["history"], metric, smallest),
+        verbose=1 if verbose == 1 else 0, unit_name="step",
+        stateful_metrics=["accuracy", _BAR_UNIT[metric][0]],
     )
+    step_seconds = []
     steps_done = 0
     while len(recorded) < len(plan_targets) and (
         max_steps is None or steps_done < int(max_steps)
@@ -357,46 +456,172 @@ def autoslim(
                 candidates.append((g, space.counts(picks[-1][1])))
         if not candidates:
             break
-        start = time.perf_counter()
-        scores = runner.step(current, candidates)
-        seconds = time.perf_counter() - start
         priced = [space.cost(counts) for _, counts in candidates]
-        best = min(
-            range(len(candidates)),
-            key=lambda i: (-scores[i], priced[i][metric], i),
+        start = time.perf_counter()
+        scored, screen = list(range(len(candidates))), None
+        cached = 0.0
+        if screener is not None and len(candidates) > int(finalists):
+            _, logits = screener.step(current, candidates, return_logits=True)
+            screen = [screener.log_likelihood(l) for l in logits]
+            ranked = sorted(scored, key=lambda i: (
+                -screen[i], priced[i][metric], i))
+            scored = sorted(ranked[: int(finalists)])
+            cached += _work(space, runner.cuts, current, candidates)[0] * (
+                len(screener.labels) / len(runner.labels))
+        scores = runner.step(current, [candidates[i] for i in scored])
+        by_candidate = dict(zip(scored, scores))
+        ranked = sorted(
+            scored,
+            key=lambda i: (-by_candidate[i], priced[i][metric], i),
         )
-        # Work in MACs: the current network up to the last cut used, plus
-        # each candidate's suffix, against a full pass per candidate.
-        cached, uncached = _work(space, runner.cuts, current, candidates)
+        best = ranked[0]
+        taken = _far_picks(ranked[: int(picks_per_step)], priced, metric,
+                           space.cost(current)[metric], next_target())
+        # Work in MACs per image: the current network up to the last cut
+        # used, plus each scored candidate's suffix (screening counted at
+        # its share of the images), against a full pass per candidate on
+        # the whole search set.
+        cached += _work(space, runner.cuts, current,
+                        [candidates[i] for i in scored])[0]
+        uncached = _work(space, runner.cuts, current, candidates)[1]
+        new_chosen, accuracy = picks[best][1], by_candidate[best]
+        if len(taken) > 1:
+            new_chosen = dict(chosen)
+            for i in taken:
+                new_chosen[picks[i][0]] = picks[i][1][picks[i][0]]
+            together = space.counts(new_chosen)
+            accuracy = runner.accuracy(together)
+            cached += _work(space, runner.cuts, current,
+                            [(None, together)], cut=0)[0]
+        seconds = time.perf_counter() - start
         row = {
             "step": last["step"] + 1, "group": picks[best][0],
-            "chosen": picks[best][1], "accuracy": scores[best],
-            **priced[best], "seconds": seconds,
+            "chosen": new_chosen, "accuracy": accuracy,
+            **space.cost(space.counts(new_chosen)), "seconds": seconds,
             "work_cached": cached, "work_uncached": uncached,
+            "scores": {candidates[i][0]: by_candidate[i] for i in scored},
         }
+        if len(taken) > 1:
+            row["groups"] = [picks[i][0] for i in taken]
+        if screen is not None:
+            row["screen"] = {g: value
+                             for (g, _), value in zip(candidates, screen)}
         progress["history"].append(row)
         record(row)
         save_progress()
         steps_done += 1
-        bar.update(row["step"], values=[
-            ("cost", row[metric]), ("accuracy", row["accuracy"])])
+        left = _steps_left(progress["history"], metric, smallest)
+        if len(recorded) == len(plan_targets):
+            left = 0
+        bar.target = steps_done + left if left is not None else None
+        name, scale = _BAR_UNIT[metric]
+        bar.update(steps_done, values=[
+            (name, row[metric] / scale), ("accuracy", row["accuracy"])],
+            finalize=len(recorded) == len(plan_targets))
+        step_seconds.append(seconds)
+        if verbose == 2:  # one line per step, for logs
+            print(_step_line(
+                row, metric, left, step_seconds), flush=True)
     finished = len(recorded) == len(plan_targets)
+    if verbose == 1 and steps_done and not finished:
+        print()  # the bar stopped before its end (max_steps): end its line
     result = _result(space, runner, progress, plan_targets, finished, metric)
     if output_path is not None:
         configs_lib.save_configs(output_path, result)
     return result
 
 
-def _work(space, cuts, current, candidates):
+# What the progress bar shows of the cost: name and scale.
+_BAR_UNIT = {"macs": ("MMACs", 1e6), "params": ("Mparams", 1e6),
+             "latency": ("ms", 1.0)}
+
+
+def _step_line(row, metric, left, step_seconds):
+    """A log line: step, estimated total, cost, accuracy, time left."""
+    name, scale = _BAR_UNIT[metric]
+    # The first step of a call traces the network: leave it out when
+    # there are others.
+    recent = step_seconds[1:] or step_seconds
+    per_step = sum(recent) / len(recent)
+    total = "?" if left is None else str(row["step"] + left)
+    remaining = ("?" if left is None else
+                 time.strftime("%H:%M:%S", time.gmtime(left * per_step)))
+    return (f"step {row['step']}/~{total} - {row['group']} - "
+            f"{row[metric] / scale:.4g} {name} - accuracy "
+            f"{row['accuracy']:.4f} - {per_step:.1f} s/step - "
+            f"about {remaining} left")
+
+
+def _steps_left(history, metric, smallest_target):
+    """Estimated steps until the cost is at most `smallest_target`.
+
+    The remaining cost divided by the average cost one step has removed so
+    far (None before the first step: nothing to average yet).
+    """
+    cost = history[-1][metric]
+    if cost <= smallest_target:
+        return 0
+    steps = len(history) - 1
+    if steps == 0:
+        return None
+    removed = (history[0][metric] - cost) / steps
+    if removed <= 0:
+        return None
+    return int(math.ceil((cost - smallest_target) / removed))
+
+
+def _num_classes(model):
+    """Classes of the network's output (its last axis)."""
+    shape = model.network.outputs[0].shape
+    return int(shape[-1]) if shape[-1] is not None else None
+
+
+def _check_min_width(model, min_width):
+    """The narrowest uniform width a group may reach (a float)."""
+    low, high = model.width_range
+    if min_width is None:
+        return float(low)
+    if isinstance(min_width, bool) or not isinstance(
+        min_width, (int, float, np.integer, np.floating)
+    ) or not math.isfinite(min_width) or not 0 < min_width <= high:
+        raise ValueError(
+            f"min_width must be a number in (0, {high:g}] (the supernet's "
+            f"widest width); got {min_width!r}."
+        )
+    if min_width < low:
+        warnings.warn(
+            f"min_width={min_width:g} is below the narrowest width the "
+            f"supernet was trained at ({low:g}): its accuracy there says "
+            "little about how a sub-network would do once trained, so the "
+            "search may prefer groups for the wrong reason.",
+            stacklevel=3,
+        )
+    return float(min_width)
+
+
+def _far_picks(ranked, priced, metric, cost, target):
+    """The candidates (indices, best first) one step narrows at once.
+
+    All of `ranked` while the next target is far: more than twice what
+    they remove together away; else only the best.
+    """
+    removed = sum(cost - priced[i][metric] for i in ranked)
+    if len(ranked) > 1 and cost - removed - target > removed:
+        return list(ranked)
+    return list(ranked[:1])
+
+
+def _work(space, cuts, current, candidates, cut=None):
     """MACs per image of one step with cached prefixes, and without.
 
-    `cuts`: group -> index of the first call the group affects.
+    `cuts`: group -> index of the first call the group affects (`cut`:
+    one index for every candidate instead).
     """
     def suffix_macs(counts, cut):
         return sum(macs for row, macs, _ in space.costs.layer_costs(counts)
                    if row["index"] >= cut)
 
-    starts = [cuts[g] for g, _ in candidates]
+    starts = [cuts[g] if cut is None else cut for g, _ in candidates]
     cached = suffix_macs(current, 0) - suffix_macs(current, max(starts))
     uncached = 0.0
     for (group, counts), cut in zip(candidates, starts):

@@ -19,25 +19,32 @@ candidates by how well they happen to match the full width, not by how good
 they are.
 """
 
+import hashlib
+
 import numpy as np
 import tensorflow as tf
 
 from keras_slim.layers import scope as aw
 
 
-def search_arrays(search_data, num_images=None):
-    """`(x, labels)` numpy arrays from `(x, y)` arrays or a finite dataset.
+def search_arrays(search_data, num_images=None, num_classes=None):
+    """`(x, labels)` numpy arrays from `(x, y)` arrays or a dataset.
 
-    Labels may be class indices or one-hot rows. Raises a clear error for
-    empty data.
+    Labels may be class indices or one-hot rows. An infinite dataset is
+    read up to `num_images` images (required) and refused if it repeats an
+    image before that (a `.repeat()`ed set would fill the search set with
+    copies). Raises a clear error for empty data and, given `num_classes`,
+    for labels outside `[0, num_classes)`.
     """
     if isinstance(search_data, tf.data.Dataset):
-        if search_data.cardinality() == tf.data.INFINITE_CARDINALITY:
-            if num_images is None:
-                raise ValueError(
-                    "The search dataset is infinite; pass num_images."
-                )
+        infinite = (search_data.cardinality()
+                    == tf.data.INFINITE_CARDINALITY)
+        if infinite and num_images is None:
+            raise ValueError(
+                "The search dataset is infinite; pass num_images."
+            )
         xs, ys, seen = [], [], 0
+        digests = {} if infinite else None
         for batch in search_data:
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise ValueError(
@@ -46,6 +53,8 @@ def search_arrays(search_data, num_images=None):
                 )
             xs.append(np.asarray(batch[0]))
             ys.append(np.asarray(batch[1]))
+            if digests is not None:
+                _refuse_repeats(xs[-1], digests, seen)
             seen += len(xs[-1])
             if num_images is not None and seen >= num_images:
                 break
@@ -73,9 +82,56 @@ def search_arrays(search_data, num_images=None):
         raise ValueError(
             f"search_data has {len(x)} images but {len(y)} labels."
         )
+    return x, _class_indices(y, num_classes)
+
+
+def _refuse_repeats(images, digests, offset):
+    """Raises if an image of `images` was already seen (by its bytes)."""
+    for i, image in enumerate(np.ascontiguousarray(images)):
+        digest = hashlib.sha1(image.tobytes()).digest()
+        if digest in digests:
+            raise ValueError(
+                f"The infinite search dataset repeats image "
+                f"{digests[digest]} as image {offset + i}: it holds fewer "
+                "distinct images than num_images, so the search set would "
+                "count copies. Pass a finite dataset (without .repeat()) "
+                "or lower num_images."
+            )
+        digests[digest] = offset + i
+
+
+def _class_indices(y, num_classes):
+    """Class indices from index or one-hot labels, checked against the
+    network's number of classes."""
+    y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:
+        if num_classes is not None and y.shape[1] != num_classes:
+            raise ValueError(
+                f"The search labels are one-hot rows of {y.shape[1]} "
+                f"classes, but the network outputs {num_classes}."
+            )
         y = y.argmax(axis=1)
-    return x, y.reshape(len(y)).astype("int64")
+    y = y.reshape(len(y))
+    if not (np.issubdtype(y.dtype, np.integer)
+            or np.issubdtype(y.dtype, np.bool_)):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ValueError(
+                "The search labels must be class indices (whole numbers) or "
+                f"one-hot rows; got values of type {y.dtype} such as "
+                f"{y[np.flatnonzero(y != np.round(y))[:3]].tolist()}."
+            )
+    y = y.astype("int64")
+    if num_classes is not None:
+        outside = (y < 0) | (y >= num_classes)
+        if outside.any():
+            raise ValueError(
+                f"{int(outside.sum())} search labels are outside [0, "
+                f"{num_classes}) (the network has {num_classes} outputs): "
+                f"values {sorted(set(y[outside].tolist()))[:5]}. Every "
+                "sample would count as wrong; pass class indices (or "
+                "one-hot rows) of this network's classes."
+            )
+    return y
 
 
 class Runner:
@@ -174,6 +230,14 @@ class Runner:
 
     def _score(self, logits):
         return float(np.mean(np.argmax(logits, axis=-1) == self.labels))
+
+    def log_likelihood(self, logits):
+        """Mean log-probability of the true class (a smoother score than
+        accuracy on few images)."""
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        return float(np.mean(
+            log_probs[np.arange(len(self.labels)), self.labels]))
 
     def logits(self, counts):
         """Logits of the whole search set at group `counts` (no reuse)."""
