@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from trainers import cli
+from . import cli
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "keras_slim_demo", "Where the model, exports, manifest, "

@@ -16,11 +16,11 @@ import dataclasses
 
 from absl import flags
 
-from trainers import cli
-from trainers import deploy
-from trainers import distribute
-from trainers import loop
-from trainers import methods
+from . import cli
+from . import deploy
+from . import distribute
+from . import loop
+from . import methods
 
 _DEFAULTS = loop.TrainConfig()
 

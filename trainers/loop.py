@@ -32,10 +32,10 @@ from tensorflow.core.framework import summary_pb2
 import keras_slim
 from keras_slim import data as data_lib
 from keras_slim import width as width_lib
-from trainers import cli
-from trainers import deploy
-from trainers import distribute
-from trainers import methods
+from . import cli
+from . import deploy
+from . import distribute
+from . import methods
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "linear", "step")

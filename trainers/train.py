@@ -25,10 +25,10 @@ from absl import logging
 import tensorflow as tf
 
 from keras_slim import data as data_lib
-from trainers import cli
-from trainers import distribute
-from trainers import flags as trainer_flags
-from trainers import loop
+from . import cli
+from . import distribute
+from . import flags as trainer_flags
+from . import loop
 
 trainer_flags.define_flags()
 # `--help` lists the main module's key flags: make the trainers' ones so.
