@@ -6,24 +6,20 @@ repository root as `python -m benchmarks.NAME` or through the suite entry
 point `python -m benchmarks --suite NAME`.
 """
 
-import os
 import pathlib
 import time
 
 import numpy as np
+
+from keras_slim import files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "keras_slim" / "cifar10"
 
 
-def write_atomic(path, text):
-    """Writes `text` to `path` through a temporary file and a rename, so an
-    interrupted run never leaves a half-written file behind."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# An interrupted run never leaves a half-written record behind.
+write_atomic = files.write_atomic
 
 
 def log(message):

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_slim
+from keras_slim import files
 
 MODEL_FILE = "model.keras"
 REPORT_FILE = "report.json"
@@ -70,9 +71,9 @@ def write_model(model, model_dir):
     with tempfile.TemporaryDirectory() as scratch:
         local = os.path.join(scratch, MODEL_FILE)
         model.save(local)
-        partial = final + ".partial"
-        tf.io.gfile.copy(local, partial, overwrite=True)
-        tf.io.gfile.rename(partial, final, overwrite=True)
+        # Saved locally first: model_dir may be a bucket.
+        with files.atomic_path(final) as partial:
+            tf.io.gfile.copy(local, partial, overwrite=True)
     return final
 
 

@@ -31,6 +31,7 @@ from tensorflow.core.framework import summary_pb2
 
 import keras_slim
 from keras_slim import data as data_lib
+from keras_slim import files
 from keras_slim import width as width_lib
 from . import cli
 from . import deploy
@@ -441,15 +442,9 @@ def _write_run_config(model_dir, config):
     path = os.path.join(model_dir, _RUN_CONFIG)
     if tf.io.gfile.exists(path):
         return
-    tf.io.gfile.makedirs(model_dir)
     # Written then renamed: other workers may read it at the same time.
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        json.dump(
-            {"identity": config.identity(),
-             "config": dataclasses.asdict(config)},
-            f, indent=2,
-        )
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    files.write_json_atomic(path, {"identity": config.identity(),
+                                   "config": dataclasses.asdict(config)})
 
 
 def _restore(checkpoint, model_dir):
@@ -808,9 +803,7 @@ def _final_report(config, model, method, info, train_ds, val_ds, model_dir,
     }
     report["load_model"] = deploy.LOAD_RECIPE.format(
         model_path if "://" in model_path else os.path.abspath(model_path))
-    with tf.io.gfile.GFile(report_path + ".partial", "w") as f:
-        json.dump(report, f, indent=2)
-    tf.io.gfile.rename(report_path + ".partial", report_path, overwrite=True)
+    files.write_json_atomic(report_path, report)
     eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
     write_scalars(eval_writer, step, {
         f"accuracy_{e.get('name') or width_lib.width_tag(e['width'])}":

@@ -8,6 +8,8 @@ argument of keras_slim accepts (`set_width`, `calibrate_bn`, `strip`,
 import json
 import os
 
+from keras_slim import files
+
 FORMAT = "keras_slim.search/1"
 
 
@@ -57,13 +59,7 @@ def config_from_counts(model, counts):
 
 def write_json(path, data):
     """Writes `data` as JSON atomically (a crash leaves the old file)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(temporary, path)
+    files.write_json_atomic(path, data, indent=1)
 
 
 def save_configs(path, results):
