@@ -23,6 +23,39 @@ from keras_slim.model import SlimmableModel
 from keras_slim.stripping import strip
 
 
+def kernel_macs(kind, window, in_channels, out_channels, positions,
+                multiplier=1):
+    """MACs of one kernel layer call: the counting convention in one place.
+
+    Used by `profile` (from a layer's kernel shapes) and by the search's
+    cost model (from channel counts), so the two always agree.
+
+    Args:
+        kind: "kernel" (convolution or dense; `in_channels` per group),
+            "depthwise" or "separable".
+        window: Product of the kernel's spatial sizes (1 for a dense layer).
+        in_channels: Input channels (per group for a grouped convolution).
+        out_channels: Output channels (ignored for "depthwise").
+        positions: Output positions (input positions for a transposed
+            convolution, where every input position scatters one kernel).
+        multiplier: The depth multiplier of "depthwise" and "separable".
+
+    Example:
+
+    >>> kernel_macs("kernel", 9, 16, 32, 8 * 8)   # 3x3 conv on 8x8
+    294912
+    """
+    if kind == "separable":
+        depthwise = window * in_channels * multiplier
+        return (depthwise + in_channels * multiplier * out_channels) * positions
+    if kind == "depthwise":
+        return window * in_channels * multiplier * positions
+    if kind == "kernel":
+        return window * in_channels * out_channels * positions
+    raise ValueError(f"Unknown kernel kind {kind!r}; allowed: 'kernel', "
+                     "'depthwise', 'separable'.")
+
+
 def _layer_macs(layer, in_shape, out_shape):
     """MACs of one call of `layer` (0 for layers without a kernel)."""
 
@@ -37,20 +70,27 @@ def _layer_macs(layer, in_shape, out_shape):
         return int(np.prod(dims)) if dims else 1
 
     if isinstance(layer, keras.layers.SeparableConv2D):
-        depthwise = int(np.prod(layer.depthwise_kernel.shape))
-        pointwise = int(np.prod(layer.pointwise_kernel.shape))
-        return (depthwise + pointwise) * positions(out_shape)
+        *window, channels, multiplier = layer.depthwise_kernel.shape
+        return kernel_macs("separable", int(np.prod(window)), channels,
+                           layer.pointwise_kernel.shape[-1],
+                           positions(out_shape), multiplier)
     if isinstance(layer, keras.layers.Conv2DTranspose):
-        # Every input position scatters one full kernel.
-        return int(np.prod(layer.kernel.shape)) * positions(in_shape)
-    if isinstance(
-        layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
-                keras.layers.DepthwiseConv2D, keras.layers.DepthwiseConv1D)
-    ):
-        # kernel = (*k, C_in / groups, C_out), or (*k, C, multiplier).
-        return int(np.prod(layer.kernel.shape)) * positions(out_shape)
-    if isinstance(layer, keras.layers.Dense):
-        return int(np.prod(layer.kernel.shape)) * positions(out_shape)
+        # kernel = (*k, C_out, C_in); every input position scatters one
+        # full kernel.
+        *window, out_channels, in_channels = layer.kernel.shape
+        return kernel_macs("kernel", int(np.prod(window)), in_channels,
+                           out_channels, positions(in_shape))
+    if isinstance(layer, (keras.layers.DepthwiseConv2D,
+                          keras.layers.DepthwiseConv1D)):
+        *window, channels, multiplier = layer.kernel.shape
+        return kernel_macs("depthwise", int(np.prod(window)), channels, None,
+                           positions(out_shape), multiplier)
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D,
+                          keras.layers.Conv3D, keras.layers.Dense)):
+        # kernel = (*k, C_in / groups, C_out); a dense kernel has no window.
+        *window, fan_in, out_channels = layer.kernel.shape
+        return kernel_macs("kernel", int(np.prod(window)) if window else 1,
+                           fan_in, out_channels, positions(out_shape))
     return 0
 
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_slim import profiling
 from keras_slim.layers import scope as aw
 from keras_slim.search.program import Program
 
@@ -190,19 +191,16 @@ class CostModel:
         for row in self.layers:
             i, o = ins[row["index"]], outs[row["index"]]
             macs, params = 0.0, 0.0
-            if row["kind"] == "separable":
-                depthwise = row["window"] * i * row["multiplier"]
-                pointwise = i * row["multiplier"] * o
-                macs = (depthwise + pointwise) * row["positions"]
-                params = depthwise + pointwise + (o if row["bias"] else 0)
-            elif row["kind"] == "depthwise":
-                macs = row["window"] * i * row["multiplier"] * row["positions"]
-                params = row["window"] * i * row["multiplier"] + (
-                    o if row["bias"] else 0)
-            elif row["kind"] == "kernel":
-                fan_in = row["in_per_group"] or i
-                macs = row["window"] * fan_in * o * row["positions"]
-                params = row["window"] * fan_in * o + (o if row["bias"] else 0)
+            if row["kind"] in ("separable", "depthwise", "kernel"):
+                fan_in = row.get("in_per_group") or i
+                multiplier = row.get("multiplier", 1)
+                macs = profiling.kernel_macs(
+                    row["kind"], row["window"], fan_in, o, row["positions"],
+                    multiplier)
+                # A kernel holds the weights of one output position.
+                params = profiling.kernel_macs(
+                    row["kind"], row["window"], fan_in, o, 1, multiplier
+                ) + (o if row["bias"] else 0)
             elif row["kind"] == "bn":
                 params = row["per_channel"] * o
             else:
