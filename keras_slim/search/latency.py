@@ -24,6 +24,7 @@ import time
 import keras
 import numpy as np
 
+from keras_slim.export import runtimes
 from keras_slim.search.cost import CostModel
 from keras_slim.search.cost import fingerprint
 
@@ -31,9 +32,7 @@ FORMAT = "keras_slim.latency_table/1"
 
 
 def _time_interpreter(content, num_runs, warmup, num_threads):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=content, num_threads=num_threads)
+    interpreter = runtimes.litert_interpreter(content, num_threads=num_threads)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     rng = np.random.default_rng(0)
