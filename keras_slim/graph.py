@@ -120,7 +120,8 @@ def _call_traced(model, inputs, call):
     return outputs[0] if len(outputs) == 1 else outputs
 
 
-def replay_calls(calls, tensors, override=None, call_function=None):
+def replay_calls(calls, tensors, override=None, call_function=None,
+                 after_call=None):
     """Calls the layers of traced `calls` again, on new tensors.
 
     The one graph replay of keras_slim: nested models (`replay`), the
@@ -136,6 +137,8 @@ def replay_calls(calls, tensors, override=None, call_function=None):
             `tensors` seen by that call only.
         call_function: `fn(layer, *args, **kwargs) -> outputs` (default:
             call the layer).
+        after_call: Optional `after_call(call, tensors)`, run after each
+            call (e.g. to drop tensors no later call reads).
 
     Returns:
         `tensors`.
@@ -171,6 +174,8 @@ def replay_calls(calls, tensors, override=None, call_function=None):
             outputs = call_function(call.layer, *args, **kwargs)
         for old, new in zip(call.outputs, keras.tree.flatten(outputs)):
             tensors[id(old)] = new
+        if after_call is not None:
+            after_call(call, tensors)
     return tensors
 
 

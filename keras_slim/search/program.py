@@ -7,8 +7,6 @@ tensors that cross it, and later run the rest from there (see
 `keras_slim.search.runner`).
 """
 
-import keras
-
 from keras_slim import graph
 from keras_slim.layers import scope as aw
 
@@ -48,6 +46,7 @@ class Program:
                 self._last_use[id(tensor)] = max(
                     self._last_use.get(id(tensor), -1), index
                 )
+        self._index = {id(call): index for index, call in enumerate(calls)}
         self._producer = {self.input_id: -1}
         for index, call in enumerate(calls):
             for tensor in call.outputs:
@@ -84,23 +83,16 @@ class Program:
         keep = set(self.live_at(stop) if keep is None else keep)
         values = dict(values)
 
-        def value_of(item):
-            if isinstance(item, keras.KerasTensor):
-                return values[id(item)]
-            return item
+        def release(call, values):
+            # Free what no later call reads (1,024-image activations are
+            # large).
+            index = self._index[id(call)]
+            for tensor in call.inputs:
+                if (self._last_use.get(id(tensor), -1) <= index
+                        and id(tensor) not in keep):
+                    values.pop(id(tensor), None)
 
         with aw.active_width(state):
-            for index in range(start, stop):
-                call = self.calls[index]
-                args = keras.tree.map_structure(value_of, call.args)
-                kwargs = keras.tree.map_structure(value_of, call.kwargs)
-                outputs = keras.tree.flatten(call.layer(*args, **kwargs))
-                for tensor, value in zip(call.outputs, outputs):
-                    values[id(tensor)] = value
-                # Free what no later call reads (1,024-image activations
-                # are large).
-                for tensor in call.inputs:
-                    if (self._last_use.get(id(tensor), -1) <= index
-                            and id(tensor) not in keep):
-                        values.pop(id(tensor), None)
+            graph.replay_calls(self.calls[start:stop], values,
+                               after_call=release)
         return {tensor_id: values[tensor_id] for tensor_id in keep}
