@@ -9,6 +9,9 @@ inside a conversion or a training step.
 
 import contextlib
 
+import keras
+import tensorflow as tf
+
 
 @contextlib.contextmanager
 def creating_variables_after_build(layer):
@@ -69,3 +72,47 @@ def application_layers():
         "LayerScale": convnext.LayerScale,
         "StochasticDepth": convnext.StochasticDepth,
     }
+
+
+def optimizer_slots(optimizer, variable):
+    """The optimizer's per-variable state for `variable` (RePr zeroes the
+    momentum and moments of re-initialised filters).
+
+    Keras optimizers keep one list per kind of slot (SGD `momentums`, Adam
+    `_momentums` and `_velocities`, ...), aligned with the trainable
+    variables they were built for, and find a variable's place with
+    `_get_variable_index`; there is no public accessor for a variable's
+    slots. `LossScaleOptimizer` is looked through.
+
+    Returns:
+        A list of `(attribute_name, slot_variable)`; empty when the
+        optimizer is not built or does not train `variable`.
+
+    Example:
+
+    >>> for name, slot in optimizer_slots(model.optimizer, conv.kernel):
+    ...     slot.assign(tf.zeros_like(slot))
+    """
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    trained = getattr(optimizer, "_trainable_variables", None)
+    if not trained:
+        return []
+    try:
+        index = optimizer._get_variable_index(variable)
+    except (KeyError, AttributeError):
+        return []
+    slots = []
+    for name, value in vars(optimizer).items():
+        if name in ("_trainable_variables", "_variables") or not isinstance(
+            value, (list, tuple)
+        ) or len(value) != len(trained):
+            continue
+        slot = value[index]
+        if (
+            isinstance(slot, (keras.Variable, tf.Variable))
+            and slot is not variable
+            and tuple(slot.shape) == tuple(variable.shape)
+        ):
+            slots.append((name, slot))
+    return slots

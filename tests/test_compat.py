@@ -43,3 +43,19 @@ def test_application_layers_are_the_ones_keras_applications_use():
     assert classes["LayerScale"] in {type(layer) for layer in model.layers}
     assert issubclass(classes["StochasticDepth"], keras.layers.Layer)
     assert classes["CustomScaleLayer"].__name__ == "CustomScaleLayer"
+
+
+def test_optimizer_slots_are_the_momentum_and_moments_of_a_variable():
+    dense = keras.layers.Dense(3)
+    dense.build((None, 2))
+    for optimizer, expected in ((keras.optimizers.SGD(momentum=0.9), 1),
+                                (keras.optimizers.Adam(), 2)):
+        optimizer.build(dense.trainable_variables)
+        slots = compat.optimizer_slots(optimizer, dense.kernel)
+        assert len(slots) == expected, slots
+        assert all(tuple(s.shape) == (2, 3) for _, s in slots)
+        assert all(s is not dense.kernel for _, s in slots)
+    # Not trained by this optimizer (or not built): no slots, no error.
+    other = keras.Variable(np.zeros((2, 3)))
+    assert compat.optimizer_slots(optimizer, other) == []
+    assert compat.optimizer_slots(keras.optimizers.Adam(), dense.kernel) == []

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import keras_slim
+from keras_slim import compat
 from keras_slim import repr as repr_lib
 from keras_slim.repr import reinit
 from tests.testing import digits
@@ -254,7 +255,7 @@ class Recorder(keras.callbacks.Callback):
         for variable, value in zip(model.weights, saved):
             variable.assign(value)  # undo the probe's BN update
         record["slots"] = {
-            v.path: [s.numpy().copy() for _, s in repr_lib.optimizer_slots(
+            v.path: [s.numpy().copy() for _, s in compat.optimizer_slots(
                 model.optimizer, v)]
             for v in model.trainable_variables
         }

@@ -36,7 +36,6 @@ from keras_slim.repr.core import FilterUnit
 from keras_slim.repr.core import RePrController
 from keras_slim.repr.core import RePrState
 from keras_slim.repr.core import StatisticsRestart
-from keras_slim.repr.core import optimizer_slots
 from keras_slim.repr.ranking import FilterRanking
 from keras_slim.repr.ranking import chance_overlap
 from keras_slim.repr.ranking import orthogonality_scores
@@ -58,7 +57,6 @@ __all__ = [
     "chance_overlap",
     "check_run",
     "max_abs_cosine",
-    "optimizer_slots",
     "orthogonal_directions",
     "orthogonality_scores",
     "rank_filters",

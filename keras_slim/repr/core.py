@@ -60,6 +60,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_slim import compat
 from keras_slim import graph as graph_lib
 from keras_slim.repr import ranking as ranking_lib
 from keras_slim.repr import reinit as reinit_lib
@@ -188,42 +189,6 @@ def _sample(initializer, shape, seed):
         keras.ops.convert_to_numpy(initializer(tuple(shape), "float32")),
         "float64",
     )
-
-
-def optimizer_slots(optimizer, variable):
-    """The optimizer's per-variable state for `variable`.
-
-    Keras optimizers keep one list per kind of slot (SGD `momentums`, Adam
-    `_momentums` and `_velocities`, ...), aligned with the trainable
-    variables they were built for. `LossScaleOptimizer` is looked through.
-
-    Returns:
-        A list of `(attribute_name, slot_variable)`; empty when the
-        optimizer is not built or does not train `variable`.
-    """
-    while hasattr(optimizer, "inner_optimizer"):
-        optimizer = optimizer.inner_optimizer
-    trained = getattr(optimizer, "_trainable_variables", None)
-    if not trained:
-        return []
-    try:
-        index = optimizer._get_variable_index(variable)
-    except (KeyError, AttributeError):
-        return []
-    slots = []
-    for name, value in vars(optimizer).items():
-        if name in ("_trainable_variables", "_variables") or not isinstance(
-            value, (list, tuple)
-        ) or len(value) != len(trained):
-            continue
-        slot = value[index]
-        if (
-            _is_variable(slot)
-            and slot is not variable
-            and tuple(slot.shape) == tuple(variable.shape)
-        ):
-            slots.append((name, slot))
-    return slots
 
 
 class FilterUnit:
@@ -472,7 +437,7 @@ class FilterUnit:
         keep[np.asarray(indices, "int64")] = 0.0
         touched = 0
         for variable in self.parameters:  # the held offset's slots too
-            for name, slot in optimizer_slots(optimizer, variable):
+            for name, slot in compat.optimizer_slots(optimizer, variable):
                 value = to_numpy(slot)
                 if any(part in name for part in _AVERAGE_SLOT_NAMES):
                     new = to_numpy(variable)
