@@ -107,7 +107,7 @@ def reader_names():
 
 
 def _slow(line, code):
-    # The AutoSlim example trains a 1.5x MobileNetV2 and searches it.
+    # The AutoSlim example trains a ResNet-20 supernet and searches it (~1 min).
     marks = [pytest.mark.slow] if "autoslim" in code else []
     return pytest.param(code, id=f"line{line}", marks=marks)
 
