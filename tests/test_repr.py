@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import keras_slim
+import keras_slim.graph
 from keras_slim import compat
 from keras_slim import repr as repr_lib
 from keras_slim.repr import reinit
