@@ -211,8 +211,9 @@ def signature_key(width):
     'w0_5'
     >>> keras_slim.export.to_tflite_multi(model, "net.tflite",
     ...                                   widths=[0.25, 0.5, 1.0])
-    >>> logits = keras_slim.export.run_tflite(
-    ...     "net.tflite", x, signature_key=keras_slim.export.signature_key(0.5))
+    >>> key = keras_slim.export.signature_key(0.5)
+    >>> logits = keras_slim.export.run_tflite("net.tflite", x,
+    ...                                       signature_key=key)
     """
     return width_suffix(width).replace(".", "_")
 
