@@ -22,14 +22,11 @@ Example:
 from keras_slim import data
 from keras_slim import early_exit
 from keras_slim import export
-from keras_slim import graph
 from keras_slim import layers
 from keras_slim import models
-from keras_slim import registry
 from keras_slim import repr  # noqa: A004 (the RePr subpackage)
 from keras_slim import search
 from keras_slim import training
-from keras_slim import width
 from keras_slim.calibration import calibrate_bn
 from keras_slim.convert import slim
 from keras_slim.early_exit import EarlyExitModel
@@ -44,3 +41,32 @@ from keras_slim.stripping import strip
 from keras_slim.width import make_divisible
 
 __version__ = "0.1.0"
+
+# What users call. The other modules (`graph`, `registry`, `width`,
+# `compat`, `files`, ...) are the library's own plumbing: importable, but
+# not part of the public API.
+__all__ = [
+    # Subpackages.
+    "data",
+    "early_exit",
+    "export",
+    "layers",
+    "models",
+    "repr",
+    "search",
+    "training",
+    # Slimmable networks.
+    "SlimmableModel",
+    "calibrate_bn",
+    "fold_batch_norm",
+    "make_divisible",
+    "profile",
+    "profile_latency",
+    "register_layer",
+    "slim",
+    "strip",
+    # Early exits.
+    "EarlyExitModel",
+    "add_exits",
+    "calibrate_exit_thresholds",
+]

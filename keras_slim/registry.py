@@ -27,7 +27,7 @@ Example, a user's own layer (the shape of TF-MOT's prunable-layer registry):
 ...         self.scale = self.add_weight(shape=(input_shape[-1],))
 ...     def call(self, x):
 ...         return x * self.scale
->>> keras_slim.register_layer(ChannelScale, keras_slim.registry.PER_CHANNEL)
+>>> keras_slim.register_layer(ChannelScale, "per_channel")  # PER_CHANNEL
 >>> model = keras_slim.slim(my_model_using_channel_scale)
 """
 

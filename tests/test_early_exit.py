@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_slim
-from keras_slim.early_exit import ExitStructure
+from keras_slim.early_exit.graph import ExitStructure
 from keras_slim.layers import EnsembleLogits
 from keras_slim.layers import ExitConfidence
 from keras_slim.layers import ExitHead

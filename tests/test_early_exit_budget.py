@@ -9,6 +9,7 @@ import pytest
 import keras_slim
 from keras_slim import early_exit
 from keras_slim.early_exit import ExitLogits
+from keras_slim.early_exit import budget as budget_lib
 from keras_slim.training.boosting import softmax_confidence
 from tests.early_exit_testing import early_exit_model
 from tests.testing import digits
@@ -59,24 +60,24 @@ def synthetic_cache(num_exits=3, count=300, seed=0, costs=(10, 25, 60)):
 
 
 def test_exit_shares_are_q_powers():
-    shares = early_exit.exit_shares(0.5, 4)
+    shares = budget_lib.exit_shares(0.5, 4)
     assert shares.sum() == pytest.approx(1.0)
     assert np.allclose(shares[1:] / shares[:-1], 0.5)
-    assert early_exit.q_family() == [p / 20 for p in range(1, 40)]
+    assert budget_lib.q_family() == [p / 20 for p in range(1, 40)]
 
 
 def test_thresholds_follow_msdnet_rule_on_the_whole_curve():
     cache = synthetic_cache()
-    for q in early_exit.q_family():
-        shares = early_exit.exit_shares(q, 3)
-        thresholds = early_exit.thresholds_for_shares(
+    for q in budget_lib.q_family():
+        shares = budget_lib.exit_shares(q, 3)
+        thresholds = budget_lib.thresholds_for_shares(
             cache.confidences, shares, cache.order)
         assert thresholds == reference_thresholds(cache.confidences, shares)
-        policy = early_exit.policy_for_q(cache, q)
+        policy = budget_lib.policy_for_q(cache, q)
         assert policy.thresholds == thresholds
         assert policy.expected_macs == pytest.approx(reference_cost(
             cache.confidences, thresholds, cache.cumulative_macs))
-        exits = early_exit.assign_exits(cache.confidences, thresholds)
+        exits = budget_lib.assign_exits(cache.confidences, thresholds)
         assert policy.accuracy == pytest.approx(np.mean(
             cache.predictions[exits, np.arange(300)] == cache.labels))
         # MSDNet's counts: exit k takes floor(N * share_k) samples, or more

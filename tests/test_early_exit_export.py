@@ -8,6 +8,7 @@ import pytest
 
 import keras_slim
 from keras_slim import export
+from keras_slim.export.staged import stage_models
 from trainers import loop
 from trainers import methods
 from tests.early_exit_testing import early_exit_model
@@ -30,7 +31,7 @@ def trained():
 
 def test_stage_models_chain_to_the_ensembles(trained):
     model, _, x = trained
-    stages, exits = export.stage_models(model, 1.0)
+    stages, exits = stage_models(model, 1.0)
     assert [[t.name for t in s.inputs] for s in stages] == [
         ["images"], ["features", "previous_logits"],
         ["features", "previous_logits"]]
@@ -44,7 +45,7 @@ def test_stage_models_chain_to_the_ensembles(trained):
     assert "next_features" not in out
     # Plain joint training (t = 0): stages hand on features only.
     plain = early_exit_model(ensemble_weight=0.0)
-    stages, _ = export.stage_models(plain, 1.0)
+    stages, _ = stage_models(plain, 1.0)
     assert [[t.name for t in s.inputs] for s in stages] == [
         ["images"], ["features"], ["features"]]
     expected = plain.predict(x, verbose=0)

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import keras_slim
+import keras_slim.graph
 from keras_slim import compat
 from keras_slim import repr as repr_lib
 from keras_slim.repr import reinit
@@ -131,24 +132,24 @@ def test_slim_layers_rank_like_the_stock_model():
 def test_orthogonal_directions_modes():
     rng = np.random.default_rng(2)
     kept, previous = rng.normal(size=(5, 20)), rng.normal(size=(3, 20))
-    new, mode = repr_lib.orthogonal_directions(kept, 3, previous, rng)
+    new, mode = reinit.orthogonal_directions(kept, 3, previous, rng)
     assert mode == reinit.KEPT_AND_PREVIOUS
     assert repr_lib.max_abs_cosine(new, kept) < 1e-12
     assert repr_lib.max_abs_cosine(new, previous) < 1e-12
     np.testing.assert_allclose(new @ new.T, np.eye(3), atol=1e-12)
     # No room for the previous values: orthogonal to the kept ones only.
-    new, mode = repr_lib.orthogonal_directions(
+    new, mode = reinit.orthogonal_directions(
         kept[:, :10], 3, previous[:, :10], rng)
     assert mode == reinit.KEPT
     assert repr_lib.max_abs_cosine(new, kept[:, :10]) < 1e-12
     # Dependent kept filters leave a null space despite their number.
     dependent = np.repeat(kept[:2, :6], 4, axis=0)  # 8 rows of rank 2
-    new, mode = repr_lib.orthogonal_directions(dependent, 3, None, rng)
+    new, mode = reinit.orthogonal_directions(dependent, 3, None, rng)
     assert mode == reinit.KEPT
     assert repr_lib.max_abs_cosine(new, dependent) < 1e-12
     # Too many filters for the fan-in: the least-seen directions.
     square = rng.normal(size=(6, 6))
-    new, mode = repr_lib.orthogonal_directions(square[:4], 3, None, rng)
+    new, mode = reinit.orthogonal_directions(square[:4], 3, None, rng)
     assert mode == reinit.CLOSEST
     np.testing.assert_allclose(new @ new.T, np.eye(3), atol=1e-12)
     singular = np.linalg.svd(square[:4], compute_uv=False)

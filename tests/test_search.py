@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import keras_slim
+import keras_slim.width
 from keras_slim import search
 from keras_slim.search.cost import CostModel
 from keras_slim.search.runner import Runner

@@ -13,15 +13,17 @@ decode (`python -m keras_slim.data check FOLDER`).
 
 Every pipeline yields `(images, labels)` batches: images are float32 scaled to
 `[0, 1]` with shape `(batch, H, W, C)`, labels are int32 class indices of
-shape `(batch,)`.
+shape `(batch,)`. `INPUT_RANGE`, `(0.0, 1.0)`, is that range: give it to the
+exporters so that a file run on unscaled (0-255) images is an error.
 
 Example:
 
-```python
-train_ds, val_ds, info = keras_slim.data.load("digits", batch_size=64)
-model.fit(train_ds, validation_data=val_ds, epochs=10)
-print(info.num_classes, info.input_shape)  # 10 (8, 8, 1)
-```
+>>> train_ds, val_ds, info = keras_slim.data.load("digits", batch_size=64)
+>>> info.num_classes, info.input_shape
+(10, (8, 8, 1))
+>>> model.fit(train_ds, validation_data=val_ds, epochs=10)
+>>> keras_slim.export.to_tflite(
+...     model, "out/", input_range=keras_slim.data.INPUT_RANGE)
 """
 
 import dataclasses
@@ -32,11 +34,11 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_slim.data import errors
 from keras_slim.data import image_files
 from keras_slim.data.errors import BadImageError
 from keras_slim.data.errors import DataError
 from keras_slim.data.errors import NotPreparedError
-from keras_slim.data.errors import import_tfds
 from keras_slim.data.image_files import find_bad_images
 from keras_slim.data.prepare import prepare_image_folder
 
@@ -46,6 +48,19 @@ _LOG = logging.getLogger(__name__)
 # (`to_tflite(..., input_range=INPUT_RANGE)`) so that running a file on
 # unscaled images is an error, not wrong labels.
 INPUT_RANGE = (0.0, 1.0)
+
+__all__ = [
+    "INPUT_RANGE",
+    "BadImageError",
+    "DataError",
+    "DatasetInfo",
+    "NotPreparedError",
+    "explain_decode_error",
+    "find_bad_images",
+    "load",
+    "parse_spec",
+    "prepare_image_folder",
+]
 
 _ALLOWED_SPECS = (
     "'digits', 'tfds:NAME' (e.g. 'tfds:cifar10'), "
@@ -81,12 +96,12 @@ class DatasetInfo:
 
     Example:
 
-    ```python
-    _, _, info = keras_slim.data.load("digits")
-    inputs = keras.Input(shape=info.input_shape)
-    outputs = keras.layers.Dense(info.num_classes)(
-        keras.layers.Flatten()(inputs))
-    ```
+    >>> _, _, info = keras_slim.data.load("digits")
+    >>> info.num_classes, info.input_shape, info.num_validation
+    (10, (8, 8, 1), 360)
+    >>> inputs = keras.Input(shape=info.input_shape)
+    >>> outputs = keras.layers.Dense(info.num_classes)(
+    ...     keras.layers.Flatten()(inputs))
     """
 
     name: str
@@ -247,13 +262,13 @@ def load(
 
     Example:
 
-    ```python
-    train_ds, val_ds, info = keras_slim.data.load(
-        "folder:/data/cifar10/train", batch_size=128, augment=True)
-    images, labels = next(iter(train_ds))
-    images.shape  # TensorShape([128, 32, 32, 3])
-    info.num_train, info.num_validation  # (45000, 5000)
-    ```
+    >>> train_ds, val_ds, info = keras_slim.data.load(
+    ...     "folder:/data/cifar10/train", batch_size=128, augment=True)
+    >>> images, labels = next(iter(train_ds))
+    >>> images.shape
+    TensorShape([128, 32, 32, 3])
+    >>> info.num_train, info.num_validation
+    (45000, 5000)
     """
     kind, arg = parse_spec(spec)
     _check_int("batch_size", batch_size, minimum=1)
@@ -419,7 +434,7 @@ def _not_prepared_message(name, builder, data_dir):
 
 
 def _tfds_source(name, data_dir, size, validation_split, download):
-    tfds = import_tfds()
+    tfds = errors.import_tfds()
 
     spec = f"tfds:{name}"
     try:
@@ -600,15 +615,13 @@ def explain_decode_error(spec, error):
 
     Example:
 
-    ```python
-    try:
-        model.fit(train_ds, epochs=10)
-    except tf.errors.InvalidArgumentError as err:
-        explained = keras_slim.data.explain_decode_error(spec, err)
-        if explained:
-            raise explained from err
-        raise
-    ```
+    >>> try:
+    ...     model.fit(train_ds, epochs=10)
+    ... except tf.errors.InvalidArgumentError as err:
+    ...     explained = keras_slim.data.explain_decode_error(spec, err)
+    ...     if explained:
+    ...         raise explained from err
+    ...     raise
     """
     if not isinstance(error, tf.errors.InvalidArgumentError):
         return None

@@ -75,11 +75,9 @@ def prepare_image_folder(source, destination, *, split="train", data_dir=None,
 
     Example:
 
-    ```python
-    folder = keras_slim.data.prepare_image_folder(
-        "cifar10-jpeg-train.tar.gz", "~/.cache/keras_slim/cifar10")
-    train_ds, val_ds, info = keras_slim.data.load(f"folder:{folder}")
-    ```
+    >>> folder = keras_slim.data.prepare_image_folder(
+    ...     "cifar10-jpeg-train.tar.gz", "~/.cache/keras_slim/cifar10")
+    >>> train_ds, val_ds, info = keras_slim.data.load(f"folder:{folder}")
     """
     destination = os.path.abspath(os.path.expanduser(os.fspath(destination)))
     source = os.fspath(source)

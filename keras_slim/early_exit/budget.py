@@ -33,7 +33,8 @@ import numpy as np
 
 from keras_slim.training.boosting import softmax_confidence
 
-# MSDNet's threshold for "nobody exits here" (confidences are <= 1).
+# MSDNet's threshold for "nobody exits here" (confidences are <= 1); public
+# as `keras_slim.early_exit.NEVER_EXIT` (see the package docstring).
 NEVER_EXIT = 1e8
 # The budget curve of MSDNet's dynamic evaluation: q = p / 20, p = 1..39.
 NUM_BUDGETS = 39
@@ -164,6 +165,18 @@ class ExitLogits:
         logits: `[K, N, classes]` float32 ensemble logits `P_k`.
         labels: `[N]` int labels, or None.
         cumulative_macs: `K` cumulative MACs per exit at `width`.
+
+    Example:
+
+    >>> cache = keras_slim.early_exit.exit_logits(model, (x_val, y_val))
+    >>> cache.num_exits, cache.logits.shape
+    (3, (3, 5000, 10))
+    >>> cache.accuracy(np.full(5000, cache.num_exits - 1))  # all at the last
+    0.9132
+    >>> # From logits stored earlier (e.g. by another process):
+    >>> cache = keras_slim.early_exit.ExitLogits(
+    ...     width=1.0, logits=logits, labels=y_val,
+    ...     cumulative_macs=model.exit_costs()["macs"])
     """
 
     width: object
@@ -294,6 +307,17 @@ class ExitPolicy:
             exit 1" and "all at the last exit").
         budget: The target budget it was chosen for, if any.
         macs_per_exit: Cumulative MACs of each exit at `width`.
+
+    Example:
+
+    >>> policy = keras_slim.calibrate_exit_thresholds(
+    ...     model, (x_val, y_val), budget=20e6)
+    >>> policy.thresholds, policy.expected_macs, policy.exit_shares
+    >>> with open("policy.json", "w") as f:
+    ...     json.dump(policy.to_dict(), f)
+    >>> with open("policy.json") as f:
+    ...     policy = keras_slim.early_exit.ExitPolicy.from_dict(json.load(f))
+    >>> model.predict_dynamic(x_test, policy).labels
     """
 
     thresholds: list
@@ -362,7 +386,26 @@ def policy_for_q(cache, q):
 
 
 def last_exit_policy(cache):
-    """Everyone runs to the last exit (the plain network at that width)."""
+    """Everyone runs to the last exit (the plain network at that width).
+
+    The reference point of a budget curve: the accuracy and MACs of the
+    network without early exiting, on the same cached logits.
+
+    Args:
+        cache: An `ExitLogits`.
+
+    Returns:
+        An `ExitPolicy` whose thresholds are all `NEVER_EXIT`.
+
+    Example:
+
+    >>> cache = keras_slim.early_exit.exit_logits(model, (x_val, y_val))
+    >>> full = keras_slim.early_exit.last_exit_policy(cache)
+    >>> full.exit_shares
+    [0.0, 0.0, 1.0]
+    >>> full.expected_macs == cache.cumulative_macs[-1]
+    True
+    """
     return _policy(cache, [NEVER_EXIT] * (cache.num_exits - 1))
 
 
@@ -495,6 +538,13 @@ def anytime_accuracy(cache):
 
     Returns:
         A list of dicts ("exit" 1-based, "macs", "accuracy").
+
+    Example:
+
+    >>> cache = keras_slim.early_exit.exit_logits(model, (x_test, y_test))
+    >>> [(row["exit"], row["accuracy"])
+    ...  for row in keras_slim.early_exit.anytime_accuracy(cache)]
+    [(1, 0.7312), (2, 0.8675), (3, 0.9121)]
     """
     if cache.labels is None:
         raise ValueError("Anytime accuracy needs labels.")

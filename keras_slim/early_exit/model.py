@@ -49,6 +49,13 @@ class DynamicPrediction:
             its exit (every block and every head up to it).
         confidences: Max softmax of the ensemble at the exit taken.
         width: The width the network ran at.
+
+    Example:
+
+    >>> result = model.predict_dynamic(x_test, policy)
+    >>> result.labels[:4], result.exits[:4]
+    (array([3, 8, 8, 0]), array([1, 3, 1, 2]))
+    >>> result.mean_macs, np.mean(result.labels == y_test)
     """
 
     labels: np.ndarray

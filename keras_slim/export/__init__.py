@@ -26,8 +26,19 @@ from keras_slim.export.tflite import run_tflite
 from keras_slim.export.tflite import signature_key
 from keras_slim.export.tflite import to_tflite
 from keras_slim.export.tflite import to_tflite_multi
-from keras_slim.export.staged import export_staged
 from keras_slim.export.staged import run_cascade
-from keras_slim.export.staged import stage_models
-from keras_slim.export.staged import to_onnx_staged
-from keras_slim.export.staged import to_tflite_staged
+
+__all__ = [
+    "ExportVerificationError",
+    "convert_keras_model",
+    "profile_latency",
+    "read_manifest",
+    "run_cascade",
+    "run_onnx",
+    "run_tflite",
+    "signature_key",
+    "to_onnx",
+    "to_onnx_dynamic",
+    "to_tflite",
+    "to_tflite_multi",
+]

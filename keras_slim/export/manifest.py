@@ -50,7 +50,20 @@ MAX_SAMPLES = 64
 
 
 class ExportVerificationError(RuntimeError):
-    """An exported file does not reproduce the Keras model's outputs."""
+    """An exported file does not reproduce the Keras model's outputs.
+
+    Raised by the exporters (`to_tflite`, `to_onnx`, ...) when a file they
+    just wrote, run on the verification inputs, differs from the Keras
+    model by more than the tolerance; no manifest then claims the file.
+
+    Example:
+
+    >>> try:
+    ...     keras_slim.export.to_tflite(model, "out/", quantize="int8",
+    ...                                 representative_data=x_train[:200])
+    ... except keras_slim.export.ExportVerificationError as err:
+    ...     print(err)  # which file, its max |diff| and the tolerance
+    """
 
 
 def check_model(model):

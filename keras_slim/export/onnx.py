@@ -107,7 +107,9 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
     >>> logits = session.run(None, {"input": x})[0]
 
     A `keras_slim.EarlyExitModel` is exported stage by stage (plus one file
-    per exit); see `keras_slim.export.export_staged`.
+    per exit, unless `per_exit=False`), with the exit thresholds
+    (`thresholds=`) recorded for `run_cascade`; the files are described in
+    `keras_slim.export.staged`.
     """
     if staged.is_early_exit(model):
         if fold_bn:

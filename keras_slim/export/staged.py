@@ -530,7 +530,7 @@ def to_tflite_staged(model, out_dir, widths=None, thresholds=None,
 
     Example:
 
-    >>> keras_slim.export.to_tflite_staged(model, "out/", thresholds=policy)
+    >>> to_tflite_staged(model, "out/", thresholds=policy)
     """
     return export_staged(
         model, out_dir, widths=widths, format="tflite",
@@ -545,7 +545,7 @@ def to_onnx_staged(model, out_dir, widths=None, thresholds=None,
 
     Example:
 
-    >>> keras_slim.export.to_onnx_staged(model, "out/", thresholds=policy)
+    >>> to_onnx_staged(model, "out/", thresholds=policy)
     """
     return export_staged(
         model, out_dir, widths=widths, format="onnx", thresholds=thresholds,

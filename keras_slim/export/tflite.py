@@ -144,8 +144,10 @@ def to_tflite(
     >>> [(e["file"], e["macs"]) for e in manifest["exports"]]
 
     A `keras_slim.EarlyExitModel` is exported stage by stage (plus one file
-    per exit); see `keras_slim.export.export_staged`, which also takes
-    `thresholds`.
+    per exit, unless `per_exit=False`), with the exit thresholds
+    (`thresholds=`: an `ExitPolicy`, a list of them or `K - 1` numbers)
+    recorded for `run_cascade`; the files are described in
+    `keras_slim.export.staged`.
     """
     if staged.is_early_exit(model):
         if fold_bn:
@@ -195,7 +197,24 @@ def to_tflite(
 
 
 def signature_key(width):
-    """The signature name of a width in a multi-width file: "w0_25"."""
+    """The signature name of a width in a multi-width file: "w0_25".
+
+    Args:
+        width: A width of the file (as passed to `to_tflite_multi`).
+
+    Returns:
+        The name of the signature that runs the network at `width`.
+
+    Example:
+
+    >>> keras_slim.export.signature_key(0.5)
+    'w0_5'
+    >>> keras_slim.export.to_tflite_multi(model, "net.tflite",
+    ...                                   widths=[0.25, 0.5, 1.0])
+    >>> key = keras_slim.export.signature_key(0.5)
+    >>> logits = keras_slim.export.run_tflite("net.tflite", x,
+    ...                                       signature_key=key)
+    """
     return width_suffix(width).replace(".", "_")
 
 

@@ -34,6 +34,14 @@ class ActiveWidth:
         collect_moments: If a list, BN layers normalise with batch statistics
             and append `(layer, mean, variance, count)` to it: the calibration
             pass (see `keras_slim.calibrate_bn`).
+
+    Example:
+
+    >>> conv = SlimConv2D(32, 3, padding="same", channel_group="c1")
+    >>> with active_width(ActiveWidth(channels={"c1": 8})):
+    ...     y = conv(np.zeros((2, 8, 8, 3)))
+    >>> y.shape
+    TensorShape([2, 8, 8, 8])
     """
 
     def __init__(

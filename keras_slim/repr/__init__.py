@@ -32,32 +32,24 @@ Reference:
 
 from keras_slim.repr.callback import RePrCallback
 from keras_slim.repr.core import PAPER
-from keras_slim.repr.core import FilterUnit
 from keras_slim.repr.core import RePrController
-from keras_slim.repr.core import RePrState
-from keras_slim.repr.core import StatisticsRestart
 from keras_slim.repr.ranking import FilterRanking
 from keras_slim.repr.ranking import chance_overlap
 from keras_slim.repr.ranking import orthogonality_scores
 from keras_slim.repr.ranking import rank_filters
 from keras_slim.repr.reinit import max_abs_cosine
-from keras_slim.repr.reinit import orthogonal_directions
 from keras_slim.repr.schedule import RePrSchedule
 from keras_slim.repr.schedule import check_run
 
 __all__ = [
     "PAPER",
     "FilterRanking",
-    "FilterUnit",
     "RePrCallback",
     "RePrController",
     "RePrSchedule",
-    "RePrState",
-    "StatisticsRestart",
     "chance_overlap",
     "check_run",
     "max_abs_cosine",
-    "orthogonal_directions",
     "orthogonality_scores",
     "rank_filters",
 ]

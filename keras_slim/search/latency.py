@@ -13,7 +13,7 @@ both are predicted exactly: a layer timed alone runs with other caches and
 per-op costs than inside the network, and a constant alone left the
 prediction of narrow networks 20-50% too high on this machine. Tables are JSON, so one can
 be measured on a phone and loaded here; each records the model's
-fingerprint (`keras_slim.search.fingerprint`) and a table of another model
+fingerprint (`keras_slim.search.cost.fingerprint`) and a table of another model
 is refused.
 """
 

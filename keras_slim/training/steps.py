@@ -65,6 +65,22 @@ def distillation_loss(teacher, student, from_logits, sample_weight=None):
     Inplace distillation: sub-networks learn from the full network's
     predictions; no gradient flows into the teacher. Scaled for
     `tf.distribute` like any Keras loss.
+
+    Args:
+        teacher: The widest width's outputs (logits or probabilities).
+        student: A narrower width's outputs, of the same kind.
+        from_logits: Whether both are logits (the teacher is then turned
+            into probabilities with a softmax).
+        sample_weight: Optional per-example weights.
+
+    Returns:
+        The scalar loss.
+
+    Example:
+
+    >>> distillation_loss(np.array([[2.0, 0.0]]), np.array([[0.0, 0.0]]),
+    ...                   from_logits=True)  # log(2): a uniform student
+    <tf.Tensor: shape=(), dtype=float32, numpy=0.6931471824645996>
     """
     teacher = tf.stop_gradient(teacher)
     if from_logits:
@@ -158,6 +174,22 @@ def multi_width_step(
     Returns:
         `(total_loss, per_width)`: the summed loss and, aligned with
         `widths`, `(losses, predictions)` per width.
+
+    Example, a custom training step of a `SlimmableModel` (`optimizer`
+    built on `model.trainable_weights`):
+
+    >>> objective = LabelObjective(
+    ...     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> @tf.function
+    ... def train_step(x, y):
+    ...     widths = sandwich_widths((0.25, 1.0), 4, optimizer.iterations)
+    ...     def forward(width, is_widest):
+    ...         return model.forward(x, width, training=True,
+    ...                              update_moving_stats=is_widest)
+    ...     loss, _ = multi_width_step(
+    ...         forward, widths, objective, optimizer,
+    ...         model.trainable_weights, y, inplace_distillation=True)
+    ...     return loss
     """
     with tf.GradientTape() as tape:
         per_width, teacher = [], None
