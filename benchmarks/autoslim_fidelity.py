@@ -257,7 +257,7 @@ def screened(args, bench_args):
     start = time.perf_counter()
     result = search.autoslim(
         supernet, data, targets=targets, names=names, bins=bench_args.bins,
-        num_images=None, screen_images=size, finalists=finalists,
+        num_images=None, screen_images=size or None, finalists=finalists,
         picks_per_step=picks,
         output_path=out / f"{stem}.json",
         progress_path=progress, verbose=2)
