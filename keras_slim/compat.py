@@ -1,4 +1,4 @@
-"""Every use of Keras internals in keras_slim, in one place, with its reason.
+"""Every use of Keras (and TensorFlow) internals in keras_slim, with its reason.
 
 keras_slim is written against Keras' public API; what follows has no public
 equivalent (checked against Keras 3.15, the version the pins allow).
@@ -116,3 +116,59 @@ def optimizer_slots(optimizer, variable):
         ):
             slots.append((name, slot))
     return slots
+
+
+def configure_coordination_heartbeat(timeout_seconds, cluster_resolver=None):
+    """Sets how long a multi-worker cluster waits for a silent worker.
+
+    `MultiWorkerMirroredStrategy` starts TensorFlow's coordination service
+    with its default heartbeat timeout (10 s) and no argument to change
+    it; a worker that a loaded machine starves of CPU for longer is
+    declared dead and the whole job aborts ("heartbeat timeout"). The
+    strategy keeps a service that is already configured, so this
+    configures it first, exactly as the strategy would
+    (`tensorflow.python.distribute.collective_all_reduce_strategy`), with
+    the longer timeout; the setting is only reachable through
+    `tensorflow.python.eager.context`. Call it before the strategy is
+    created and before any TensorFlow operation runs.
+
+    Args:
+        timeout_seconds: Heartbeat timeout in seconds (> 0).
+        cluster_resolver: The cluster (default: from `TF_CONFIG`).
+
+    Returns:
+        False (nothing configured) when the process is not part of a
+        cluster of chief/worker tasks, True otherwise.
+
+    Example:
+
+    >>> configure_coordination_heartbeat(120)
+    >>> strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    """
+    if isinstance(timeout_seconds, bool) or not isinstance(
+            timeout_seconds, (int, float)) or not timeout_seconds > 0:
+        raise ValueError(
+            "The heartbeat timeout must be a number of seconds > 0; got "
+            f"{timeout_seconds!r}."
+        )
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    resolver = (cluster_resolver or
+                tf.distribute.cluster_resolver.TFConfigClusterResolver())
+    spec = resolver.cluster_spec()
+    jobs = [job for job in ("chief", "worker") if job in spec.jobs]
+    if resolver.task_type not in jobs:
+        return False
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=[
+            # The proto module context.py itself configures the service with.
+            context.coordination_config_pb2.CoordinatedJob(
+                name=job, num_tasks=spec.num_tasks(job))
+            for job in jobs
+        ],
+        heartbeat_timeout_in_ms=int(timeout_seconds * 1000),
+    )
+    return True

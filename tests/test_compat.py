@@ -3,8 +3,13 @@
 If a Keras upgrade moves one of them, this file fails naming it.
 """
 
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
+import pytest
 
 from keras_slim import compat
 from keras_slim import graph
@@ -59,3 +64,36 @@ def test_optimizer_slots_are_the_momentum_and_moments_of_a_variable():
     other = keras.Variable(np.zeros((2, 3)))
     assert compat.optimizer_slots(optimizer, other) == []
     assert compat.optimizer_slots(keras.optimizers.Adam(), dense.kernel) == []
+
+
+def test_coordination_heartbeat_configures_the_service_the_strategy_keeps():
+    # In a fresh process: the setting is global to TensorFlow's context.
+    script = textwrap.dedent("""
+        import tensorflow as tf
+        from tensorflow.python.eager import context
+        from keras_slim import compat
+
+        def resolver(task_type):
+            return tf.distribute.cluster_resolver.SimpleClusterResolver(
+                tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]}),
+                task_type=task_type, task_id=1)
+
+        assert not compat.configure_coordination_heartbeat(60, resolver("ps"))
+        assert context.context().coordination_service is None
+        assert compat.configure_coordination_heartbeat(60, resolver("worker"))
+        config = context.context().coordination_service
+        print(config.heartbeat_timeout_in_ms, config.service_leader,
+              [(j.name, j.num_tasks) for j in config.coordinated_job_list])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], text=True,
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == (
+        "60000 /job:worker/replica:0/task:0 [('worker', 2)]")
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "60", True])
+def test_coordination_heartbeat_refuses_a_timeout_that_is_not_positive(
+        timeout):
+    with pytest.raises(ValueError, match="seconds > 0"):
+        compat.configure_coordination_heartbeat(timeout)

@@ -120,6 +120,9 @@ MULTI_WORKER_FLAGS = [
     "--checkpoint_every_steps=3",
     "--calibration_examples=32",
     "--verbose=0",
+    # Two workers and another test share 2 cores: a worker can be starved
+    # for longer than TensorFlow's 10 s heartbeat (seen in CI).
+    "--heartbeat_timeout=120",
 ]
 
 
@@ -301,3 +304,6 @@ def test_multi_worker_sync_bn_with_random_widths_runs_several_steps_per_call(
     assert any(np.any(v != 0) for v in means)
     for result in results:
         assert "one step per" not in result.stderr
+        # --heartbeat_timeout configured the service before TensorFlow
+        # started (TensorFlow warns when it is too late to take effect).
+        assert "may not be effective" not in result.stderr

@@ -19,6 +19,8 @@ import tempfile
 
 import tensorflow as tf
 
+from keras_slim import compat
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -55,7 +57,7 @@ def configure_cpu_devices(num_devices):
         ) from err
 
 
-def get_strategy(name="default", tpu_address=""):
+def get_strategy(name="default", tpu_address="", heartbeat_timeout=0):
     """Returns the `tf.distribute.Strategy` named by `--strategy`.
 
     Args:
@@ -65,6 +67,8 @@ def get_strategy(name="default", tpu_address=""):
             (`MultiWorkerMirroredStrategy`; the cluster comes from the
             `TF_CONFIG` environment variable) or "tpu".
         tpu_address: TPU name or grpc address for "tpu" ("" = local TPU).
+        heartbeat_timeout: For "multi_worker": seconds a worker may stay
+            silent before the cluster aborts (0: TensorFlow's default).
 
     Returns:
         A `tf.distribute.Strategy`.
@@ -88,6 +92,8 @@ def get_strategy(name="default", tpu_address=""):
             cross_device_ops=tf.distribute.ReductionToOneDevice(),
         )
     if name == "multi_worker":
+        if heartbeat_timeout:
+            compat.configure_coordination_heartbeat(heartbeat_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(

@@ -226,6 +226,13 @@ def define_flags():
     flags.DEFINE_string(
         "tpu", "", "TPU name or grpc:// address for --strategy=tpu."
     )
+    flags.DEFINE_float(
+        "heartbeat_timeout", 0.0,
+        "--strategy=multi_worker: seconds a worker may stay silent before "
+        "the cluster declares it dead and aborts (0 keeps TensorFlow's "
+        "10 s; raise it on machines where workers share loaded CPUs).",
+        lower_bound=0.0,
+    )
     flags.DEFINE_boolean(
         "sync_bn", _DEFAULTS.sync_bn,
         "Synchronized BatchNormalization: batch statistics over the global "

@@ -55,7 +55,9 @@ def main(argv):
     tf.get_logger().setLevel(logging_lib.WARNING)
     # Logical devices must exist before TensorFlow runs its first op.
     distribute.configure_cpu_devices(FLAGS.num_cpu_devices)
-    strategy = distribute.get_strategy(FLAGS.strategy, tpu_address=FLAGS.tpu)
+    strategy = distribute.get_strategy(
+        FLAGS.strategy, tpu_address=FLAGS.tpu,
+        heartbeat_timeout=FLAGS.heartbeat_timeout)
     config = trainer_flags.config_from_flags(FLAGS)
     try:
         loop.train(config, strategy)
