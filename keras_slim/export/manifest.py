@@ -305,15 +305,18 @@ def verify(result, what):
         )
 
 
+def width_fields(width):
+    """Manifest fields naming a width: a float, or None plus the config."""
+    if isinstance(width, dict):
+        return {"width": None,
+                "config": {k: int(v) for k, v in width.items()}}
+    return {"width": float(width)}
+
+
 def describe(model, width, stripped):
     """Manifest fields of one width: channels, MACs, params."""
     counts = profile(stripped)
-    entry = {}
-    if isinstance(width, dict):
-        entry["width"] = None
-        entry["config"] = {k: int(v) for k, v in width.items()}
-    else:
-        entry["width"] = float(width)
+    entry = width_fields(width)
     entry.update(
         channels=counts["channels"],
         macs=counts["macs"],
@@ -332,6 +335,38 @@ def file_entry(path, model, width, stripped, result, **fields):
         size_bytes=os.path.getsize(path), sha256=sha256(path), **result
     )
     return entry
+
+
+def export_widths(model, out_dir, plans, samples, write, run, *, what,
+                  extension, input_info, quantize=None, tolerance=None,
+                  fold_bn=False, **fields):
+    """Writes, verifies and records one file per width; returns the manifest.
+
+    Each width of `plans` (from `check_widths`) is stripped, written by
+    `write(stripped, path)` into a staging directory, run by
+    `run(path, samples)` and compared with Keras; the manifest is committed
+    only when every file reproduces Keras (see `Staging`).
+
+    Example:
+
+    >>> export_widths(model, "out/", check_widths(model, None), samples,
+    ...               write, run, what="ONNX", extension=".onnx",
+    ...               input_info=info, format="onnx")
+    """
+    from keras_slim.stripping import strip
+
+    entries = []
+    with staging(out_dir) as stage:
+        for width, tag in plans:
+            stripped = strip(model, width, fold_bn=fold_bn)
+            path = stage.file(f"{model.network.name}_{tag}{extension}")
+            write(stripped, path)
+            result = compare(keras_reference(stripped, samples),
+                             run(path, samples), quantize, tolerance)
+            verify(result, f"{what} export of width {width!r}")
+            entries.append(
+                file_entry(path, model, width, stripped, result, **fields))
+        return stage.commit(entries, model, input_info=input_info)
 
 
 def sha256(path):

@@ -111,43 +111,26 @@ def to_onnx(model, out_dir, widths=None, opset=17, tolerance=None,
     (`thresholds=`) recorded for `run_cascade`; the files are described in
     `keras_slim.export.staged`.
     """
-    if staged.is_early_exit(model):
-        if fold_bn:
-            raise ValueError("fold_bn is not supported for staged export.")
-        return staged.export_staged(
-            model, out_dir, widths=widths, format="onnx", opset=opset,
-            tolerance=tolerance, input_range=input_range,
-            **early_exit_kwargs,
-        )
-    if early_exit_kwargs:
-        raise TypeError(
-            f"Unexpected arguments {sorted(early_exit_kwargs)} (they apply "
-            "to early-exit models only)."
-        )
+    manifest = staged.export_if_early_exit(
+        model, out_dir, fold_bn, early_exit_kwargs, widths=widths,
+        format="onnx", opset=opset, tolerance=tolerance,
+        input_range=input_range)
+    if manifest is not None:
+        return manifest
     mf.check_model(model)
     check_opset(opset)
     plans = mf.check_widths(model, widths)
     samples = mf.as_samples(model, None)
-    input_info = mf.input_entry(samples, None, input_range)
     spec = mf.input_signature(model)
-    entries = []
-    with mf.staging(out_dir) as stage:
-        for width, tag in plans:
-            stripped = strip(model, width, fold_bn=fold_bn)
-            name = f"{model.network.name}_{tag}.onnx"
-            export_onnx(stripped, stage.file(name), opset, [spec])
-            result = mf.compare(
-                mf.keras_reference(stripped, samples),
-                run_onnx(stage.file(name), samples),
-                None,
-                tolerance,
-            )
-            mf.verify(result, f"ONNX export of width {width!r}")
-            entries.append(mf.file_entry(
-                stage.file(name), model, width, stripped, result,
-                format="onnx", opset=int(opset), quantization="float32",
-            ))
-        return stage.commit(entries, model, input_info=input_info)
+    return mf.export_widths(
+        model, out_dir, plans, samples,
+        write=lambda stripped, path: export_onnx(stripped, path, opset,
+                                                 [spec]),
+        run=run_onnx, what="ONNX", extension=".onnx",
+        input_info=mf.input_entry(samples, None, input_range),
+        tolerance=tolerance, fold_bn=fold_bn,
+        format="onnx", opset=int(opset), quantization="float32",
+    )
 
 
 @contextlib.contextmanager

@@ -52,6 +52,29 @@ def is_early_exit(model):
     return isinstance(model, EarlyExitModel)
 
 
+def export_if_early_exit(model, out_dir, fold_bn, early_exit_kwargs,
+                         **kwargs):
+    """`export_staged(model, out_dir, **kwargs, **early_exit_kwargs)` for
+    an early-exit model; None for another model (refusing early-exit
+    arguments there), which `to_tflite` / `to_onnx` export per width.
+
+    Example:
+
+    >>> manifest = export_if_early_exit(model, "out/", False, {},
+    ...                                 format="onnx")
+    """
+    if is_early_exit(model):
+        if fold_bn:
+            raise ValueError("fold_bn is not supported for staged export.")
+        return export_staged(model, out_dir, **kwargs, **early_exit_kwargs)
+    if early_exit_kwargs:
+        raise TypeError(
+            f"Unexpected arguments {sorted(early_exit_kwargs)} (they apply "
+            "to early-exit models only)."
+        )
+    return None
+
+
 def check_early_exit_model(model):
     """Raises unless `model` is an `EarlyExitModel` an exporter can take."""
     from keras_slim.early_exit.model import EarlyExitModel
@@ -512,45 +535,11 @@ def _entry(path, keras_model, width, fmt, quantize, result, **fields):
         "quantization": quantize or "float32",
         **fields,
     }
-    if isinstance(width, dict):
-        entry["width"] = None
-        entry["config"] = {k: int(v) for k, v in width.items()}
-    else:
-        entry["width"] = float(width)
+    entry.update(mf.width_fields(width))
     entry["params"] = profile(keras_model)["params"]
     entry.update(size_bytes=os.path.getsize(path), sha256=mf.sha256(path),
                  **result)
     return entry
-
-
-def to_tflite_staged(model, out_dir, widths=None, thresholds=None,
-                     per_exit=True, quantize=None, representative_data=None,
-                     tolerance=None):
-    """`export_staged(..., format="tflite")`; see `export_staged`.
-
-    Example:
-
-    >>> to_tflite_staged(model, "out/", thresholds=policy)
-    """
-    return export_staged(
-        model, out_dir, widths=widths, format="tflite",
-        thresholds=thresholds, per_exit=per_exit, quantize=quantize,
-        representative_data=representative_data, tolerance=tolerance,
-    )
-
-
-def to_onnx_staged(model, out_dir, widths=None, thresholds=None,
-                   per_exit=True, opset=17, tolerance=None):
-    """`export_staged(..., format="onnx")`; see `export_staged`.
-
-    Example:
-
-    >>> to_onnx_staged(model, "out/", thresholds=policy)
-    """
-    return export_staged(
-        model, out_dir, widths=widths, format="onnx", thresholds=thresholds,
-        per_exit=per_exit, opset=opset, tolerance=tolerance,
-    )
 
 
 class CascadeResult(dict):

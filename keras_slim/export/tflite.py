@@ -149,20 +149,13 @@ def to_tflite(
     recorded for `run_cascade`; the files are described in
     `keras_slim.export.staged`.
     """
-    if staged.is_early_exit(model):
-        if fold_bn:
-            raise ValueError("fold_bn is not supported for staged export.")
-        return staged.export_staged(
-            model, out_dir, widths=widths, format="tflite",
-            quantize=quantize, representative_data=representative_data,
-            tolerance=tolerance, input_range=input_range,
-            **early_exit_kwargs,
-        )
-    if early_exit_kwargs:
-        raise TypeError(
-            f"Unexpected arguments {sorted(early_exit_kwargs)} (they apply "
-            "to early-exit models only)."
-        )
+    manifest = staged.export_if_early_exit(
+        model, out_dir, fold_bn, early_exit_kwargs, widths=widths,
+        format="tflite", quantize=quantize,
+        representative_data=representative_data, tolerance=tolerance,
+        input_range=input_range)
+    if manifest is not None:
+        return manifest
     mf.check_model(model)
     mf.check_quantize(quantize, representative_data)
     plans = mf.check_widths(model, widths)
@@ -171,29 +164,19 @@ def to_tflite(
         limit=MAX_CALIBRATION_SAMPLES if representative_data is not None
         else None,
     )
-    input_info = mf.input_entry(samples, representative_data, input_range)
-    suffix = "" if quantize is None else f"_{quantize}"
-    entries = []
-    with mf.staging(out_dir) as stage:
-        for width, tag in plans:
-            stripped = strip(model, width, fold_bn=fold_bn)
-            content = convert_keras_model(stripped, quantize, samples)
-            name = f"{model.network.name}_{tag}{suffix}.tflite"
-            with open(stage.file(name), "wb") as f:
-                f.write(content)
-            check = samples[: mf.MAX_SAMPLES]
-            result = mf.compare(
-                mf.keras_reference(stripped, check),
-                run_tflite(stage.file(name), check),
-                quantize,
-                tolerance,
-            )
-            mf.verify(result, f"TFLite export of width {width!r}")
-            entries.append(mf.file_entry(
-                stage.file(name), model, width, stripped, result,
-                format="tflite", quantization=quantize or "float32",
-            ))
-        return stage.commit(entries, model, input_info=input_info)
+
+    def write(stripped, path):
+        with open(path, "wb") as f:
+            f.write(convert_keras_model(stripped, quantize, samples))
+
+    return mf.export_widths(
+        model, out_dir, plans, samples[: mf.MAX_SAMPLES], write,
+        run=run_tflite, what="TFLite",
+        extension=("" if quantize is None else f"_{quantize}") + ".tflite",
+        input_info=mf.input_entry(samples, representative_data, input_range),
+        quantize=quantize, tolerance=tolerance, fold_bn=fold_bn,
+        format="tflite", quantization=quantize or "float32",
+    )
 
 
 def signature_key(width):
