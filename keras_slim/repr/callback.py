@@ -3,7 +3,6 @@
 import keras
 
 from keras_slim.repr import core as core_lib
-from keras_slim.repr import ranking as ranking_lib
 from keras_slim.repr import schedule as schedule_lib
 from keras_slim.repr.core import RePrController
 
@@ -159,22 +158,20 @@ class RePrCallback(keras.callbacks.Callback):
             schedule_lib.check_positive_int(
                 steps_per_epoch, "steps_per_epoch", "batches per epoch")
         self.s1, self.s2, self.cycles = s1, s2, cycles
-        self.drop_fraction = ranking_lib.check_fraction(drop_fraction)
-        self.ranking = ranking_lib.check_method(ranking)
-        self.cutoff = ranking_lib.check_cutoff(cutoff)
         self.unit = unit
         self.steps_per_epoch = steps_per_epoch
-        self.exclude_first = exclude_first
-        self.layers = layers
-        self.min_kept = min_kept
-        self.seed = seed
-        self.verbose = verbose
-        self.normalization = ranking_lib.check_normalization(normalization)
-        self.max_drop_per_layer = ranking_lib.check_ceiling(
-            max_drop_per_layer)
-        self.skip_overcomplete = skip_overcomplete
-        self.bn_mode = core_lib.check_bn_mode(bn_mode)
-        self.reestimate_bn = reestimate_bn
+        # Checked now (not when fit starts), kept for `RePrController`.
+        self.controller_options = dict(
+            core_lib.check_options(
+                drop_fraction=drop_fraction, ranking=ranking, cutoff=cutoff,
+                normalization=normalization,
+                max_drop_per_layer=max_drop_per_layer,
+                skip_overcomplete=skip_overcomplete, bn_mode=bn_mode,
+                min_kept=min_kept),
+            exclude_first=exclude_first, layers=layers, seed=seed,
+            verbose=verbose, reestimate_bn=reestimate_bn,
+            calibration_data=calibration_data)
+        vars(self).update(self.controller_options)  # callback.drop_fraction
         self.schedule_check = schedule_lib.check_schedule_check(
             schedule_check)
         for value, name in ((min_lr_fraction, "min_lr_fraction"),
@@ -185,7 +182,6 @@ class RePrCallback(keras.callbacks.Callback):
                     f"{name} must be a number in [0, 1); got {value!r}.")
         self.min_lr_fraction = float(min_lr_fraction)
         self.min_tail_fraction = float(min_tail_fraction)
-        self.calibration_data = calibration_data
         self.controller = None
         self._next_event = None
         self._checked = True
@@ -202,22 +198,7 @@ class RePrCallback(keras.callbacks.Callback):
         """
         if self.controller is None:
             self.controller = RePrController(
-                model,
-                drop_fraction=self.drop_fraction,
-                ranking=self.ranking,
-                cutoff=self.cutoff,
-                exclude_first=self.exclude_first,
-                layers=self.layers,
-                min_kept=self.min_kept,
-                seed=self.seed,
-                verbose=self.verbose,
-                normalization=self.normalization,
-                max_drop_per_layer=self.max_drop_per_layer,
-                skip_overcomplete=self.skip_overcomplete,
-                bn_mode=self.bn_mode,
-                reestimate_bn=self.reestimate_bn,
-                calibration_data=self.calibration_data,
-            )
+                model, **self.controller_options)
         elif self.controller.model is not model:
             raise ValueError(
                 "This RePrCallback is attached to another model; use one "

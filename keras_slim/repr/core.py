@@ -721,6 +721,39 @@ class RePrState(tf.Module):
         self.statistics_restart = list(restart.variables) if restart else []
 
 
+def check_options(drop_fraction, ranking, cutoff, normalization,
+                  max_drop_per_layer, skip_overcomplete, bn_mode, min_kept):
+    """The ranking and dropping options of `RePrController`, validated.
+
+    Returns:
+        A dict of the same names with their checked values.
+
+    Raises:
+        ValueError: naming the first bad option and what it allows.
+
+    Example:
+
+    >>> check_options(0.3, "orthogonality", "global", "chance", 0.5, True,
+    ...               "preserve", 1)["drop_fraction"]
+    0.3
+    """
+    if isinstance(min_kept, bool) or not isinstance(min_kept, int) or (
+        min_kept < 1
+    ):
+        raise ValueError(f"`min_kept` must be an integer >= 1; got "
+                         f"{min_kept!r}.")
+    return {
+        "drop_fraction": ranking_lib.check_fraction(drop_fraction),
+        "ranking": ranking_lib.check_method(ranking),
+        "cutoff": ranking_lib.check_cutoff(cutoff),
+        "normalization": ranking_lib.check_normalization(normalization),
+        "max_drop_per_layer": ranking_lib.check_ceiling(max_drop_per_layer),
+        "skip_overcomplete": bool(skip_overcomplete),
+        "bn_mode": check_bn_mode(bn_mode),
+        "min_kept": min_kept,
+    }
+
+
 class RePrController:
     """Drives RePr on one model: ranks, drops, holds, re-initialises.
 
@@ -797,28 +830,20 @@ class RePrController:
         calibration_data=None,
         calibration_batches=4,
     ):
-        self.drop_fraction = ranking_lib.check_fraction(drop_fraction)
-        self.ranking = ranking_lib.check_method(ranking)
-        self.cutoff = ranking_lib.check_cutoff(cutoff)
-        self.normalization = ranking_lib.check_normalization(normalization)
-        self.max_drop_per_layer = ranking_lib.check_ceiling(
-            max_drop_per_layer)
-        self.skip_overcomplete = bool(skip_overcomplete)
-        self.bn_mode = check_bn_mode(bn_mode)
+        vars(self).update(check_options(
+            drop_fraction=drop_fraction, ranking=ranking, cutoff=cutoff,
+            normalization=normalization,
+            max_drop_per_layer=max_drop_per_layer,
+            skip_overcomplete=skip_overcomplete, bn_mode=bn_mode,
+            min_kept=min_kept))
         if schedule is not None and not isinstance(
             schedule, schedule_lib.RePrSchedule
         ):
             raise ValueError(
                 f"`schedule` must be a RePrSchedule; got {schedule!r}."
             )
-        if isinstance(min_kept, bool) or not isinstance(min_kept, int) or (
-            min_kept < 1
-        ):
-            raise ValueError(f"`min_kept` must be an integer >= 1; got "
-                             f"{min_kept!r}.")
         self.schedule = schedule
         self.model = model
-        self.min_kept = min_kept
         self.avoid_previous = bool(avoid_previous)
         self.seed = int(seed)
         self.verbose = int(verbose)
