@@ -499,11 +499,7 @@ def export_staged(
                 files["exits"].append(name)
             record = dict(summary.get(tag, {}))
             record.update(
-                width=None if isinstance(width, dict) else float(width),
-                config=(
-                    {k: int(v) for k, v in width.items()}
-                    if isinstance(width, dict) else None
-                ),
+                config=None, **mf.width_fields(width),
                 stage_macs=costs["stage_macs"],
                 cumulative_macs=costs["macs"],
             )
