@@ -25,6 +25,19 @@ _STAT_AGGREGATION = "mean"
 _FAST_PREFIX_UPDATE = True
 
 
+def _take_channels(values, count, indices, full):
+    """The active entries of a per-channel vector: a prefix or a gather."""
+    if values is None:
+        return None
+    if indices is not None:
+        return tf.gather(values, indices, axis=-1)
+    if isinstance(count, int) and count == full:
+        return values
+    # `values` is 1-D; `[..., :count]` would convert (tf2onnx 1.17) to an
+    # ONNX Slice with duplicate axes that onnxruntime rejects.
+    return values[:count]
+
+
 class _SlimNormalizationBase(keras.layers.BatchNormalization):
     """Slicing, calibration slots and the training/inference math."""
 
@@ -149,13 +162,7 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
         return None
 
     def _take(self, values, count, indices):
-        if indices is not None:
-            return tf.gather(values, indices, axis=-1)
-        if isinstance(count, int) and count == self.channels:
-            return values
-        # `values` is 1-D; `[..., :count]` would convert (tf2onnx 1.17) to
-        # an ONNX Slice with duplicate axes that onnxruntime rejects.
-        return values[:count]
+        return _take_channels(values, count, indices, self.channels)
 
     def _moments(self, inputs):
         reduction_axes = list(range(len(inputs.shape) - 1))
@@ -254,8 +261,8 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
                 count,
                 indices,
             )
-        gamma = None if gamma is None else self._take(gamma, count, indices)
-        beta = None if beta is None else self._take(beta, count, indices)
+        gamma = self._take(gamma, count, indices)
+        beta = self._take(beta, count, indices)
         outputs = tf.nn.batch_normalization(
             inputs, mean, variance, beta, gamma, self.epsilon
         )
@@ -410,17 +417,6 @@ class SwitchableBatchNormalization(_SlimNormalizationBase):
 
     def get_config(self):
         return {**super().get_config(), "num_widths": self.num_widths}
-
-
-def _take_channels(values, count, indices, full):
-    """The active entries of a per-channel vector: a prefix or a gather."""
-    if values is None:
-        return None
-    if indices is not None:
-        return tf.gather(values, indices, axis=-1)
-    if isinstance(count, int) and count == full:
-        return values
-    return values[:count]
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
