@@ -25,6 +25,28 @@ def _check_input_layout(layout):
     return {"blocks": blocks, "repeat": int(layout.get("repeat", 1))}
 
 
+def _check_channels_last(layer):
+    if layer.data_format != "channels_last":
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' supports data_format="
+            f"'channels_last' only; got '{layer.data_format}'."
+        )
+
+
+def _checked_channels(layer, inputs, full):
+    """The input's channel count (a tensor when only known at run time),
+    checked against the `full` count `layer` was built for."""
+    count = inputs.shape[-1]
+    if count is None:
+        return ops.shape(inputs)[-1]
+    if count > full:
+        raise ValueError(
+            f"Layer '{layer.name}' was built for at most {full} input "
+            f"channels; got input shape {tuple(inputs.shape)}."
+        )
+    return count
+
+
 def _is_static(value, expected):
     """Whether `value` is a Python int equal to `expected` (no slicing needed)."""
     return isinstance(value, (int, np.integer)) and int(value) == expected
@@ -161,22 +183,14 @@ class SlimKernelMixin:
         return full_out
 
     def _check_inputs(self, inputs, full_in):
-        in_channels = inputs.shape[-1]
         full_in = full_in * getattr(self, "groups", 1)
-        if in_channels is None:
-            return ops.shape(inputs)[-1]
-        if not self.slim_in and in_channels != full_in:
+        if not self.slim_in and inputs.shape[-1] not in (None, full_in):
             raise ValueError(
                 f"Layer '{self.name}' expects inputs with exactly {full_in} "
                 f"channels (its input side is not slimmable); got input "
                 f"shape {tuple(inputs.shape)}."
             )
-        if in_channels > full_in:
-            raise ValueError(
-                f"Layer '{self.name}' was built for at most {full_in} input "
-                f"channels; got input shape {tuple(inputs.shape)}."
-            )
-        return in_channels
+        return _checked_channels(self, inputs, full_in)
 
     def _slice_kernel(self, inputs, kernel, full_in, full_out):
         """Returns `(kernel, out_channels)` for the active width."""
@@ -252,11 +266,7 @@ class _SlimConv(SlimKernelMixin):
                 f"{self.groups}) cannot be triangular or read a Concatenate/"
                 "Flatten input layout."
             )
-        if self.data_format != "channels_last":
-            raise ValueError(
-                f"{name} '{self.name}' supports data_format="
-                f"'channels_last' only; got '{self.data_format}'."
-            )
+        _check_channels_last(self)
         self._init_slim(
             slim_in, slim_out, channel_group, input_layout, triangular,
             output_layout,
@@ -453,11 +463,7 @@ class SlimDepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
     def __init__(self, kernel_size, input_layout=None, **kwargs):
         super().__init__(kernel_size, **kwargs)
-        if self.data_format != "channels_last":
-            raise ValueError(
-                f"SlimDepthwiseConv2D '{self.name}' supports data_format="
-                f"'channels_last' only; got '{self.data_format}'."
-            )
+        _check_channels_last(self)
         self.input_layout = _check_input_layout(input_layout)
 
     def build(self, input_shape):
@@ -466,14 +472,7 @@ class SlimDepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
     def call(self, inputs):
         full = self.kernel.shape[-2]
-        in_channels = inputs.shape[-1]
-        if in_channels is not None and in_channels > full:
-            raise ValueError(
-                f"Layer '{self.name}' was built for at most {full} input "
-                f"channels; got input shape {tuple(inputs.shape)}."
-            )
-        if in_channels is None:
-            in_channels = ops.shape(inputs)[-1]
+        in_channels = _checked_channels(self, inputs, full)
         kernel, bias = self.kernel, self.bias
         if self.input_layout is not None:
             indices = aw.input_channel_indices(self.input_layout, full)
@@ -548,11 +547,7 @@ class SlimSeparableConv2D(SlimKernelMixin, keras.layers.SeparableConv2D):
         **kwargs,
     ):
         super().__init__(filters, kernel_size, **kwargs)
-        if self.data_format != "channels_last":
-            raise ValueError(
-                f"SlimSeparableConv2D '{self.name}' supports data_format="
-                f"'channels_last' only; got '{self.data_format}'."
-            )
+        _check_channels_last(self)
         if slim_in and self.depth_multiplier != 1:
             raise ValueError(
                 f"SlimSeparableConv2D '{self.name}': slimmed inputs need "

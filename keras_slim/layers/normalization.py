@@ -16,6 +16,7 @@ from keras import ops
 from keras_slim import compat
 from keras_slim.layers import scope as aw
 from keras_slim.layers.convolution import _check_input_layout
+from keras_slim.layers.convolution import _checked_channels
 
 # Moving statistics of several replicas are averaged on every update so they
 # cannot drift apart under tf.distribute (Keras' default, "none", lets them).
@@ -218,14 +219,7 @@ class _SlimNormalizationBase(keras.layers.BatchNormalization):
         input_dtype = inputs.dtype
         if input_dtype in ("float16", "bfloat16"):
             inputs = ops.cast(inputs, "float32")
-        count = inputs.shape[-1]
-        if count is None:
-            count = ops.shape(inputs)[-1]
-        elif count > self.channels:
-            raise ValueError(
-                f"Layer '{self.name}' was built for at most {self.channels} "
-                f"channels; got input shape {tuple(inputs.shape)}."
-            )
+        count = _checked_channels(self, inputs, self.channels)
         indices = self._channel_indices(inputs)
         state = aw.current()
         collect = state is not None and state.collect_moments is not None
@@ -456,14 +450,7 @@ class SlimLayerNormalization(keras.layers.LayerNormalization):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def call(self, inputs):
-        count = inputs.shape[-1]
-        if count is None:
-            count = ops.shape(inputs)[-1]
-        elif count > self.channels:
-            raise ValueError(
-                f"Layer '{self.name}' was built for at most {self.channels} "
-                f"channels; got input shape {tuple(inputs.shape)}."
-            )
+        count = _checked_channels(self, inputs, self.channels)
         indices = None
         if self.input_layout is not None:
             indices = aw.input_channel_indices(self.input_layout, self.channels)
