@@ -31,6 +31,7 @@ from keras_slim.layers.convolution import SlimConv2D
 from keras_slim.layers.convolution import SlimConv3D
 from keras_slim.layers.convolution import SlimDense
 from keras_slim.layers.convolution import SlimDepthwiseConv2D
+from keras_slim.layers.convolution import SlimKernelMixin
 from keras_slim.layers.convolution import SlimSeparableConv2D
 from keras_slim.layers.normalization import SlimBatchNormalization
 from keras_slim.layers.normalization import SlimLayerNormalization
@@ -569,7 +570,6 @@ class _Builder:
                              "kernel_regularizer", "kernel_constraint")
             }
             config["depth_multiplier"] = layer.filters // layer.groups
-            origin = ("grouped", origin)
         new = SlimDepthwiseConv2D(**config, input_layout=input_layout)
         self.copies.append((layer, new, origin))
         return new
@@ -903,15 +903,6 @@ def _copy_weights(original, new, origin, out_origin=None):
     original input (output) channel sits in the new layer; None is a
     leading slice.
     """
-    if isinstance(origin, tuple):  # a grouped conv turned depthwise
-        origin = origin[1]
-        kernel = _numpy(original.kernel)
-        channels = len(origin)
-        kernel = kernel.reshape(kernel.shape[:2] + (channels, -1))
-        new.kernel.assign(_place(new.kernel, kernel, {2: origin}))
-        if original.use_bias:
-            _assign_bias(new, _numpy(original.bias), origin)
-        return
     outputs = {} if out_origin is None else {-1: out_origin}
     if isinstance(new, (SlimConv1D, SlimConv2D, SlimConv3D, SlimDense)):
         kernel = _numpy(original.kernel)
@@ -920,9 +911,6 @@ def _copy_weights(original, new, origin, out_origin=None):
         else:
             new.kernel.assign(_place(new.kernel, kernel,
                                      {-2: origin, **outputs}))
-        if original.use_bias:
-            new.bias.assign(_place(new.bias, _numpy(original.bias),
-                                   {0: out_origin} if outputs else None))
     elif isinstance(new, SlimSeparableConv2D):
         depthwise = _numpy(original.depthwise_kernel)
         multiplier = depthwise.shape[-1]
@@ -935,12 +923,13 @@ def _copy_weights(original, new, origin, out_origin=None):
             new.pointwise_kernel, _numpy(original.pointwise_kernel),
             {2: rows, **outputs},
         ))
-        if original.use_bias:
-            new.bias.assign(_place(new.bias, _numpy(original.bias),
-                                   {0: out_origin} if outputs else None))
     elif isinstance(new, SlimDepthwiseConv2D):
-        new.kernel.assign(_place(new.kernel, _numpy(original.kernel),
-                                 {2: origin}))
+        # A depthwise kernel is (k, k, channels, multiplier); that of a
+        # Conv2D(groups=channels) it replaces (ConvNeXt) is (k, k, 1,
+        # channels * multiplier): the same weights in the same order.
+        kernel = _numpy(original.kernel)
+        kernel = kernel.reshape(kernel.shape[:2] + (len(origin), -1))
+        new.kernel.assign(_place(new.kernel, kernel, {2: origin}))
         if original.use_bias:
             _assign_bias(new, _numpy(original.bias), origin)
     elif isinstance(new, (SlimBatchNormalization, SwitchableBatchNormalization,
@@ -964,6 +953,9 @@ def _copy_weights(original, new, origin, out_origin=None):
     else:
         for source, target in zip(original.weights, new.weights):
             target.assign(_numpy(source))
+    if isinstance(new, SlimKernelMixin) and original.use_bias:
+        new.bias.assign(_place(new.bias, _numpy(original.bias),
+                               {0: out_origin} if outputs else None))
 
 
 def _assign_bias(layer, bias, origin):
