@@ -145,26 +145,24 @@ class CostModel:
                    "count_params": first, "full_in": self._base_in[index],
                    "full_out": self._base_out[index], "kind": None}
             if isinstance(layer, _KERNEL_TYPES):
-                row["kind"] = "kernel"
-                kernel = getattr(layer, "kernel", None)
                 if isinstance(layer, (keras.layers.SeparableConv1D,
                                       keras.layers.SeparableConv2D)):
                     row["kind"] = "separable"
                     shape = layer.depthwise_kernel.shape
-                    row["window"] = int(np.prod(shape[:-2]))
-                    row["multiplier"] = int(shape[-1])
                 elif isinstance(layer, (keras.layers.DepthwiseConv1D,
                                         keras.layers.DepthwiseConv2D)):
                     row["kind"] = "depthwise"
                     shape = layer.kernel.shape
-                    row["window"] = int(np.prod(shape[:-2]))
-                    row["multiplier"] = int(shape[-1])
                 else:
-                    shape = kernel.shape
-                    row["window"] = int(np.prod(shape[:-2]))
+                    row["kind"] = "kernel"
+                    shape = layer.kernel.shape
                     groups = int(getattr(layer, "groups", 1) or 1)
                     # A grouped kernel's input side is per group: it stays.
                     row["in_per_group"] = int(shape[-2]) if groups > 1 else None
+                # Every kernel is (*window, in, out or depth multiplier).
+                row["window"] = int(np.prod(shape[:-2]))
+                if row["kind"] != "kernel":
+                    row["multiplier"] = int(shape[-1])
                 row["bias"] = bool(getattr(layer, "use_bias", False))
                 row["full_params"] = int(layer.count_params())
             elif isinstance(layer, keras.layers.BatchNormalization):
