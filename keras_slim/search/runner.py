@@ -58,12 +58,8 @@ def search_arrays(search_data, num_images=None, num_classes=None):
             seen += len(xs[-1])
             if num_images is not None and seen >= num_images:
                 break
-        if not xs:
-            raise ValueError(
-                "The search data is empty; pass at least one labelled image "
-                "(about 1,000 held-out training images is usual)."
-            )
-        x, y = np.concatenate(xs), np.concatenate(ys)
+        # An empty dataset is refused below, as empty arrays are.
+        x, y = (np.concatenate(v) if v else np.zeros(0) for v in (xs, ys))
     elif isinstance(search_data, (tuple, list)) and len(search_data) == 2:
         x, y = (np.asarray(v) for v in search_data)
     else:
