@@ -14,6 +14,7 @@ Usage:
     keras-slim-demo --dataset=tfds:cifar10 --data_dir=~/tensorflow_datasets
 """
 
+import functools
 import json
 import os
 import sys
@@ -173,22 +174,14 @@ def _job():
     widths = sorted(float(w) for w in _REPORT_WIDTHS.value)
 
     print(f"[1/5] Loading {_DATASET.value}")
-    train, validation, info = keras_slim.data.load(
-        _DATASET.value,
-        batch_size=_BATCH_SIZE.value,
-        data_dir=_DATA_DIR.value,
-        image_size=_IMAGE_SIZE.value,
-        augment=_DATASET.value != "digits",
-        seed=_SEED.value,
-        download=_DOWNLOAD.value,
+    load = functools.partial(
+        keras_slim.data.load, _DATASET.value, batch_size=_BATCH_SIZE.value,
+        data_dir=_DATA_DIR.value, image_size=_IMAGE_SIZE.value,
+        seed=_SEED.value, download=_DOWNLOAD.value,
         skip_bad_images=_SKIP_BAD_IMAGES.value,
     )
-    calibration_data, _, _ = keras_slim.data.load(
-        _DATASET.value, batch_size=_BATCH_SIZE.value,
-        data_dir=_DATA_DIR.value, image_size=_IMAGE_SIZE.value,
-        augment=False, shuffle=False, seed=_SEED.value,
-        download=_DOWNLOAD.value, skip_bad_images=_SKIP_BAD_IMAGES.value,
-    )
+    train, validation, info = load(augment=_DATASET.value != "digits")
+    calibration_data, _, _ = load(augment=False, shuffle=False)
     print(f"      {info.num_train} training / {info.num_validation} "
           f"validation images of shape {info.input_shape}, "
           f"{info.num_classes} classes")

@@ -576,17 +576,8 @@ def _train(config, strategy):
     is_chief = distribute.is_chief(strategy)
     _check_run_config(model_dir, config)
 
-    train_ds, val_ds, info = data_lib.load(
-        config.dataset,
-        batch_size=config.batch_size,
-        data_dir=config.data_dir or None,
-        validation_split=config.validation_split,
-        augment=config.augment,
-        seed=config.seed,
-        drop_remainder=True,
-        skip_bad_images=config.skip_bad_images,
-        download=config.download,
-    )
+    train_ds, val_ds, info = _load_data(
+        config, augment=config.augment, drop_remainder=True)
     steps_per_epoch = info.num_train // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
@@ -706,6 +697,18 @@ def _train(config, strategy):
                          model_dir, step, strategy)
 
 
+def _load_data(config, **kwargs):
+    """`keras_slim.data.load` of the run's data (its data flags), with the
+    pipeline options `kwargs`."""
+    return data_lib.load(
+        config.dataset, batch_size=config.batch_size,
+        data_dir=config.data_dir or None,
+        validation_split=config.validation_split, seed=config.seed,
+        skip_bad_images=config.skip_bad_images, download=config.download,
+        **kwargs,
+    )
+
+
 def calibration_data(config, num_batches):
     """The examples the final calibration and export read: fixed, seeded.
 
@@ -717,13 +720,8 @@ def calibration_data(config, num_batches):
     would not do that: its shuffle order depends on how many passes over
     it were started, which differs between the two.
     """
-    dataset, _, _ = data_lib.load(
-        config.dataset, batch_size=config.batch_size,
-        data_dir=config.data_dir or None,
-        validation_split=config.validation_split,
-        augment=False, shuffle=True, seed=config.seed, cache=False,
-        skip_bad_images=config.skip_bad_images, download=config.download,
-    )
+    dataset, _, _ = _load_data(config, augment=False, shuffle=True,
+                               cache=False)
     return dataset.take(num_batches).cache()
 
 
