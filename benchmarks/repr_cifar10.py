@@ -135,6 +135,10 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", default=None,
                         help="Override the epochs per family, e.g. "
                         "convnet=15,resnet20=6.")
+    parser.add_argument("--cycles", default=None,
+                        help="Override the cycles of the defaults preset "
+                        "per family (S1 and S2 keep their shares), e.g. "
+                        "resnet20=1.")
     parser.add_argument("--drop_fraction", type=float, default=0.3,
                         help="Share of ranked filters RePr drops per cycle.")
     parser.add_argument("--perf_repeats", type=int, default=None,
@@ -167,6 +171,15 @@ def parse_args(argv=None):
             if family not in ("convnet", "resnet20") or not value.isdigit():
                 parser.error(f"--epochs: expected family=N, got {item!r}.")
             args.setting[family]["epochs"] = int(value)
+    if args.cycles:
+        for item in args.cycles.split(","):
+            family, _, value = item.partition("=")
+            if family not in ("convnet", "resnet20") or not (
+                    value.isdigit() and int(value) >= 1):
+                parser.error(f"--cycles: expected family=N (N >= 1), got "
+                             f"{item!r}.")
+            s1, s2, _ = args.setting[family]["defaults"]
+            args.setting[family]["defaults"] = (s1, s2, int(value))
     if args.perf_repeats is None:
         args.perf_repeats = 5 if args.quick else 7
     if args.output_dir is None:
