@@ -46,7 +46,10 @@ class RePrCallback(keras.callbacks.Callback):
     run's peak are reported (`schedule_check`). The paper's schedule
     assumes a nearly constant learning rate (its code: 0.05, halved every
     25k steps) over 100 epochs; under a schedule that decays to zero, put
-    the cycles early.
+    the cycles early. On a BN ResNet, one early cycle is what measured
+    well: ResNet-20 on CIFAR-10 with cosine decay, one cycle dropping at
+    20% of the run and re-initialising at 30% matched standard training
+    over 3 seeds, where two cycles cost about 4 points (see the README).
 
     To resume a run exactly, checkpoint `callback.attach(model)` (RePr's
     state: masks, held values, events done) with the model and optimizer.
