@@ -28,6 +28,7 @@ import numpy as np
 from keras_slim import files
 from keras_slim.model import SlimmableModel
 from keras_slim.profiling import profile
+from keras_slim.stripping import strip
 from keras_slim.width import width_suffix
 
 MANIFEST_NAME = "manifest.json"
@@ -353,8 +354,6 @@ def export_widths(model, out_dir, plans, samples, write, run, *, what,
     ...               write, run, what="ONNX", extension=".onnx",
     ...               input_info=info, format="onnx")
     """
-    from keras_slim.stripping import strip
-
     entries = []
     with staging(out_dir) as stage:
         for width, tag in plans:
