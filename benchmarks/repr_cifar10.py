@@ -210,6 +210,8 @@ def run_config(name, args):
         config["preset"] = VARIANTS[name]
         config["schedule_shares"] = list(setting[family][VARIANTS[name]])
         config["calibration_images"] = 512
+        # Drops refit the next layer (the defaults) since 2026-12-05.
+        config["compensate_drop"] = VARIANTS[name] != "paper"
     return config
 
 
@@ -753,7 +755,7 @@ def main(argv=None):
         report = json.loads(results_path.read_text())
         held = report.get("setting",
                           "quick" if report.get("quick") else "full")
-        if report.get("results") and not any(
+        if report.get("results") and "setting" not in report and not any(
                 "preset" in r.get("config", {})
                 for r in report["results"].values()):
             raise SystemExit(

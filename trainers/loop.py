@@ -593,7 +593,10 @@ def _train(config, strategy):
     optimizer = model.optimizer
     # Methods that change the network between steps (RePr) keep their
     # state in the checkpoint too.
-    controller = method.make_controller(config, model, steps_per_epoch)
+    controller = method.make_controller(
+        config, model, steps_per_epoch,
+        calibration_data=(calibration_data(config, CONTROLLER_BATCHES)
+                          if method.controller_fn else None))
     extra_state = {} if controller is None else {"method": controller.state}
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, rng_states=_checkpointed_state(model),
@@ -707,6 +710,11 @@ def _load_data(config, **kwargs):
         skip_bad_images=config.skip_bad_images, download=config.download,
         **kwargs,
     )
+
+
+# Batches of `calibration_data` a controller reads at its events (RePr:
+# BN statistics measured and drops compensated on them).
+CONTROLLER_BATCHES = 4
 
 
 def calibration_data(config, num_batches):

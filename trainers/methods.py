@@ -49,7 +49,7 @@ class Method:
             made slimmable (e.g. multi-exit networks); None uses
             `build_slimmable`.
         controller_fn: Optional `controller_fn(config, model,
-            steps_per_epoch) -> controller` for methods that change the
+            steps_per_epoch, calibration_data) -> controller` for methods that change the
             network between steps (RePr): the loop runs
             `controller.wrap_train_step(model.train_step)`, stops every run
             of steps at `controller.next_event_step(step)`, calls
@@ -156,11 +156,17 @@ class Method:
         """Whether training draws random widths (dynamic shapes, no XLA)."""
         return self.widths_mode == RANGE and config.sandwich_size > 2
 
-    def make_controller(self, config, model, steps_per_epoch):
-        """The method's between-steps controller for `model`, or None."""
+    def make_controller(self, config, model, steps_per_epoch,
+                        calibration_data=None):
+        """The method's between-steps controller for `model`, or None.
+
+        `calibration_data`: a few fixed batches of training examples the
+        controller may read at its events.
+        """
         if self.controller_fn is None:
             return None
-        return self.controller_fn(config, model, steps_per_epoch)
+        return self.controller_fn(config, model, steps_per_epoch,
+                                  calibration_data)
 
     def build(self, config, input_shape, num_classes):
         """Builds the network this method trains (not compiled)."""
@@ -283,11 +289,13 @@ register(Method(
 ))
 
 
-def repr_controller(config, model, steps_per_epoch):
+def repr_controller(config, model, steps_per_epoch, calibration_data=None):
     """RePr's controller from the `--repr_*` flags (schedule in epochs).
 
     The schedule is checked against the run (its steps and the
     optimizer's learning-rate schedule): problems are warned about.
+    `calibration_data` (the run's fixed calibration batches) measures BN
+    statistics and compensates drops at each event.
     """
     from keras_slim import repr as repr_lib
 
@@ -302,6 +310,7 @@ def repr_controller(config, model, steps_per_epoch):
         cutoff=config.repr_cutoff,
         seed=config.seed,
         verbose=config.verbose,
+        calibration_data=calibration_data,
         **(repr_lib.PAPER if config.repr_paper else {}),
     )
     total_steps = config.train_steps or config.epochs * steps_per_epoch

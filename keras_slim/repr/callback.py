@@ -93,9 +93,13 @@ class RePrCallback(keras.callbacks.Callback):
             the run's peak is reported.
         min_tail_fraction: The last re-initialisation must leave this
             share of the run to train the new filters.
-        calibration_data: Optional training inputs (array or dataset) on
-            which the BN statistics are measured right at each event (a
-            few batches); without it they follow from the next steps.
+        calibration_data: Optional training inputs (array or dataset): a
+            few batches on which the BN statistics are measured right at
+            each event (without it they follow from the next steps) and
+            drops are compensated.
+        compensate_drop: At each drop, refit the layer after each dropped
+            filter so the kept filters take over what they can predict of
+            it (needs `calibration_data`; see `keras_slim.repr.compensate`).
 
     Raises:
         ValueError: for `drop_fraction` outside (0, 1), `s1`, `s2` or
@@ -145,6 +149,7 @@ class RePrCallback(keras.callbacks.Callback):
         min_lr_fraction=schedule_lib.MIN_LR_FRACTION,
         min_tail_fraction=schedule_lib.MIN_TAIL_FRACTION,
         calibration_data=None,
+        compensate_drop=True,
     ):
         super().__init__()
         if unit not in UNITS:
@@ -173,7 +178,8 @@ class RePrCallback(keras.callbacks.Callback):
                 min_kept=min_kept),
             exclude_first=exclude_first, layers=layers, seed=seed,
             verbose=verbose, reestimate_bn=reestimate_bn,
-            calibration_data=calibration_data)
+            calibration_data=calibration_data,
+            compensate_drop=compensate_drop)
         vars(self).update(self.controller_options)  # callback.drop_fraction
         self.schedule_check = schedule_lib.check_schedule_check(
             schedule_check)
