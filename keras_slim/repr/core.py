@@ -1180,7 +1180,8 @@ class RePrController:
             # In graph order, so each fit sees the earlier layers' drops.
             before = consumer.read(self.calibration)
             unit.drop(indices)
-            after = consumer.read(self.calibration)
+            after = consumer.read_after_drop(before, indices,
+                                             self.calibration[0])
             rng = np.random.default_rng([self.seed, int(cycle), unit.index])
             explained[unit.name] = consumer.refit(before, after, indices, rng)
         return {
