@@ -14,6 +14,14 @@ Uses the supernet, the search set and the targets of
   exhaustive ones, so no more evaluation is needed). Reports, per screening
   size, rule and number of finalists, the share of steps that pick the
   same group.
+- `--stage resample`: the exhaustive search's own reproducibility. At
+  every state of the exhaustive path, scores the candidates on another
+  `--search_images` training images (disjoint from the search set) and
+  counts the steps where that set's best candidate is the exhaustive
+  pick: no search that reads other images (a subset, a cheaper score)
+  can be expected to agree more often. Then scores every configuration
+  found so far (exhaustive and screened, at each target) on the 5,000
+  hold-out images, which no search has seen.
 - `--stage screened`: runs the whole screened search from scratch (timed;
   run it alone for the speed figure) and compares its configurations'
   search accuracy at every target with the exhaustive ones (those reached
@@ -43,7 +51,8 @@ from benchmarks.common import log  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stage", required=True,
-                        choices=("exhaustive", "replay", "screened"))
+                        choices=("exhaustive", "replay", "resample",
+                                 "screened"))
     parser.add_argument("--screen_images", default="64,128,256",
                         help="replay: screening sizes; screened: one size")
     parser.add_argument("--finalists", default="1,2,3,4,6",
@@ -77,6 +86,98 @@ def load(bench_args, widths=None):
     targets = [keras_slim.profile(supernet, w)["macs"] for w in widths]
     names = [f"like_{w:g}x" for w in widths]
     return supernet, (x, y), targets, names, out
+
+
+def _other_images(bench_args):
+    """`(other search set, hold-out set)`: as many training images as the
+    search set, none of them in it (seeded), and the hold-out split."""
+    images, labels, _ = bench.load_cifar10(bench_args.archive,
+                                           bench_args.cache_dir)
+    (x_train, y_train), (x_val, y_val) = bench.split(
+        images, labels, bench_args.train_per_class, 500)
+    # The search set's draw (`bench.search_set`), then a disjoint one.
+    chosen = np.random.default_rng(bench_args.seed).choice(
+        len(x_train), bench_args.search_images, replace=False)
+    rest = np.setdiff1d(np.arange(len(x_train)), chosen)
+    other = np.sort(np.random.default_rng(bench_args.seed + 1).choice(
+        rest, bench_args.search_images, replace=False))
+    return ((bench.normalize(x_train[other]), y_train[other]),
+            (bench.normalize(x_val), y_val))
+
+
+def resample(args, bench_args):
+    from keras_slim.search import greedy
+    from keras_slim.search.runner import Runner
+
+    supernet, (x, _), _, _, out = load(bench_args)
+    (x_other, y_other), (x_val, y_val) = _other_images(bench_args)
+    history, reference, finished = _reference(out)
+    space = greedy._Search(supernet, "macs", bench_args.bins, None,
+                           supernet.width_range[0])
+    path = out / "resample_raw.json"
+    raw = json.loads(path.read_text()) if path.exists() else []
+    runner = Runner(supernet, space.costs.program, space.costs.cuts,
+                    x_other, y_other)
+    start = time.perf_counter()
+    for step in range(len(raw) + 1, len(history)):
+        chosen = {g: int(c) for g, c in history[step - 1]["chosen"].items()}
+        raw.append(runner.step(space.counts(chosen),
+                               _candidates(space, chosen)))
+        path.write_text(json.dumps(raw))
+    log(f"resample: {len(raw)} states ({time.perf_counter() - start:.0f} s "
+        "this call)")
+    same, losses, gaps = 0, [], []
+    for step, scores in enumerate(raw, start=1):
+        row = history[step]
+        chosen = {g: int(c) for g, c in history[step - 1]["chosen"].items()}
+        candidates = _candidates(space, chosen)
+        costs = [space.cost(c)["macs"] for _, c in candidates]
+        full_scores = [row["scores"][g] for g, _ in candidates]
+        # The greedy's own rule (best score, then cheaper, then first).
+        pick = candidates[min(range(len(candidates)), key=lambda i: (
+            -scores[i], costs[i], i))][0]
+        same += pick == row["group"]
+        groups = [g for g, _ in candidates]
+        losses.append(max(full_scores) - full_scores[groups.index(pick)])
+        ranked = sorted(scores, reverse=True)
+        gaps.append(round((ranked[0] - ranked[1]) * len(x)) if len(
+            ranked) > 1 else None)
+    steps = len(raw)
+    log(f"another {len(x)} images pick the exhaustive step's group at "
+        f"{same}/{steps} steps ({same / max(1, steps):.3f}); search-set "
+        f"accuracy lost where they differ: mean "
+        f"{100 * np.mean(losses or [0]):.3f}, max "
+        f"{100 * np.max(losses or [0]):.2f} points")
+    # Every configuration found so far, on images no search has seen.
+    holdout = Runner(supernet, space.costs.program, space.costs.cuts,
+                     x_val, y_val)
+    found = {"exhaustive": reference}
+    for other in sorted(out.glob("screened_*.json")):
+        if not other.stem.endswith("_progress"):
+            found[other.stem] = json.loads(other.read_text())["configs"]
+    rows = []
+    for search_name, configs in found.items():
+        for config in configs:
+            counts = space.counts({g: int(config["channels"][g])
+                                   for g in space.groups})
+            rows.append({
+                "search": search_name, "name": config["name"],
+                "macs": config["macs"],
+                "search_accuracy": config["search_accuracy"],
+                "holdout_accuracy": holdout.accuracy(counts),
+            })
+            log(f"{search_name:20s} {config['name']:10s} "
+                f"{config['macs'] / 1e6:7.2f}M search "
+                f"{config['search_accuracy']:.4f} hold-out "
+                f"{rows[-1]['holdout_accuracy']:.4f}")
+    update(out, args, "resample", {
+        "images": len(x), "exhaustive_steps": len(history) - 1,
+        "exhaustive_finished": finished, "steps": steps,
+        "same_pick": same / max(1, steps),
+        "accuracy_lost_mean": float(np.mean(losses or [0])),
+        "accuracy_lost_max": float(np.max(losses or [0])),
+        "best_minus_runner_up_images": gaps,
+        "holdout_images": len(x_val), "holdout": rows})
 
 
 def exhaustive(args, bench_args):
@@ -332,7 +433,7 @@ def update(out, args, key, value):
 
 def main(argv=None):
     args, bench_args = parse_args(argv)
-    {"exhaustive": exhaustive, "replay": replay,
+    {"exhaustive": exhaustive, "replay": replay, "resample": resample,
      "screened": screened}[args.stage](args, bench_args)
 
 
