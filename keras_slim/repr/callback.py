@@ -113,7 +113,8 @@ class RePrCallback(keras.callbacks.Callback):
     Example:
 
     >>> callback = keras_slim.repr.RePrCallback(
-    ...     s1=20, s2=10, cycles=3, drop_fraction=0.3)
+    ...     s1=20, s2=10, cycles=3, drop_fraction=0.3,
+    ...     calibration_data=x_train[:512])
     >>> model.fit(train_ds, epochs=100, callbacks=[callback])
     >>> callback.controller.history[0]["filters"]   # filters dropped per layer
     >>> print(callback.controller.last_ranking.summary(0.3))
