@@ -142,6 +142,9 @@ def parse_args(argv=None):
                         help="Override the cycles of the defaults preset "
                         "per family (S1 and S2 keep their shares), e.g. "
                         "resnet20=1.")
+    parser.add_argument("--compensate_drop", action="store_true",
+                        help="the defaults' runs refit the next layer at "
+                        "each drop (RePr's compensate_drop)")
     parser.add_argument("--drop_fraction", type=float, default=0.3,
                         help="Share of ranked filters RePr drops per cycle.")
     parser.add_argument("--perf_repeats", type=int, default=None,
@@ -210,8 +213,9 @@ def run_config(name, args):
         config["preset"] = VARIANTS[name]
         config["schedule_shares"] = list(setting[family][VARIANTS[name]])
         config["calibration_images"] = 512
-        # Drops refit the next layer (the defaults) since 2026-12-05.
-        config["compensate_drop"] = VARIANTS[name] != "paper"
+        if args.compensate_drop and VARIANTS[name] != "paper":
+            # Only when on: records made before the option stay valid.
+            config["compensate_drop"] = True
     return config
 
 
@@ -394,7 +398,8 @@ def run_one(name, seed, data, args):
         callback = repr_lib.RePrCallback(
             s1, s2, cycles, args.drop_fraction, unit="steps", seed=seed,
             verbose=1, calibration_data=calibration,
-            **(repr_lib.PAPER if preset == "paper" else {}))
+            **(repr_lib.PAPER if preset == "paper" else
+               {"compensate_drop": args.compensate_drop}))
         x_probe, y_probe = probe_split(x_val, y_val)
         before, after, records = event_probes(
             lambda: callback.controller, x_probe, y_probe)

@@ -1090,7 +1090,7 @@ def test_compensation_without_calibration_data_warns_once():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         controller = repr_lib.RePrController(
-            model, repr_lib.RePrSchedule(1, 1, 2), 0.3)
+            model, repr_lib.RePrSchedule(1, 1, 2), 0.3, compensate_drop=True)
         for step in range(5):
             controller.update(step)
     assert len(_messages(caught, "needs calibration_data")) == 1
@@ -1101,3 +1101,28 @@ def test_compensation_without_calibration_data_warns_once():
         paper.update(1)
     assert not _messages(caught, "needs calibration_data")
     assert repr_lib.PAPER["compensate_drop"] is False
+    # Off by default: the defaults need no calibration data.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = repr_lib.RePrController(
+            _convnet(), repr_lib.RePrSchedule(1, 1, 1), 0.3)
+        plain.update(1)
+    assert not _messages(caught, "needs calibration_data")
+    assert plain.history[0]["compensated"] == {}
+
+
+def test_trainers_flag_compensates_and_refuses_the_paper_with_it():
+    from trainers import loop
+    from trainers import methods
+
+    x, _ = digits(64)
+    both = loop.TrainConfig(method="repr", repr_paper=True,
+                            repr_compensate_drop=True)
+    with pytest.raises(ValueError, match="not part of the paper's method"):
+        methods.repr_controller(both, _convnet(), 10, x[:32])
+    config = loop.TrainConfig(method="repr", repr_compensate_drop=True)
+    controller = methods.repr_controller(config, _convnet(), 10, x[:32])
+    assert controller.compensate_drop and len(controller.calibration) == 1
+    plain = methods.repr_controller(loop.TrainConfig(method="repr"),
+                                    _convnet(), 10, x[:32])
+    assert not plain.compensate_drop

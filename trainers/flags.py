@@ -205,6 +205,12 @@ def define_flags():
         "paper) or the same share dropped from every layer (per_layer).",
     )
     flags.DEFINE_boolean(
+        "repr_compensate_drop", _DEFAULTS.repr_compensate_drop,
+        "RePr: at each drop, refit the layer after each dropped filter on "
+        "the run's calibration batches so the kept filters take over what "
+        "they can predict of it (keras_slim.repr.compensate; opt-in).",
+    )
+    flags.DEFINE_boolean(
         "repr_paper", _DEFAULTS.repr_paper,
         "RePr exactly as in the paper (its score, no per-layer ceiling, "
         "every conv ranked, BN zeroed and reset to the initializers) "

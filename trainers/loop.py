@@ -109,6 +109,7 @@ class TrainConfig:
     repr_drop_fraction: float = 0.3
     repr_ranking: str = "orthogonality"
     repr_cutoff: str = "global"
+    repr_compensate_drop: bool = False
     repr_paper: bool = False
 
     def resolved_model_kwargs(self):
@@ -145,6 +146,8 @@ class TrainConfig:
                 "drop_fraction": self.repr_drop_fraction,
                 "ranking": self.repr_ranking,
                 "cutoff": self.repr_cutoff,
+                **({"compensate_drop": True}
+                   if self.repr_compensate_drop else {}),
                 **({"paper": True} if self.repr_paper else {}),
             }} if self.method == "repr" else {}),
         }))
@@ -713,7 +716,7 @@ def _load_data(config, **kwargs):
 
 
 # Batches of `calibration_data` a controller reads at its events (RePr:
-# BN statistics measured and drops compensated on them).
+# BN statistics measured, and drops compensated, on them).
 CONTROLLER_BATCHES = 4
 
 

@@ -295,10 +295,17 @@ def repr_controller(config, model, steps_per_epoch, calibration_data=None):
     The schedule is checked against the run (its steps and the
     optimizer's learning-rate schedule): problems are warned about.
     `calibration_data` (the run's fixed calibration batches) measures BN
-    statistics and compensates drops at each event.
+    statistics at each event and, with `--repr_compensate_drop`,
+    compensates drops.
     """
     from keras_slim import repr as repr_lib
 
+    if config.repr_paper and config.repr_compensate_drop:
+        raise ValueError(
+            "--repr_compensate_drop is not part of the paper's method "
+            "(--repr_paper turns it off); pass one of the two.")
+    options = (repr_lib.PAPER if config.repr_paper
+               else {"compensate_drop": config.repr_compensate_drop})
     controller = repr_lib.RePrController(
         model,
         repr_lib.RePrSchedule.from_epochs(
@@ -311,7 +318,7 @@ def repr_controller(config, model, steps_per_epoch, calibration_data=None):
         seed=config.seed,
         verbose=config.verbose,
         calibration_data=calibration_data,
-        **(repr_lib.PAPER if config.repr_paper else {}),
+        **options,
     )
     total_steps = config.train_steps or config.epochs * steps_per_epoch
     controller.check_run(total_steps)

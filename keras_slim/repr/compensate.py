@@ -10,7 +10,8 @@ layer sees it, is regressed (least squares, a small ridge) on the kept
 channels and a constant over calibration images, and the coefficients are
 folded into the next layer's weights for the kept channels and its bias.
 Measured on the same model: 0.42 right after the drop (0.17 with the
-channel means alone).
+channel means alone). Opt-in (`compensate_drop=True`): over whole runs it
+did not improve the final accuracy (see the README's RePr section).
 
 Only the next layer's weights change; the dropped filters are held out
 exactly as without compensation, and their own outgoing weights are left
