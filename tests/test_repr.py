@@ -1016,9 +1016,18 @@ def test_find_consumer_says_why_it_cannot_compensate():
     e = keras.layers.Conv2D(4, 1, name="e")(d)
     f = keras.layers.Conv2D(6, 1, name="f")(keras.layers.Permute(
         (1, 3, 2))(e))
-    model = keras.Model(inputs, f)
+    shared = keras.layers.Conv2D(6, 1, name="shared")
+    g = keras.layers.Conv2D(6, 1, name="g")(inputs)
+    h = keras.layers.Conv2D(6, 1, name="h")(inputs)
+    lora = keras.layers.Conv2D(2, 1, name="lora")
+    i = keras.layers.Conv2D(6, 1, name="i")(inputs)
+    outputs = [f, shared(g), shared(h), lora(i)]
+    lora.enable_lora(1)
+    model = keras.Model(inputs, outputs)
     found = compensate.consumers(
-        model, [model.get_layer(n) for n in "acdef"])
+        model, [model.get_layer(n) for n in "acdefgi"])
+    assert "shared" in found["g"]
+    assert "LoRA" in found["i"]
     assert "residual sum" in found["a"]
     assert "grouped" in found["c"]
     assert isinstance(found["d"], compensate.Consumer)

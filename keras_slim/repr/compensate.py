@@ -1,4 +1,4 @@
-"""A drop that keeps the network's function: the next layer takes over.
+"""A drop whose loss the next layer takes over, as far as it can.
 
 RePr ranks filters by how much they overlap with the other filters of
 their layer, so a dropped filter's output is, by design, largely
@@ -195,6 +195,12 @@ def find_consumer(conv, calls, traced):
         if not _channels_last(layer) or len(readers[0].outputs) != 1:
             return f"'{layer.name}' is not channels-last"
         tensor = readers[0].outputs[0]
+    if sum(c.layer is layer for c in calls) != 1:
+        return f"its next layer '{layer.name}' is shared (called twice)"
+    if getattr(layer, "lora_enabled", False) or getattr(
+            layer, "quantization_mode", None):
+        return (f"its next layer '{layer.name}' has LoRA or quantized "
+                "weights")
     if not isinstance(layer, keras.layers.Dense) and (
             getattr(layer, "groups", 1) != 1 or not _channels_last(layer)):
         return (f"its next layer '{layer.name}' is a grouped or "
