@@ -49,8 +49,8 @@ class Method:
             made slimmable (e.g. multi-exit networks); None uses
             `build_slimmable`.
         controller_fn: Optional `controller_fn(config, model,
-            steps_per_epoch, calibration_data) -> controller` for methods that change the
-            network between steps (RePr): the loop runs
+            steps_per_epoch, calibration_data) -> controller` for methods
+            that change the network between steps (RePr): the loop runs
             `controller.wrap_train_step(model.train_step)`, stops every run
             of steps at `controller.next_event_step(step)`, calls
             `controller.update(step)` after it and checkpoints
