@@ -122,12 +122,16 @@ def build(args, widths=None):
     return keras_slim.models.get(args.model, **kwargs)
 
 
+def search_indices(num_train, args):
+    """Indices of the search images among `num_train` (seeded, sorted)."""
+    rng = np.random.default_rng(args.seed)
+    return np.sort(rng.choice(num_train, args.search_images, replace=False))
+
+
 def search_set(x_train, y_train, args):
     """The search images: `args.search_images` training images (seeded),
     normalised, without augmentation."""
-    rng = np.random.default_rng(args.seed)
-    chosen = np.sort(rng.choice(len(x_train), args.search_images,
-                                replace=False))
+    chosen = search_indices(len(x_train), args)
     return normalize(x_train[chosen]), y_train[chosen]
 
 

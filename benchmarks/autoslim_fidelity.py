@@ -95,9 +95,7 @@ def _other_images(bench_args):
                                            bench_args.cache_dir)
     (x_train, y_train), (x_val, y_val) = bench.split(
         images, labels, bench_args.train_per_class, 500)
-    # The search set's draw (`bench.search_set`), then a disjoint one.
-    chosen = np.random.default_rng(bench_args.seed).choice(
-        len(x_train), bench_args.search_images, replace=False)
+    chosen = bench.search_indices(len(x_train), bench_args)
     rest = np.setdiff1d(np.arange(len(x_train)), chosen)
     other = np.sort(np.random.default_rng(bench_args.seed + 1).choice(
         rest, bench_args.search_images, replace=False))

@@ -192,8 +192,10 @@ def find_consumer(conv, calls, traced):
                 flattened and not isinstance(layer, keras.layers.Dropout)):
             return (f"'{layer.name}' ({type(layer).__name__}) between it and "
                     "the next Conv or Dense may mix channels")
-        if not _channels_last(layer) or len(readers[0].outputs) != 1:
+        if not _channels_last(layer):
             return f"'{layer.name}' is not channels-last"
+        if len(readers[0].outputs) != 1:
+            return f"'{layer.name}' has more than one output"
         tensor = readers[0].outputs[0]
     if sum(c.layer is layer for c in calls) != 1:
         return f"its next layer '{layer.name}' is shared (called twice)"
