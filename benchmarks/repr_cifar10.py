@@ -369,6 +369,50 @@ def event_probes(controller_of, x_probe, y_probe, after=PROBE_STEPS):
     return before, After(), records
 
 
+def event_steps(family, args, total_steps, per_execution):
+    """`{step: later step}` for every event of both presets' schedules of
+    `family`: where a standard run is probed, so each RePr probe has the
+    standard run's accuracy over the same steps beside it."""
+    from keras_slim import repr as repr_lib
+
+    later = per_execution * -(-PROBE_STEPS // per_execution)
+    steps = {}
+    for preset in ("defaults", "paper"):
+        schedule = repr_lib.RePrSchedule(*repr_schedule(
+            args.setting[family][preset], total_steps, per_execution))
+        for event in schedule.events:
+            if event.step + later <= total_steps:
+                steps[event.step] = event.step + later
+    return steps
+
+
+def standard_probes(steps, x_probe, y_probe, record):
+    """A callback writing the probe accuracy into `record[str(step)]` at
+    every step of `steps` and their later steps (from `event_steps`), at
+    the batch boundary where a RePr run measures "before" and "later".
+
+    How much a standard run moves over the same steps is the yardstick
+    for RePr's "within 2 points 50 steps later": at the ConvNet's
+    learning rate the probe moves by several points between two batches
+    without any event.
+    """
+    import keras
+
+    wanted = set(steps) | set(steps.values())
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(keras.ops.convert_to_numpy(
+                self.model.optimizer.iterations))
+            if step in wanted and str(step) not in record:
+                logits = self.model.predict(x_probe, batch_size=500,
+                                            verbose=0)
+                record[str(step)] = float(
+                    np.mean(np.argmax(logits, -1) == y_probe))
+
+    return Probe()
+
+
 # -------------------------------------------------------------------- runs
 def run_one(name, seed, data, args):
     """Trains one run; returns its result dict."""
@@ -404,6 +448,12 @@ def run_one(name, seed, data, args):
         before, after, records = event_probes(
             lambda: callback.controller, x_probe, y_probe)
         callbacks += [before, callback, after]
+    standard_records = None
+    if name.endswith("_standard"):
+        standard_records = {}
+        callbacks.append(standard_probes(
+            event_steps(family, args, total_steps, per_execution),
+            *probe_split(x_val, y_val), standard_records))
     epoch_times = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -441,6 +491,9 @@ def run_one(name, seed, data, args):
                     for k, vals in history.history.items()},
     }
     result["final_val_accuracy"] = result["history"]["val_accuracy"][-1]
+    if standard_records is not None:
+        result["probes_at"] = dict(sorted(standard_records.items(),
+                                          key=lambda item: int(item[0])))
     if callback is not None:
         controller = callback.controller
         result["schedule"] = {"s1": s1, "s2": s2, "cycles": cycles,
@@ -580,8 +633,34 @@ def summarize(results):
                        and p.get("before") is not None]
             row["worst_probe_points"] = float(min(changes, default=0.0))
             row["probe_changes"] = changes
+            relative = [
+                change - standard for s in seeds
+                for change, standard in (
+                    (100 * (p["later"] - p["before"]),
+                     standard_change(base.get(s), p))
+                    for p in by_seed[s].get("probes", [])
+                    if p.get("later") is not None
+                    and p.get("before") is not None)
+                if standard is not None]
+            if relative:
+                # The same change minus the standard run's over the same
+                # steps (same seed, same data order up to the first event).
+                row["worst_probe_vs_standard"] = float(min(relative))
+                row["probe_changes_vs_standard"] = relative
         summary[name] = row
     return summary
+
+
+def standard_change(standard, probe):
+    """Points the standard run `standard` (a result dict, or None) moved
+    from a RePr `probe`'s "before" step to its "later" step, or None when
+    the standard run was not probed there."""
+    at = (standard or {}).get("probes_at", {})
+    start, end = str(probe["step"]), str(probe["step"] + probe.get(
+        "later_steps", 0))
+    if start not in at or end not in at:
+        return None
+    return 100 * (at[end] - at[start])
 
 
 def train_images(result):
@@ -601,14 +680,28 @@ def _schedule_text(sample):
             f"{schedule['cycles']}, {schedule['drop_fraction']:.0%})")
 
 
+def _standard_text(standard, probe):
+    change = standard_change(standard, probe)
+    if change is None:
+        return ""
+    at = standard["probes_at"]
+    return (f"{at[str(probe['step'])]:.3f} -> "
+            f"{at[str(probe['step'] + probe['later_steps'])]:.3f} "
+            f"({change:+.1f})")
+
+
 def markdown(report):
     results, perf = report["results"], report.get("performance", {})
     summary = summarize(results)
     lines = [
         f"# RePr on CIFAR-10 ({report.get('setting', 'full')} setting)", "",
-        f"Command: `{report['command']}`  ",
+        "Command" + ("s" if len(report.get("commands", [])) > 1 else "")
+        + ": " + ", then ".join(
+            f"`{c}`" for c in report.get("commands", [report["command"]]))
+        + "  ",
         f"Date: {report['date']}; machine: {report['machine']}; "
         f"wall time {report['wall_seconds'] / 60:.1f} min.", "",
+        *([report["note"], ""] if report.get("note") else []),
         "| Run | Train images | Epochs (S1 / S2 x cycles, dropped) | "
         "Seeds | Hold-out accuracy: mean ± std (per seed) | vs standard "
         "(mean ± std of paired differences) |",
@@ -636,9 +729,12 @@ def markdown(report):
                   "steps; learning rate at the event; largest share of one "
                   "layer dropped):", "",
                   "| Run | Event | Step | Learning rate | Before | Right "
-                  "after | Later (steps) | Largest layer share |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "after | Later (steps) | Largest layer share | Standard "
+                  "run over the same steps |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for key, result in probes:
+            name, seed = key.rsplit("@", 1)
+            standard = results.get(f"{name.split('_')[0]}_standard@{seed}")
             events = {(e["step"], e["event"]): e for e in result["events"]}
             for probe in result["probes"]:
                 event = events.get((probe["step"], probe["event"]), {})
@@ -653,7 +749,20 @@ def markdown(report):
                        f"{later:.3f} (+{probe['later_steps']})")
                     + " | " + (f"{event['max_layer_share']:.2f}"
                                if "max_layer_share" in event else "")
-                    + " |")
+                    + " | " + _standard_text(standard, probe) + " |")
+        lines.append("")
+        for name in RUNS:
+            row = summary.get(name, {})
+            if "probe_changes" not in row:
+                continue
+            text = (f"- {LABELS[name]}: worst change 50+ steps after an "
+                    f"event {row['worst_probe_points']:+.1f} points")
+            if "probe_changes_vs_standard" in row:
+                text += (f"; minus the standard run's change over the same "
+                         f"steps: worst {row['worst_probe_vs_standard']:+.1f}"
+                         f", median "
+                         f"{np.median(row['probe_changes_vs_standard']):+.1f}")
+            lines.append(text + ".")
     warned = [(k, r["warnings"]) for k, r in results.items()
               if r.get("warnings")]
     if warned:
@@ -771,11 +880,17 @@ def main(argv=None):
                 f"{results_path} holds a {held} run; use another "
                 "--output_dir.")
     wall = time.time()
+    command = " ".join(["python -m benchmarks.repr_cifar10",
+                        *(argv if argv is not None else sys.argv[1:])])
+    # A record filled by several invocations keeps every command.
+    commands = report.get("commands") or (
+        [report["command"]] if "command" in report else [])
     report.update(
         quick=args.quick,
         setting=args.setting_name,
-        command=" ".join(["python -m benchmarks.repr_cifar10",
-                          *(argv if argv is not None else sys.argv[1:])]),
+        command=command,
+        commands=commands + [command] if command not in commands[-1:]
+        else commands,
         date=time.strftime("%Y-%m-%d"),
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
     )

@@ -237,6 +237,10 @@ def repr_headline(report):
                 f"{label}: worst accuracy change 50+ steps after an event",
                 row["worst_probe_points"], "points",
                 goal=">= -2.0" if name.endswith("_repr") else None))
+        if "worst_probe_vs_standard" in row:
+            rows.append(_figure(
+                f"{label}: the same, minus the standard run's change over "
+                "those steps", row["worst_probe_vs_standard"], "points"))
     perf = report.get("performance", {})
     shares = {}
     for run, event in perf.get("events", {}).items():

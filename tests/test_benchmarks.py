@@ -210,3 +210,40 @@ def test_cifar10_folder_is_the_library_preparation(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["airplane", "bird"]
     with pytest.raises(FileNotFoundError, match="CIFAR-10 archive not found"):
         common.cifar10_folder(tmp_path / "missing.tar.gz", tmp_path / "c2")
+
+
+def test_repr_probes_are_set_against_the_standard_run_over_the_same_steps():
+    from benchmarks import repr_cifar10
+
+    args = repr_cifar10.parse_args(["--runs", "convnet_standard"])
+    # 703 steps per epoch, 10 epochs, executions of 37 steps: the
+    # paper's proportions put events at 20 / 30 / 50 / 60 / 80 / 90%.
+    steps = repr_cifar10.event_steps("convnet", args, 7030, 37)
+    assert steps == {s: s + 74 for s in (1406, 2109, 3515, 4218, 5624, 6327)}
+
+    def run(seed, final, **extra):
+        return {"seed": seed, "final_val_accuracy": final, "epochs": 10,
+                "train_images": 45000, **extra}
+
+    probe = {"step": 1406, "event": "drop", "cycle": 0, "before": 0.60,
+             "right_after": 0.37, "later": 0.50, "later_steps": 74}
+    results = {
+        "convnet_standard@0": run(0, 0.73, probes_at={"1406": 0.61,
+                                                      "1480": 0.65}),
+        "convnet_repr@0": run(0, 0.72, probes=[probe], events=[
+            {"step": 1406, "event": "drop", "max_layer_share": 0.3}]),
+    }
+    row = repr_cifar10.summarize(results)["convnet_repr"]
+    assert row["worst_probe_points"] == pytest.approx(-10.0)
+    # The standard run gained 4 points over the same 74 steps.
+    assert row["worst_probe_vs_standard"] == pytest.approx(-14.0)
+    report = {"results": results, "command": "c1", "commands": ["c1", "c2"],
+              "date": "d", "machine": "m", "wall_seconds": 60}
+    text = repr_cifar10.markdown(report)
+    assert "0.610 -> 0.650 (+4.0)" in text
+    assert "Commands: `c1`, then `c2`" in text
+    # A standard run without probes (older records) leaves the column empty.
+    del results["convnet_standard@0"]["probes_at"]
+    assert "worst_probe_vs_standard" not in repr_cifar10.summarize(
+        results)["convnet_repr"]
+    assert "->" not in repr_cifar10.markdown(report)
