@@ -763,6 +763,14 @@ def markdown(report):
                          f", median "
                          f"{np.median(row['probe_changes_vs_standard']):+.1f}")
             lines.append(text + ".")
+    probed = [(k, r["probes_at"]) for k, r in results.items()
+              if r.get("probes_at")]
+    if probed:
+        lines += ["", "Standard runs, probe accuracy at the events' steps "
+                  "(step: accuracy):", ""]
+        for key, at in probed:
+            lines.append(f"- {key}: " + ", ".join(
+                f"{step}: {value:.3f}" for step, value in at.items()))
     warned = [(k, r["warnings"]) for k, r in results.items()
               if r.get("warnings")]
     if warned:

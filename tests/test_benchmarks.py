@@ -241,6 +241,7 @@ def test_repr_probes_are_set_against_the_standard_run_over_the_same_steps():
               "date": "d", "machine": "m", "wall_seconds": 60}
     text = repr_cifar10.markdown(report)
     assert "0.610 -> 0.650 (+4.0)" in text
+    assert "- convnet_standard@0: 1406: 0.610, 1480: 0.650" in text
     assert "Commands: `c1`, then `c2`" in text
     # A standard run without probes (older records) leaves the column empty.
     del results["convnet_standard@0"]["probes_at"]
