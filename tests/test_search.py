@@ -1,6 +1,7 @@
 """keras_slim.search: AutoSlim greedy channel search."""
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -644,3 +645,32 @@ def test_several_picks_per_step_while_far_from_the_target(trained, digits):
         search.autoslim(trained, _search_set(digits), targets=targets,
                         screen_images=32, finalists=2, picks_per_step=3,
                         verbose=0)
+
+
+def test_a_configuration_below_the_uniform_width_warns(
+        trained, digits, monkeypatch):
+    from keras_slim.search import runner as runner_lib
+
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    targets = [0.5 * full]
+    plain = runner_lib.Runner.accuracy
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = search.autoslim(trained, _search_set(digits),
+                                targets=targets, bins=6, verbose=0)
+    config = found["configs"][0]
+    below = config["uniform"]["within_cost"] and (
+        config["uniform"]["search_accuracy"] > config["search_accuracy"])
+    assert config["below_uniform"] == below
+    assert any("below the uniform" in str(w.message) for w in caught) == below
+
+    # Whole-network scores (the uniform width's, not the steps') made
+    # higher than any step's: the found configuration is now below it.
+    def higher(self, counts):
+        return plain(self, counts) + 1.0
+
+    monkeypatch.setattr(runner_lib.Runner, "accuracy", higher)
+    with pytest.warns(UserWarning, match="below the uniform width"):
+        lower = search.autoslim(trained, _search_set(digits),
+                                targets=targets, bins=6, verbose=0)
+    assert lower["configs"][0]["below_uniform"]

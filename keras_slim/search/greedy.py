@@ -237,10 +237,12 @@ def autoslim(
         metric, macs, params, latency_ms, search_accuracy, step, channels
         (layer name -> channels) and "uniform": the widest uniform width
         with at most the same cost (or the model's min width, with
-        "within_cost" False) and its search accuracy), "history" (one row per
-        step, with "scores": the search-set accuracy of every candidate
-        scored on the whole search set and, when screening, "screen": every
-        candidate's screening score), "range" (the reachable costs),
+        "within_cost" False) and its search accuracy, and "below_uniform":
+        whether that uniform width scores higher, which also warns),
+        "history" (one row per step, with "scores": the search-set accuracy
+        of every candidate scored on the whole search set and, when
+        screening, "screen": every candidate's screening score), "range"
+        (the reachable costs),
         "finished" and "stats" (seconds per step, the work done / the work
         of scoring every candidate from the input).
 
@@ -647,7 +649,28 @@ def _result(space, runner, progress, plan_targets, finished, metric):
             # False when even the narrowest uniform width costs more.
             "within_cost": priced[metric] <= found[_ENTRY_KEY[metric]],
         }
+        uniform = found["uniform"]
+        found["below_uniform"] = bool(
+            uniform["within_cost"]
+            and uniform["search_accuracy"] > found["search_accuracy"])
         configs.append(found)
+    below = [c for c in configs if c["below_uniform"]]
+    if below:
+        # The greedy path only knows its own steps; a configuration that
+        # scores below the plain uniform network of no higher cost is
+        # not worth retraining, and the user should hear it.
+        warnings.warn(
+            "AutoSlim found configurations that score below the uniform "
+            "width of no higher cost on the search set: " + "; ".join(
+                f"'{c['name']}' {c['search_accuracy']:.4f} vs uniform "
+                f"width {c['uniform']['width']:g} "
+                f"{c['uniform']['search_accuracy']:.4f}" for c in below)
+            + ". An undertrained supernet, or noisy picks (screening, "
+            "several picks per step), can lead the greedy path there; "
+            "train the supernet longer, search exhaustively, or use the "
+            "uniform width. Their entries say \"below_uniform\": true.",
+            stacklevel=3,
+        )
     steps = progress["history"][1:]
     cached = sum(r["work_cached"] for r in steps)
     uncached = sum(r["work_uncached"] for r in steps)
