@@ -19,9 +19,10 @@ Uses the supernet, the search set and the targets of
   `--search_images` training images (disjoint from the search set) and
   counts the steps where that set's best candidate is the exhaustive
   pick: no search that reads other images (a subset, a cheaper score)
-  can be expected to agree more often. Then scores every configuration
-  found so far (exhaustive and screened, at each target) on the 5,000
-  hold-out images, which no search has seen.
+  can be expected to agree more often. Then runs `holdout`.
+- `--stage holdout`: scores every configuration found so far (exhaustive
+  and screened, at each target) on the 5,000 hold-out images, which no
+  search has seen (minutes: one pass per configuration).
 - `--stage screened`: runs the whole screened search from scratch (timed;
   run it alone for the speed figure) and compares its configurations'
   search accuracy at every target with the exhaustive ones (those reached
@@ -52,7 +53,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stage", required=True,
                         choices=("exhaustive", "replay", "resample",
-                                 "screened"))
+                                 "holdout", "screened"))
     parser.add_argument("--screen_images", default="64,128,256",
                         help="replay: screening sizes; screened: one size")
     parser.add_argument("--finalists", default="1,2,3,4,6",
@@ -108,7 +109,7 @@ def resample(args, bench_args):
     from keras_slim.search.runner import Runner
 
     supernet, (x, _), _, _, out = load(bench_args)
-    (x_other, y_other), (x_val, y_val) = _other_images(bench_args)
+    (x_other, y_other), _ = _other_images(bench_args)
     history, reference, finished = _reference(out)
     space = greedy._Search(supernet, "macs", bench_args.bins, None,
                            supernet.width_range[0])
@@ -146,9 +147,30 @@ def resample(args, bench_args):
         f"accuracy lost where they differ: mean "
         f"{100 * np.mean(losses or [0]):.3f}, max "
         f"{100 * np.max(losses or [0]):.2f} points")
-    # Every configuration found so far, on images no search has seen.
-    holdout = Runner(supernet, space.costs.program, space.costs.cuts,
-                     x_val, y_val)
+    update(out, args, "resample", {
+        "images": len(x), "exhaustive_steps": len(history) - 1,
+        "exhaustive_finished": finished, "steps": steps,
+        "same_pick": same / max(1, steps),
+        "accuracy_lost_mean": float(np.mean(losses or [0])),
+        "accuracy_lost_max": float(np.max(losses or [0])),
+        "best_minus_runner_up_images": gaps})
+    holdout(args, bench_args, supernet=supernet)
+
+
+def holdout(args, bench_args, supernet=None):
+    """Every configuration found so far, on images no search has seen."""
+    from keras_slim.search import greedy
+    from keras_slim.search.runner import Runner
+
+    if supernet is None:
+        supernet = load(bench_args)[0]
+    out = pathlib.Path(bench_args.output_dir)
+    _, (x_val, y_val) = _other_images(bench_args)
+    history, reference, finished = _reference(out)
+    space = greedy._Search(supernet, "macs", bench_args.bins, None,
+                           supernet.width_range[0])
+    runner = Runner(supernet, space.costs.program, space.costs.cuts,
+                    x_val, y_val)
     found = {"exhaustive": reference}
     for other in sorted(out.glob("screened_*.json")):
         if not other.stem.endswith("_progress"):
@@ -162,20 +184,15 @@ def resample(args, bench_args):
                 "search": search_name, "name": config["name"],
                 "macs": config["macs"],
                 "search_accuracy": config["search_accuracy"],
-                "holdout_accuracy": holdout.accuracy(counts),
+                "holdout_accuracy": runner.accuracy(counts),
             })
             log(f"{search_name:20s} {config['name']:10s} "
                 f"{config['macs'] / 1e6:7.2f}M search "
                 f"{config['search_accuracy']:.4f} hold-out "
                 f"{rows[-1]['holdout_accuracy']:.4f}")
-    update(out, args, "resample", {
-        "images": len(x), "exhaustive_steps": len(history) - 1,
-        "exhaustive_finished": finished, "steps": steps,
-        "same_pick": same / max(1, steps),
-        "accuracy_lost_mean": float(np.mean(losses or [0])),
-        "accuracy_lost_max": float(np.max(losses or [0])),
-        "best_minus_runner_up_images": gaps,
-        "holdout_images": len(x_val), "holdout": rows})
+    update(out, args, "holdout", {
+        "images": len(x_val), "exhaustive_steps": len(history) - 1,
+        "exhaustive_finished": finished, "configs": rows})
 
 
 def exhaustive(args, bench_args):
@@ -432,7 +449,7 @@ def update(out, args, key, value):
 def main(argv=None):
     args, bench_args = parse_args(argv)
     {"exhaustive": exhaustive, "replay": replay, "resample": resample,
-     "screened": screened}[args.stage](args, bench_args)
+     "holdout": holdout, "screened": screened}[args.stage](args, bench_args)
 
 
 if __name__ == "__main__":
