@@ -248,3 +248,38 @@ def test_repr_probes_are_set_against_the_standard_run_over_the_same_steps():
     assert "worst_probe_vs_standard" not in repr_cifar10.summarize(
         results)["convnet_repr"]
     assert "->" not in repr_cifar10.markdown(report)
+
+
+def test_autoslim_fidelity_rows_take_the_exhaustive_reference_from_holdout():
+    # A screened search that finished before the exhaustive one reached any
+    # target: its time is still reported, and the exhaustive configuration
+    # the hold-out stage found later is what it is compared with.
+    def config(name, accuracy, minutes):
+        return {"name": name, "search_accuracy": accuracy,
+                "exhaustive_search_accuracy": None,
+                "minutes_to_reach": minutes}
+
+    fidelity = {
+        "screened_128_3_3": {
+            "screen_images": 128, "finalists": 3, "picks_per_step": 3,
+            "load_average_at_start": [1.5, 1.7, 2.1],
+            "configs": [config("like_1.25x", 0.458, 9.0),
+                        config("like_1x", 0.443, 16.0)]},
+        "holdout": {"configs": [
+            {"search": "exhaustive", "name": "like_1.25x",
+             "search_accuracy": 0.470, "holdout_accuracy": 0.4500},
+            {"search": "screened_128_3_3", "name": "like_1.25x",
+             "search_accuracy": 0.458, "holdout_accuracy": 0.4520},
+            {"search": "screened_128_3_3", "name": "like_1x",
+             "search_accuracy": 0.443, "holdout_accuracy": 0.4300}]},
+    }
+    rows = {r["name"].split(": ", 1)[1]: r
+            for r in suites._fidelity_rows(fidelity)}
+    timing = rows["search to like_1x, alone (load 1.50 at start)"]
+    assert (timing["value"], timing["goal"]) == (16.0, "< 30")
+    assert rows["like_1.25x search accuracy - exhaustive"]["value"] == (
+        pytest.approx(-1.2))
+    assert rows["like_1.25x hold-out accuracy - exhaustive"]["value"] == (
+        pytest.approx(0.2))
+    # No exhaustive configuration at 1x yet: nothing to compare with.
+    assert not any(name.startswith("like_1x ") for name in rows)
