@@ -281,7 +281,7 @@ def autoslim_headline(report):
         rows.append(_figure("search seconds per greedy step",
                             stats["seconds_per_step"], "s"))
     if "search_seconds" in report:
-        rows.append(_figure("search minutes (this run, shared CPU)",
+        rows.append(_figure("search minutes (its steps, wherever they ran)",
                             report["search_seconds"] / 60, "min"))
     if "total_minutes" in report:
         rows.append(_figure("supernet + search + retraining minutes",
