@@ -157,6 +157,7 @@ def run_suite(suite, mode, out, names_for_command, force=False):
         # Figures are a function of the stored results: re-derive them, so
         # a changed headline needs no new measurement.
         old["figures"] = suite.headline(old["results"])
+        _set_work_minutes(old, suite)
         _write_outputs(old, out)
         return old, True
     folder.mkdir(parents=True, exist_ok=True)
@@ -206,11 +207,30 @@ def run_suite(suite, mode, out, names_for_command, force=False):
         results = suites_lib.read_results(suite, folder)
         record["results"] = results
         record["figures"] = suite.headline(results)
+        _set_work_minutes(record, suite)
     except Exception as error:  # noqa: BLE001 - recorded, run goes on
         record["status"] = "failed"
         record["error"] = f"{type(error).__name__}: {error}"
     _write_outputs(record, out)
     return record, False
+
+
+def _set_work_minutes(record, suite):
+    """Records the minutes of the work the results hold, when the module
+    reused stored work (more than this run's own duration)."""
+    record.pop("work_minutes", None)
+    minutes = suite.work_minutes and suite.work_minutes(record["results"])
+    if minutes and minutes > record["seconds"] / 60 + 1:
+        record["work_minutes"] = round(minutes, 1)
+
+
+def duration(record):
+    """This run's minutes, and those of the stored work it resumed."""
+    text = f"{record['seconds'] / 60:.1f} min"
+    if record.get("work_minutes"):
+        text += (f" (resumed stored work: {record['work_minutes']:.0f} min "
+                 "in all)")
+    return text
 
 
 # A Python exception line: "ValueError: ...", "tf.errors.NotFoundError: ..."
@@ -328,7 +348,7 @@ def provenance(record):
     line = (f"`{record['command']}` · {m['cpus']} CPUs, {m['processor']}, "
             f"load {m.get('load_average_start', '?')} at start · "
             f"{record['started'][:16].replace('T', ' ')} UTC · "
-            f"{record['seconds'] / 60:.1f} min · TF "
+            f"{duration(record)} · TF "
             f"{record['versions'].get('tensorflow')}, Keras "
             f"{record['versions'].get('keras')}")
     if record.get("cut"):

@@ -81,9 +81,13 @@ def section(records_by_out, relative_to, limit=18):
         if chosen:
             modes = sorted({r["mode"] for r in chosen})
             minutes = sum(r["seconds"] for r in chosen) / 60
+            work = sum(r.get("work_minutes") or r["seconds"] / 60
+                       for r in chosen)
             lines += [f"`{bases[out]}/`: {len(chosen)} suites "
                       f"({', '.join(modes)}), {minutes:.1f} min of "
-                      "measurement in all (the sum of their durations).", ""]
+                      "measurement in all (the sum of their durations)"
+                      + (f"; {work:.0f} min with the stored work they "
+                         "resumed" if work > minutes + 1 else "") + ".", ""]
     for kind, title in KIND_TITLES.items():
         chosen = [(r, o) for r, o in entries if r["kind"] == kind]
         if not chosen:

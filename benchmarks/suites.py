@@ -33,6 +33,10 @@ class Suite:
         results: The JSON file the module writes in its output folder.
         headline: `results dict -> list of figures`.
         needs_cifar10: Whether it reads the CIFAR-10 archive.
+        work_minutes: `results dict -> minutes` of all the work the
+            results hold, or None. A module that resumes stored runs
+            (RePr's seeds, AutoSlim's supernet) can finish in seconds;
+            its record then says how long the work it reused took.
     """
 
     name: str
@@ -45,6 +49,7 @@ class Suite:
     results: str
     headline: object
     needs_cifar10: bool = False
+    work_minutes: object = None
 
     def modes(self):
         return [m for m in MODES if m in self.argv]
@@ -471,7 +476,8 @@ SUITES = {s.name: s for s in [
                      "paper: 100) and ResNet-20 3, on all 45k images, 3 "
                      "seeds; RePr's schedule keeps its shares of the run"},
         results="results.json", headline=repr_headline,
-        needs_cifar10=True),
+        needs_cifar10=True,
+        work_minutes=lambda r: r.get("wall_seconds", 0) / 60 or None),
     Suite(
         "autoslim", "AutoSlim searched channels vs uniform width at equal "
         "MACs, retrained from scratch (CIFAR-10)", "accuracy",
@@ -489,7 +495,8 @@ SUITES = {s.name: s for s in [
              "full": "10k training images, supernet 5 epochs, retraining 5 "
                      "epochs (30 in the paper's schedule), one seed"},
         results="results.json", headline=autoslim_headline,
-        needs_cifar10=True),
+        needs_cifar10=True,
+        work_minutes=lambda r: r.get("total_minutes")),
     Suite(
         "applications", "slim() on keras.applications: exact at width 1.0, "
         "strip, fit step, TFLite", "accuracy",

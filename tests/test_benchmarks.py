@@ -108,6 +108,37 @@ def test_readme_section_is_generated_from_the_records(smoke_run, tmp_path):
     assert "--out full" in text and "1 suites (full)" in text
 
 
+def test_a_record_that_resumed_stored_work_says_how_long_it_took(
+        smoke_run, tmp_path):
+    # RePr's and AutoSlim's modules reuse stored runs: such a record takes
+    # seconds, and its provenance and the index must not pass that off as
+    # the measurement's duration.
+    out, _ = smoke_run
+    record = json.loads((out / "early_exit_speed.json").read_text())
+    record.update(seconds=12.0, results={"wall_seconds": 6000.0})
+    repr_suite = suites.SUITES["repr"]
+    harness._set_work_minutes(record, repr_suite)
+    assert record["work_minutes"] == 100.0
+    line = harness.provenance(record)
+    assert "0.2 min (resumed stored work: 100 min in all)" in line
+    folder = tmp_path / "resumed"
+    folder.mkdir()
+    (folder / "early_exit_speed.json").write_text(json.dumps(record))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.BEGIN}\n{report.END}\n")
+    report.update_readme(readme, folder)
+    assert ("0.2 min of measurement in all (the sum of their durations); "
+            "100 min with the stored work they resumed.") in readme.read_text()
+    # A run that did its work itself says nothing more.
+    record.update(seconds=6000.0)
+    harness._set_work_minutes(record, repr_suite)
+    assert "work_minutes" not in record
+    assert "resumed" not in harness.provenance(record)
+    record.update(seconds=12.0, results={"total_minutes": 239.0})
+    harness._set_work_minutes(record, suites.SUITES["autoslim"])
+    assert record["work_minutes"] == 239.0
+
+
 def test_bad_input_is_refused_with_what_is_allowed(tmp_path):
     done = _run("--suite", "nope", "--quick", "--out", str(tmp_path))
     assert done.returncode == 2 and "choose from core_speed" in done.stderr
