@@ -221,7 +221,7 @@ def _set_work_minutes(record, suite):
     record.pop("work_minutes", None)
     minutes = suite.work_minutes and suite.work_minutes(record["results"])
     if minutes and minutes > record["seconds"] / 60 + 1:
-        record["work_minutes"] = round(minutes, 1)
+        record["work_minutes"] = round(minutes, 2)
 
 
 def duration(record):

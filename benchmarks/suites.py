@@ -210,6 +210,16 @@ def early_exits_headline(report):
     return rows
 
 
+def _cycles(results, name):
+    """The label's " · N cycles" for a RePr run: presets (and settings)
+    run different numbers of cycles, which the figures depend on."""
+    for key, result in results.items():
+        shares = result.get("config", {}).get("schedule_shares")
+        if key.rsplit("@", 1)[0] == name and shares:
+            return f" · {shares[2]} cycle{'s' * (shares[2] > 1)}"
+    return ""
+
+
 def repr_headline(report):
     from benchmarks import repr_cifar10
 
@@ -222,7 +232,7 @@ def repr_headline(report):
         if row is None:
             continue
         n = len(row["accuracies"])
-        label = repr_cifar10.LABELS[name]
+        label = repr_cifar10.LABELS[name] + _cycles(results, name)
         rows.append(_figure(
             f"{label} (mean of {n} seed{'s' * (n > 1)})", row["mean"],
             "accuracy", spread=_seed_spread(row["accuracies"])))

@@ -279,6 +279,10 @@ def test_repr_probes_are_set_against_the_standard_run_over_the_same_steps():
     assert "worst_probe_vs_standard" not in repr_cifar10.summarize(
         results)["convnet_repr"]
     assert "->" not in repr_cifar10.markdown(report)
+    # The headline names each RePr row's number of cycles.
+    results["convnet_repr@0"]["config"] = {"schedule_shares": [0.2, 0.1, 3]}
+    names = [f["name"] for f in suites.repr_headline({"results": results})]
+    assert "ConvNet, RePr (defaults) · 3 cycles (mean of 1 seed)" in names
 
 
 def test_autoslim_fidelity_rows_take_the_exhaustive_reference_from_holdout():
