@@ -80,12 +80,18 @@ def parse_args(argv=None):
     parser.add_argument("--finalists", type=int, default=3,
                         help="screened candidates scored on every search "
                         "image")
+    parser.add_argument("--screen_by", default=None,
+                        choices=("accuracy", "log_likelihood"),
+                        help="the screening score (default the library's)")
     parser.add_argument("--picks_per_step", type=int, default=1,
                         help="groups narrowed at once while far from the "
                         "next target")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--retrain_seeds", default=None,
+                        help="seeds of the retrainings, e.g. 0,1 (default "
+                        "--seed); a record's other seeds are kept")
     parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE))
     parser.add_argument("--output_dir", default=None)
@@ -105,6 +111,8 @@ def parse_args(argv=None):
     args.targets = [float(v) for v in args.targets.split(",")]
     args.retrain_targets = (args.targets if args.retrain_targets is None else
                             [float(v) for v in args.retrain_targets.split(",")])
+    args.retrain_seeds = ([args.seed] if args.retrain_seeds is None else
+                          [int(v) for v in args.retrain_seeds.split(",")])
     if not set(args.retrain_targets) <= set(args.targets):
         parser.error(f"--retrain_targets {args.retrain_targets} must be "
                      f"among --targets {args.targets}")
@@ -135,10 +143,11 @@ def search_set(x_train, y_train, args):
     return normalize(x_train[chosen]), y_train[chosen]
 
 
-def train(model, x, y, epochs, args, **compile_kwargs):
+def train(model, x, y, epochs, args, seed=None, **compile_kwargs):
     steps = epochs * (len(x) // args.batch_size)
     compile_model(model, steps, args.learning_rate, **compile_kwargs)
-    model.fit(train_dataset(x, y, args.batch_size, args.seed),
+    seed = args.seed if seed is None else seed
+    model.fit(train_dataset(x, y, args.batch_size, seed),
               epochs=epochs, verbose=2)
 
 
@@ -182,6 +191,7 @@ def main(argv=None):
         progress_path=out / "search_progress.json",
         screen_images=args.screen_images or None, finalists=args.finalists,
         picks_per_step=args.picks_per_step,
+        **({"screen_by": args.screen_by} if args.screen_by else {}),
         verbose=2)
     log(f"search: {len(found['history']) - 1} steps, "
         f"{found['stats']['seconds'] / 60:.1f} min of steps "
@@ -206,22 +216,30 @@ def main(argv=None):
         }
         for kind, config in runs.items():
             key = f"{entry['name']}/{kind}"
-            if key in results["retrained"]:
-                continue
-            log(f"training {key} from scratch")
-            keras.utils.set_random_seed(args.seed)
-            model = build(args, widths=[config])
-            start = time.perf_counter()
-            train(model, x_train, y_train, args.retrain_epochs, args)
-            profiled = keras_slim.profile(model, config)
-            results["retrained"][key] = {
-                "macs": profiled["macs"], "params": profiled["params"],
-                "accuracy": accuracy(model, normalize(x_val), y_val),
-                "seconds": time.perf_counter() - start,
-                "uniform_width": (entry["uniform"]["width"]
-                                  if kind == "uniform" else None),
-            }
-            results_path.write_text(json.dumps(results, indent=1))
+            for seed in args.retrain_seeds:
+                row = results["retrained"].get(key)
+                if row is not None and str(seed) in _by_seed(row, args):
+                    continue
+                log(f"training {key} from scratch (seed {seed})")
+                keras.utils.set_random_seed(seed)
+                model = build(args, widths=[config])
+                start = time.perf_counter()
+                train(model, x_train, y_train, args.retrain_epochs, args,
+                      seed=seed)
+                profiled = keras_slim.profile(model, config)
+                by_seed = dict(_by_seed(row, args) if row else {})
+                by_seed[str(seed)] = accuracy(model, normalize(x_val), y_val)
+                results["retrained"][key] = {
+                    "macs": profiled["macs"], "params": profiled["params"],
+                    # The mean over seeds; each seed's in accuracy_by_seed.
+                    "accuracy": float(np.mean(list(by_seed.values()))),
+                    "accuracy_by_seed": by_seed,
+                    "seconds": (row or {}).get("seconds", 0.0)
+                    + time.perf_counter() - start,
+                    "uniform_width": (entry["uniform"]["width"]
+                                      if kind == "uniform" else None),
+                }
+                results_path.write_text(json.dumps(results, indent=1))
     retrained = {"searched": [], "uniform": []}
     for key, row in results["retrained"].items():
         retrained[key.split("/")[1]].append((row["macs"], row["accuracy"]))
@@ -234,14 +252,25 @@ def main(argv=None):
     if fidelity.exists():
         results["fidelity"] = json.loads(fidelity.read_text())
     results_path.write_text(json.dumps(results, indent=1))
-    lines = ["| target | kind | MACs | params | accuracy |",
-             "|---|---|---|---|---|"]
+    lines = ["| target | kind | MACs | params | accuracy (mean of seeds) | "
+             "by seed |", "|---|---|---|---|---|---|"]
     for key, row in results["retrained"].items():
         name, kind = key.split("/")
+        seeds = " / ".join(f"{seed}: {value:.4f}" for seed, value
+                           in sorted(_by_seed(row, args).items()))
         lines.append(f"| {name} | {kind} | {row['macs'] / 1e6:.1f}M | "
-                     f"{row['params'] / 1e6:.2f}M | {row['accuracy']:.4f} |")
+                     f"{row['params'] / 1e6:.2f}M | {row['accuracy']:.4f} | "
+                     f"{seeds} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _by_seed(row, args):
+    """A retrained row's accuracy per seed (records of one seed kept only
+    "accuracy", trained with the record's --seed)."""
+    if "accuracy_by_seed" in row:
+        return row["accuracy_by_seed"]
+    return {str(args.seed): row["accuracy"]}
 
 
 if __name__ == "__main__":

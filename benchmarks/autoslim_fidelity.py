@@ -61,6 +61,10 @@ def parse_args(argv=None):
     parser.add_argument("--picks_per_step", type=int, default=1,
                         help="screened: groups narrowed at once while far "
                         "from the next target")
+    parser.add_argument("--screen_by", default="accuracy",
+                        choices=("log_likelihood", "accuracy"),
+                        help="screened: the screening score (accuracy: "
+                        "log-likelihood breaks ties)")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="exhaustive: steps in this call (resumable)")
     parser.add_argument("--fidelity_file", default="fidelity.json")
@@ -282,7 +286,7 @@ def replay(args, bench_args):
             candidates = _candidates(space, chosen)
             _, logits = runner.step(current, candidates, return_logits=True)
             steps.append({
-                "accuracy": [runner._score(l) for l in logits],
+                "accuracy": [runner.accuracy_of(l) for l in logits],
                 "log_likelihood": [runner.log_likelihood(l) for l in logits],
             })
             path.write_text(json.dumps(raw))
@@ -365,7 +369,8 @@ def screened(args, bench_args):
     size = int(args.screen_images.split(",")[0])
     finalists = int(args.finalists.split(",")[0])
     picks = args.picks_per_step
-    stem = f"screened_{size}_{finalists}" + (f"_{picks}" if picks > 1 else "")
+    stem = (f"screened_{size}_{finalists}" + (f"_{picks}" if picks > 1 else "")
+            + ("_acc" if args.screen_by == "accuracy" else ""))
     progress = out / f"{stem}_progress.json"
     if progress.exists():
         progress.unlink()  # a timed run starts from scratch
@@ -374,7 +379,7 @@ def screened(args, bench_args):
     result = search.autoslim(
         supernet, data, targets=targets, names=names, bins=bench_args.bins,
         num_images=None, screen_images=size or None, finalists=finalists,
-        picks_per_step=picks,
+        picks_per_step=picks, screen_by=args.screen_by,
         output_path=out / f"{stem}.json",
         progress_path=progress, verbose=2)
     seconds = time.perf_counter() - start
@@ -408,9 +413,10 @@ def screened(args, bench_args):
         log(f"{row['name']} reached after {row['minutes_to_reach']:.1f} min")
     benchmark = out / "search.json"
     same_as_benchmark = None
-    if benchmark.exists() and (size, finalists, picks) == (
+    if benchmark.exists() and (size, finalists, picks, args.screen_by) == (
             bench_args.screen_images, bench_args.finalists,
-            bench_args.picks_per_step):
+            bench_args.picks_per_step,
+            bench_args.screen_by or "accuracy"):
         # Another process, same settings: determinism across runs.
         theirs = json.loads(benchmark.read_text())
         same_as_benchmark = [c["channels"] for c in theirs["configs"]] == [
@@ -427,7 +433,7 @@ def screened(args, bench_args):
         f"{common} steps")
     update(out, args, stem, {
         "screen_images": size, "finalists": finalists,
-        "picks_per_step": picks,
+        "picks_per_step": picks, "screen_by": args.screen_by,
         "minutes": seconds / 60, "steps": len(path),
         "load_average_at_start": list(load_average),
         "seconds_per_step": result["stats"]["seconds_per_step"],

@@ -318,3 +318,28 @@ def test_autoslim_fidelity_rows_take_the_exhaustive_reference_from_holdout():
         pytest.approx(0.2))
     # No exhaustive configuration at 1x yet: nothing to compare with.
     assert not any(name.startswith("like_1x ") for name in rows)
+
+
+def test_autoslim_headline_pairs_retraining_seeds():
+    # Two seeds: the difference is the mean of the paired differences, its
+    # spread the seeds' min and max; a record of one seed reads as before.
+    def row(by_seed):
+        return {"macs": 8.0e7, "accuracy": sum(by_seed.values()) / 2,
+                "accuracy_by_seed": by_seed}
+
+    report = {"retrained": {
+        "like_1x/searched": row({"0": 0.54, "1": 0.56}),
+        "like_1x/uniform": row({"0": 0.56, "1": 0.55}),
+    }}
+    rows = {r["name"]: r for r in suites.autoslim_headline(report)}
+    delta = rows["like_1x: searched - uniform (mean of 2 paired seeds)"]
+    assert delta["value"] == pytest.approx(-0.5)
+    assert (delta["p10"], delta["p90"], delta["n"]) == (
+        pytest.approx(-2.0), pytest.approx(1.0), 2)
+    assert "like_1x/searched (80.0M MACs, mean of 2 seeds)" in rows
+    one_seed = {"retrained": {
+        "like_1x/searched": {"macs": 8.0e7, "accuracy": 0.54},
+        "like_1x/uniform": {"macs": 8.0e7, "accuracy": 0.56}}}
+    rows = {r["name"]: r for r in suites.autoslim_headline(one_seed)}
+    assert rows["like_1x: searched - uniform"]["value"] == pytest.approx(-2.0)
+    assert "p10" not in rows["like_1x: searched - uniform"]

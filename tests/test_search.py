@@ -582,6 +582,45 @@ def test_screening_picks_the_exhaustive_winner_when_it_is_a_finalist(
                         screen_images=0, verbose=0)
 
 
+@pytest.mark.parametrize("screen_by", [None, "log_likelihood"])
+def test_screening_ranks_by_its_score(trained, digits, tmp_path, screen_by):
+    # None: the default, accuracy on the subset with the log-likelihood
+    # breaking ties.
+    x, y = _search_set(digits)
+    targets = [0.6 * CostModel(trained).cost(trained.full_channels)["macs"]]
+    kwargs = dict(targets=targets, bins=6, screen_images=48, finalists=1,
+                  verbose=0)
+    chosen_by = {} if screen_by is None else {"screen_by": screen_by}
+    result = search.autoslim(trained, (x, y), progress_path=tmp_path / "a.json",
+                             **chosen_by, **kwargs)
+    # The finalist of every screened step, recomputed here on the subset.
+    from keras_slim.search import greedy
+
+    space = greedy._Search(trained, "macs", 6, None, trained.width_range[0])
+    subset = np.sort(np.random.default_rng(0).permutation(len(x))[:48])
+    screener = Runner(trained, space.costs.program, space.costs.cuts,
+                      x[subset], y[subset])
+    for previous, row in zip(result["history"], result["history"][1:]):
+        chosen = {g: int(c) for g, c in previous["chosen"].items()}
+        candidates = [(g, space.counts(dict(chosen, **{g: n})))
+                      for g in space.groups
+                      if (n := space.narrower(chosen, g)) is not None]
+        _, logits = screener.step(space.counts(chosen), candidates,
+                                  return_logits=True)
+        keys = {g: (screener.log_likelihood(l),) if screen_by else
+                (screener.accuracy_of(l), screener.log_likelihood(l))
+                for (g, _), l in zip(candidates, logits)}
+        assert list(row["scores"]) == [max(keys, key=lambda g: keys[g])]
+    # Another screening score is another search (its progress file says so,
+    # and what differs).
+    other = {"screen_by": "accuracy" if screen_by else "log_likelihood"}
+    with pytest.raises(ValueError, match="another search.*settings: screen"):
+        search.autoslim(trained, (x, y), progress_path=tmp_path / "a.json",
+                        **other, **kwargs)
+    with pytest.raises(ValueError, match="screen_by must be one of"):
+        search.autoslim(trained, (x, y), screen_by="loss", **kwargs)
+
+
 # ------------------------------------------------- named configurations
 def test_loaded_configurations_name_files_and_rows(trained, searched,
                                                    tmp_path):

@@ -224,7 +224,8 @@ class Runner:
             values = self._advance(j, values, counts)
         return values[self.program.output_id].numpy()
 
-    def _score(self, logits):
+    def accuracy_of(self, logits):
+        """Share of the images whose top logit is the true class."""
         return float(np.mean(np.argmax(logits, axis=-1) == self.labels))
 
     def log_likelihood(self, logits):
@@ -241,7 +242,7 @@ class Runner:
 
     def accuracy(self, counts):
         """Search-set accuracy at group `counts`, computed from scratch."""
-        return self._score(self.logits(counts))
+        return self.accuracy_of(self.logits(counts))
 
     def step(self, current, candidates, return_logits=False):
         """Scores candidates that each narrow one group of `current`.
@@ -270,7 +271,7 @@ class Runner:
         for i in range(len(self.points) - 1):
             for position, counts in by_point.get(i, []):
                 logits[position] = self._finish(i, values, counts)
-                scores[position] = self._score(logits[position])
+                scores[position] = self.accuracy_of(logits[position])
             if i >= last:
                 break
             values = self._advance(i, values, current)
