@@ -80,9 +80,10 @@ def parse_args(argv=None):
     parser.add_argument("--finalists", type=int, default=3,
                         help="screened candidates scored on every search "
                         "image")
-    parser.add_argument("--screen_by", default=None,
+    parser.add_argument("--screen_by", default="accuracy",
                         choices=("accuracy", "log_likelihood"),
-                        help="the screening score (default the library's)")
+                        help="the screening score (see autoslim's "
+                        "screen_by)")
     parser.add_argument("--picks_per_step", type=int, default=1,
                         help="groups narrowed at once while far from the "
                         "next target")
@@ -162,6 +163,8 @@ def main(argv=None):
     results_path = out / "results.json"
     results = (json.loads(results_path.read_text())
                if results_path.exists() else {"retrained": {}})
+    # The seed the record's rows of one seed were trained with.
+    first_seed = results.get("args", {}).get("seed", args.seed)
     keras.utils.set_random_seed(args.seed)
     images, labels, _ = load_cifar10(args.archive, args.cache_dir)
     (x_train, y_train), (x_val, y_val) = split(
@@ -191,7 +194,7 @@ def main(argv=None):
         progress_path=out / "search_progress.json",
         screen_images=args.screen_images or None, finalists=args.finalists,
         picks_per_step=args.picks_per_step,
-        **({"screen_by": args.screen_by} if args.screen_by else {}),
+        screen_by=args.screen_by,
         verbose=2)
     log(f"search: {len(found['history']) - 1} steps, "
         f"{found['stats']['seconds'] / 60:.1f} min of steps "
@@ -214,11 +217,12 @@ def main(argv=None):
             "uniform": search.config_from_counts(
                 supernet, supernet.channels_for(entry["uniform"]["width"])),
         }
-        for kind, config in runs.items():
-            key = f"{entry['name']}/{kind}"
-            for seed in args.retrain_seeds:
+        # Seeds outermost: an interrupted run leaves pairs complete.
+        for seed in args.retrain_seeds:
+            for kind, config in runs.items():
+                key = f"{entry['name']}/{kind}"
                 row = results["retrained"].get(key)
-                if row is not None and str(seed) in _by_seed(row, args):
+                if row is not None and str(seed) in _by_seed(row, first_seed):
                     continue
                 log(f"training {key} from scratch (seed {seed})")
                 keras.utils.set_random_seed(seed)
@@ -227,7 +231,7 @@ def main(argv=None):
                 train(model, x_train, y_train, args.retrain_epochs, args,
                       seed=seed)
                 profiled = keras_slim.profile(model, config)
-                by_seed = dict(_by_seed(row, args) if row else {})
+                by_seed = dict(_by_seed(row, first_seed) if row else {})
                 by_seed[str(seed)] = accuracy(model, normalize(x_val), y_val)
                 results["retrained"][key] = {
                     "macs": profiled["macs"], "params": profiled["params"],
@@ -257,7 +261,7 @@ def main(argv=None):
     for key, row in results["retrained"].items():
         name, kind = key.split("/")
         seeds = " / ".join(f"{seed}: {value:.4f}" for seed, value
-                           in sorted(_by_seed(row, args).items()))
+                           in sorted(_by_seed(row, first_seed).items()))
         lines.append(f"| {name} | {kind} | {row['macs'] / 1e6:.1f}M | "
                      f"{row['params'] / 1e6:.2f}M | {row['accuracy']:.4f} | "
                      f"{seeds} |")
@@ -265,12 +269,12 @@ def main(argv=None):
     print("\n".join(lines))
 
 
-def _by_seed(row, args):
+def _by_seed(row, first_seed):
     """A retrained row's accuracy per seed (records of one seed kept only
-    "accuracy", trained with the record's --seed)."""
+    "accuracy", trained with the record's --seed, `first_seed`)."""
     if "accuracy_by_seed" in row:
         return row["accuracy_by_seed"]
-    return {str(args.seed): row["accuracy"]}
+    return {str(first_seed): row["accuracy"]}
 
 
 if __name__ == "__main__":

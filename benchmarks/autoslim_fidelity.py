@@ -369,8 +369,10 @@ def screened(args, bench_args):
     size = int(args.screen_images.split(",")[0])
     finalists = int(args.finalists.split(",")[0])
     picks = args.picks_per_step
+    # The rule only matters when something is screened.
+    screen_by = args.screen_by if size else None
     stem = (f"screened_{size}_{finalists}" + (f"_{picks}" if picks > 1 else "")
-            + ("_acc" if args.screen_by == "accuracy" else ""))
+            + ("_acc" if screen_by == "accuracy" else ""))
     progress = out / f"{stem}_progress.json"
     if progress.exists():
         progress.unlink()  # a timed run starts from scratch
@@ -413,10 +415,11 @@ def screened(args, bench_args):
         log(f"{row['name']} reached after {row['minutes_to_reach']:.1f} min")
     benchmark = out / "search.json"
     same_as_benchmark = None
-    if benchmark.exists() and (size, finalists, picks, args.screen_by) == (
-            bench_args.screen_images, bench_args.finalists,
-            bench_args.picks_per_step,
-            bench_args.screen_by or "accuracy"):
+    settings = [json.loads(path.read_text())["settings"]
+                for path in (progress, out / "search_progress.json")
+                if path.exists()]
+    if (benchmark.exists() and len(settings) == 2
+            and settings[0] == settings[1]):
         # Another process, same settings: determinism across runs.
         theirs = json.loads(benchmark.read_text())
         same_as_benchmark = [c["channels"] for c in theirs["configs"]] == [
@@ -433,7 +436,7 @@ def screened(args, bench_args):
         f"{common} steps")
     update(out, args, stem, {
         "screen_images": size, "finalists": finalists,
-        "picks_per_step": picks, "screen_by": args.screen_by,
+        "picks_per_step": picks, "screen_by": screen_by,
         "minutes": seconds / 60, "steps": len(path),
         "load_average_at_start": list(load_average),
         "seconds_per_step": result["stats"]["seconds_per_step"],

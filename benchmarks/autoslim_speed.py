@@ -190,9 +190,11 @@ def main(argv=None):
 
         def screened_step():
             _, logits = screener.step(current, candidates, return_logits=True)
-            screen = [screener.log_likelihood(l) for l in logits]
-            kept = sorted(range(len(candidates)), key=lambda i: -screen[i])[
-                : args.finalists]
+            order, _, _ = autoslim_lib.screen_ranking(
+                screener, logits,
+                [space.cost(counts)["macs"] for _, counts in candidates],
+                "accuracy")
+            kept = order[: args.finalists]
             runner.step(current, [candidates[i] for i in sorted(kept)])
 
         screened_step()  # trace the screener's segments

@@ -289,16 +289,21 @@ def autoslim_headline(report):
         target, kind = name.rsplit("/", 1)
         uniform = retrained.get(f"{target}/uniform")
         if kind == "searched" and uniform is not None:
-            paired = [100 * (value - uniform["accuracy_by_seed"][seed])
+            theirs = uniform.get("accuracy_by_seed", {})
+            paired = [100 * (value - theirs[seed])
                       for seed, value in sorted(by_seed.items())
-                      if seed in uniform.get("accuracy_by_seed", {})]
-            rows.append(_figure(
-                f"{target}: searched - uniform"
-                + (f" (mean of {len(paired)} paired seeds)"
-                   if len(paired) > 1 else ""),
-                sum(paired) / len(paired) if len(paired) > 1 else
-                100 * (result["accuracy"] - uniform["accuracy"]),
-                "points", goal=">= 1.0", spread=_seed_spread(paired)))
+                      if seed in theirs]
+            if paired:  # only seeds both kinds trained with
+                value = sum(paired) / len(paired)
+                suffix = ("" if len(by_seed) == len(theirs) == 1 else
+                          f" (mean of {len(paired)} paired seed"
+                          f"{'s' if len(paired) > 1 else ''})")
+            else:  # records of one seed each
+                value = 100 * (result["accuracy"] - uniform["accuracy"])
+                suffix = ""
+            rows.append(_figure(f"{target}: searched - uniform{suffix}",
+                                value, "points", goal=">= 1.0",
+                                spread=_seed_spread(paired)))
     stats = report.get("search_stats")
     if stats:
         rows.append(_figure("search seconds per greedy step",

@@ -318,6 +318,22 @@ def test_autoslim_fidelity_rows_take_the_exhaustive_reference_from_holdout():
         pytest.approx(0.2))
     # No exhaustive configuration at 1x yet: nothing to compare with.
     assert not any(name.startswith("like_1x ") for name in rows)
+    # A search screened by accuracy first says so, and is compared with
+    # the replay of its own rule.
+    fidelity["screened_128_3_3_acc"] = dict(
+        fidelity["screened_128_3_3"], screen_by="accuracy")
+    fidelity["replay"] = {"table": [
+        {"screen_images": 128, "finalists": 3, "rule": rule, "steps": 166,
+         "same_pick": share}
+        for rule, share in (("log_likelihood", 0.108),
+                            ("accuracy_then_log_likelihood", 0.205))]}
+    rows = {r["name"]: r for r in suites._fidelity_rows(fidelity)}
+    label = "screened (128 images, 3 finalists, 3 picks per step"
+    assert rows[f"{label}, accuracy first): steps picking the exhaustive "
+                "group (166 exhaustive states)"]["value"] == (
+        pytest.approx(20.5))
+    assert rows[f"{label}): steps picking the exhaustive group (166 "
+                "exhaustive states)"]["value"] == pytest.approx(10.8)
 
 
 def test_autoslim_headline_pairs_retraining_seeds():

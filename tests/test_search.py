@@ -10,6 +10,7 @@ import pytest
 import keras_slim
 import keras_slim.width
 from keras_slim import search
+from keras_slim.search import greedy
 from keras_slim.search.cost import CostModel
 from keras_slim.search.runner import Runner
 
@@ -582,10 +583,11 @@ def test_screening_picks_the_exhaustive_winner_when_it_is_a_finalist(
                         screen_images=0, verbose=0)
 
 
-@pytest.mark.parametrize("screen_by", [None, "log_likelihood"])
+@pytest.mark.parametrize("screen_by", [None, "accuracy", "log_likelihood"])
 def test_screening_ranks_by_its_score(trained, digits, tmp_path, screen_by):
     # None: the default, accuracy on the subset with the log-likelihood
     # breaking ties.
+    by_accuracy = screen_by in (None, "accuracy")
     x, y = _search_set(digits)
     targets = [0.6 * CostModel(trained).cost(trained.full_channels)["macs"]]
     kwargs = dict(targets=targets, bins=6, screen_images=48, finalists=1,
@@ -594,8 +596,6 @@ def test_screening_ranks_by_its_score(trained, digits, tmp_path, screen_by):
     result = search.autoslim(trained, (x, y), progress_path=tmp_path / "a.json",
                              **chosen_by, **kwargs)
     # The finalist of every screened step, recomputed here on the subset.
-    from keras_slim.search import greedy
-
     space = greedy._Search(trained, "macs", 6, None, trained.width_range[0])
     subset = np.sort(np.random.default_rng(0).permutation(len(x))[:48])
     screener = Runner(trained, space.costs.program, space.costs.cuts,
@@ -607,16 +607,19 @@ def test_screening_ranks_by_its_score(trained, digits, tmp_path, screen_by):
                       if (n := space.narrower(chosen, g)) is not None]
         _, logits = screener.step(space.counts(chosen), candidates,
                                   return_logits=True)
-        keys = {g: (screener.log_likelihood(l),) if screen_by else
-                (screener.accuracy_of(l), screener.log_likelihood(l))
+        keys = {g: (screener.accuracy_of(l), screener.log_likelihood(l))
+                if by_accuracy else (screener.log_likelihood(l),)
                 for (g, _), l in zip(candidates, logits)}
         assert list(row["scores"]) == [max(keys, key=lambda g: keys[g])]
-    # Another screening score is another search (its progress file says so,
-    # and what differs).
-    other = {"screen_by": "accuracy" if screen_by else "log_likelihood"}
-    with pytest.raises(ValueError, match="another search.*settings: screen"):
+        assert ("screen_accuracy" in row) == by_accuracy
+    # Another screening score is another search: the progress file says
+    # so, what differs, and how to resume it.
+    other = "log_likelihood" if by_accuracy else "accuracy"
+    mine = "accuracy" if by_accuracy else "log_likelihood"
+    with pytest.raises(ValueError, match=(
+            f"another search.*screen.by stored .*pass screen_by='{mine}'")):
         search.autoslim(trained, (x, y), progress_path=tmp_path / "a.json",
-                        **other, **kwargs)
+                        screen_by=other, **kwargs)
     with pytest.raises(ValueError, match="screen_by must be one of"):
         search.autoslim(trained, (x, y), screen_by="loss", **kwargs)
 

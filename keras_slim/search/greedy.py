@@ -251,7 +251,9 @@ def autoslim(
         whether that uniform width scores higher, which also warns),
         "history" (one row per step, with "scores": the search-set accuracy
         of every candidate scored on the whole search set and, when
-        screening, "screen": every candidate's screening score), "range"
+        screening, "screen": every candidate's mean log-likelihood on the
+        subset and, with `screen_by="accuracy"`, "screen_accuracy": its
+        accuracy there), "range"
         (the reachable costs),
         "finished" and "stats" (seconds per step, the work done / the work
         of scoring every candidate from the input).
@@ -396,14 +398,18 @@ def autoslim(
         expected = json.loads(json.dumps(settings))
         stored = progress.get("settings") or {}
         if stored != expected:
-            differ = sorted(k for k in set(stored) | set(expected)
-                            if stored.get(k) != expected.get(k))
+            differ = _differences(stored, expected)
+            hint = ""
+            if [name for name, _, _ in differ] == ["screen.by"]:
+                # Screened searches saved before screen_by existed.
+                hint = (f" To resume it, pass screen_by="
+                        f"{stored['screen'].get('by', 'log_likelihood')!r}.")
             raise ValueError(
                 f"The progress file '{progress_path}' belongs to another "
                 "search (different model, weights, data or settings: "
-                f"{', '.join(differ)}; stored {[stored.get(k) for k in differ]}"
-                f", this call {[expected.get(k) for k in differ]}). "
-                "Delete it or pass another progress_path."
+                + "; ".join(f"{name} stored {a!r}, this call {b!r}"
+                            for name, a, b in differ)
+                + f").{hint} Delete it or pass another progress_path."
             )
     runner = Runner(model, space.costs.program, space.costs.cuts, x, labels)
     screener = None
@@ -481,15 +487,12 @@ def autoslim(
             break
         priced = [space.cost(counts) for _, counts in candidates]
         start = time.perf_counter()
-        scored, screen = list(range(len(candidates))), None
+        scored, screen, screen_hits = list(range(len(candidates))), None, None
         cached = 0.0
         if screener is not None and len(candidates) > int(finalists):
             _, logits = screener.step(current, candidates, return_logits=True)
-            screen = [screener.log_likelihood(l) for l in logits]
-            hits = ([screener.accuracy_of(l) for l in logits]
-                    if screen_by == "accuracy" else [0.0] * len(logits))
-            ranked = sorted(scored, key=lambda i: (
-                -hits[i], -screen[i], priced[i][metric], i))
+            ranked, screen, screen_hits = screen_ranking(
+                screener, logits, [c[metric] for c in priced], screen_by)
             scored = sorted(ranked[: int(finalists)])
             cached += _work(space, runner.cuts, current, candidates)[0] * (
                 len(screener.labels) / len(runner.labels))
@@ -531,6 +534,9 @@ def autoslim(
         if screen is not None:
             row["screen"] = {g: value
                              for (g, _), value in zip(candidates, screen)}
+        if screen_hits is not None:
+            row["screen_accuracy"] = {
+                g: value for (g, _), value in zip(candidates, screen_hits)}
         progress["history"].append(row)
         record(row)
         save_progress()
@@ -575,6 +581,47 @@ def _step_line(row, metric, left, step_seconds):
             f"{row[metric] / scale:.4g} {name} - accuracy "
             f"{row['accuracy']:.4f} - {per_step:.1f} s/step - "
             f"about {remaining} left")
+
+
+def screen_ranking(screener, logits, costs, screen_by):
+    """Orders screened candidates, best first.
+
+    Args:
+        screener: The `Runner` of the screening subset.
+        logits: Each candidate's logits on that subset.
+        costs: Each candidate's cost (lower breaks ties).
+        screen_by: "accuracy" (then the log-likelihood) or
+            "log_likelihood".
+
+    Returns:
+        `(order, log_likelihoods, accuracies)`; accuracies is None with
+        "log_likelihood".
+    """
+    likelihoods = [screener.log_likelihood(l) for l in logits]
+    if screen_by == "log_likelihood":
+        order = sorted(range(len(logits)),
+                       key=lambda i: (-likelihoods[i], costs[i], i))
+        return order, likelihoods, None
+    hits = [screener.accuracy_of(l) for l in logits]
+    order = sorted(range(len(logits)),
+                   key=lambda i: (-hits[i], -likelihoods[i], costs[i], i))
+    return order, likelihoods, hits
+
+
+def _differences(stored, expected):
+    """`(name, stored, expected)` of every differing setting, one level into
+    dict settings (e.g. "screen.by")."""
+    rows = []
+    for key in sorted(set(stored) | set(expected)):
+        a, b = stored.get(key), expected.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            rows += [(f"{key}.{k}", a.get(k), b.get(k))
+                     for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            rows.append((key, a, b))
+    return rows
 
 
 def _steps_left(history, metric, smallest_target):
