@@ -521,7 +521,8 @@ SUITES = {s.name: s for s in [
         minutes={"quick": 9, "full": 150},
         cut={"quick": "ResNet-20 supernet, 10k images, 2 epochs, 2 targets",
              "full": "10k training images, supernet 5 epochs, retraining 5 "
-                     "epochs (30 in the paper's schedule), one seed"},
+                     "epochs (30 in the paper's schedule), one seed (the "
+                     "record adds a second: --retrain_seeds 0,1, its note)"},
         results="results.json", headline=autoslim_headline,
         needs_cifar10=True,
         work_minutes=lambda r: r.get("total_minutes")),
