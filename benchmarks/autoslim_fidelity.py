@@ -236,23 +236,18 @@ def _candidates(space, chosen):
     return candidates
 
 
-def _pick(candidates, full_scores, screen, costs, finalists):
-    """The screened step's pick: the `finalists` best by `screen` (then
-    cost, then order), the best of them by whole-set score (then cost,
-    then order)."""
-    order = sorted(range(len(candidates)),
-                   key=lambda i: (tuple(-s for s in screen[i]), costs[i], i))
+def _pick(candidates, full_scores, order, costs, finalists):
+    """The screened step's pick: the `finalists` first of the screening
+    `order`, the best of them by whole-set score (then cost, then
+    order)."""
     kept = order[:finalists]
     best = min(kept, key=lambda i: (-full_scores[i], costs[i], i))
     return candidates[best][0]
 
 
-RULES = {
-    # Screening score per candidate, higher first (a tuple sorts
-    # lexicographically).
-    "log_likelihood": lambda acc, ll: (ll,),
-    "accuracy_then_log_likelihood": lambda acc, ll: (acc, ll),
-}
+# Screening rules: whether accuracy on the subset ranks first (the
+# log-likelihood then breaks ties; `greedy.screen_order`).
+RULES = {"log_likelihood": False, "accuracy_then_log_likelihood": True}
 
 
 def replay(args, bench_args):
@@ -295,7 +290,7 @@ def replay(args, bench_args):
     # Agreement with the exhaustive picks.
     table = []
     for size in sizes:
-        for rule, score in RULES.items():
+        for rule, by_accuracy in RULES.items():
             for finalists in counts:
                 same, work, full_work, losses = 0, 0.0, 0.0, []
                 for step, screened in enumerate(raw[str(size)], start=1):
@@ -305,9 +300,10 @@ def replay(args, bench_args):
                     candidates = _candidates(space, chosen)
                     full_scores = [row["scores"][g] for g, _ in candidates]
                     costs = [space.cost(c)["macs"] for _, c in candidates]
-                    screen = [score(a, ll) for a, ll in zip(
-                        screened["accuracy"], screened["log_likelihood"])]
-                    pick = _pick(candidates, full_scores, screen, costs,
+                    order = greedy.screen_order(
+                        screened["log_likelihood"], costs,
+                        screened["accuracy"] if by_accuracy else None)
+                    pick = _pick(candidates, full_scores, order, costs,
                                  finalists)
                     same += pick == row["group"]
                     # What a different pick costs on the search set.
@@ -318,8 +314,6 @@ def replay(args, bench_args):
                     current = space.counts(chosen)
                     everything = greedy._work(space, space.costs.cuts,
                                               current, candidates)[0]
-                    order = sorted(range(len(candidates)), key=lambda i: (
-                        tuple(-s for s in screen[i]), costs[i], i))
                     kept = [candidates[i] for i in sorted(order[:finalists])]
                     work += everything * size / len(x) + greedy._work(
                         space, space.costs.cuts, current, kept)[0]

@@ -598,14 +598,19 @@ def screen_ranking(screener, logits, costs, screen_by):
         "log_likelihood".
     """
     likelihoods = [screener.log_likelihood(l) for l in logits]
-    if screen_by == "log_likelihood":
-        order = sorted(range(len(logits)),
-                       key=lambda i: (-likelihoods[i], costs[i], i))
-        return order, likelihoods, None
-    hits = [screener.accuracy_of(l) for l in logits]
-    order = sorted(range(len(logits)),
-                   key=lambda i: (-hits[i], -likelihoods[i], costs[i], i))
-    return order, likelihoods, hits
+    hits = (None if screen_by == "log_likelihood"
+            else [screener.accuracy_of(l) for l in logits])
+    return screen_order(likelihoods, costs, hits), likelihoods, hits
+
+
+def screen_order(likelihoods, costs, accuracies=None):
+    """Candidate indices, best first: by `accuracies` when given, then the
+    log-likelihoods, then the lower cost, then the index."""
+    if accuracies is None:
+        return sorted(range(len(likelihoods)),
+                      key=lambda i: (-likelihoods[i], costs[i], i))
+    return sorted(range(len(likelihoods)), key=lambda i: (
+        -accuracies[i], -likelihoods[i], costs[i], i))
 
 
 def _differences(stored, expected):
