@@ -20,7 +20,10 @@ search keeps a progress file and finished trainings are kept in
 the whole cost). `--stop_after supernet` stops after training the
 supernet. When `fidelity.json` (from `benchmarks.autoslim_fidelity`: the
 screened search against the exhaustive one on this supernet) is in the
-folder, its figures are added to `results.json`.
+folder, its figures are added to `results.json`. `--configs_from FILE`
+retrains the configurations of another search file (for example one of
+`benchmarks.autoslim_fidelity`'s searches) instead of steps 1-2; the file
+must have been searched on this architecture.
 
 Usage:
 
@@ -96,6 +99,10 @@ def parse_args(argv=None):
     parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE))
     parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--configs_from", default=None,
+                        help="retrain the configurations of this search "
+                        "file (an autoslim output of this architecture) "
+                        "instead of training a supernet and searching")
     parser.add_argument("--stop_after", choices=("supernet", "search"),
                         default=None,
                         help="stop after this stage (a later run resumes)")
@@ -171,41 +178,17 @@ def main(argv=None):
         images, labels, args.train_per_class, 500)
     log(f"{len(x_train)} training, {len(x_val)} held-out images")
 
-    supernet_path = out / "supernet.keras"
-    if supernet_path.exists():
-        supernet = keras.models.load_model(supernet_path)
+    if args.configs_from:
+        found, supernet = configs_from(args)
+        log(f"retraining the configurations of {args.configs_from}")
+        results["configs_from"] = args.configs_from
+        results["search_seconds"] = found["stats"]["seconds"]
+        results["search_stats"] = found["stats"]
     else:
-        start = time.perf_counter()
-        supernet = build(args)
-        train(supernet, x_train, y_train, args.supernet_epochs, args,
-              sandwich_size=4, inplace_distillation=True)
-        supernet.save(supernet_path)
-        results["supernet_seconds"] = time.perf_counter() - start
-        results_path.write_text(json.dumps(results, indent=1))
-    if args.stop_after == "supernet":
-        return
-    searched_on = search_set(x_train, y_train, args)
-    targets = [keras_slim.profile(supernet, w)["macs"] for w in args.targets]
-    start = time.perf_counter()
-    found = search.autoslim(
-        supernet, searched_on, targets=targets, bins=args.bins,
-        num_images=None, names=[f"like_{w:g}x" for w in args.targets],
-        output_path=out / "search.json",
-        progress_path=out / "search_progress.json",
-        screen_images=args.screen_images or None, finalists=args.finalists,
-        picks_per_step=args.picks_per_step,
-        screen_by=args.screen_by,
-        verbose=2)
-    log(f"search: {len(found['history']) - 1} steps, "
-        f"{found['stats']['seconds'] / 60:.1f} min of steps "
-        f"({time.perf_counter() - start:.0f} s in this call)")
-    # The steps' own seconds: a resumed search still reports its whole
-    # time.
-    results["search_seconds"] = found["stats"]["seconds"]
-    results["search_stats"] = found["stats"]
-    if args.stop_after == "search":
-        results_path.write_text(json.dumps(results, indent=1))
-        return
+        found, supernet = train_and_search(args, out, results, x_train,
+                                           y_train, results_path)
+        if found is None:
+            return
     search.plots.plot_channels(found, supernet, out / "channels.png")
 
     retrain_names = {f"like_{w:g}x" for w in args.retrain_targets}
@@ -222,6 +205,11 @@ def main(argv=None):
             for kind, config in runs.items():
                 key = f"{entry['name']}/{kind}"
                 row = results["retrained"].get(key)
+                if row is not None and row.get("channels", config) != config:
+                    raise ValueError(
+                        f"{results_path} holds a {key} row trained with other "
+                        "channels than this search's: retrain into another "
+                        "--output_dir.")
                 if row is not None and str(seed) in _by_seed(row, first_seed):
                     continue
                 log(f"training {key} from scratch (seed {seed})")
@@ -242,6 +230,7 @@ def main(argv=None):
                     + time.perf_counter() - start,
                     "uniform_width": (entry["uniform"]["width"]
                                       if kind == "uniform" else None),
+                    "channels": dict(config),
                 }
                 results_path.write_text(json.dumps(results, indent=1))
     retrained = {"searched": [], "uniform": []}
@@ -267,6 +256,77 @@ def main(argv=None):
                      f"{seeds} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def train_and_search(args, out, results, x_train, y_train, results_path):
+    """Steps 1-2: the supernet (trained or loaded) and its search.
+
+    Returns `(search results, supernet)`, or `(None, None)` when
+    `--stop_after` stops here.
+    """
+    import keras
+    import keras_slim
+    from keras_slim import search
+
+    supernet_path = out / "supernet.keras"
+    if supernet_path.exists():
+        supernet = keras.models.load_model(supernet_path)
+    else:
+        start = time.perf_counter()
+        supernet = build(args)
+        train(supernet, x_train, y_train, args.supernet_epochs, args,
+              sandwich_size=4, inplace_distillation=True)
+        supernet.save(supernet_path)
+        results["supernet_seconds"] = time.perf_counter() - start
+        results_path.write_text(json.dumps(results, indent=1))
+    if args.stop_after == "supernet":
+        return None, None
+    searched_on = search_set(x_train, y_train, args)
+    targets = [keras_slim.profile(supernet, w)["macs"] for w in args.targets]
+    start = time.perf_counter()
+    found = search.autoslim(
+        supernet, searched_on, targets=targets, bins=args.bins,
+        num_images=None, names=[f"like_{w:g}x" for w in args.targets],
+        output_path=out / "search.json",
+        progress_path=out / "search_progress.json",
+        screen_images=args.screen_images or None, finalists=args.finalists,
+        picks_per_step=args.picks_per_step,
+        screen_by=args.screen_by,
+        verbose=2)
+    log(f"search: {len(found['history']) - 1} steps, "
+        f"{found['stats']['seconds'] / 60:.1f} min of steps "
+        f"({time.perf_counter() - start:.0f} s in this call)")
+    # The steps' own seconds: a resumed search still reports its whole
+    # time.
+    results["search_seconds"] = found["stats"]["seconds"]
+    results["search_stats"] = found["stats"]
+    if args.stop_after == "search":
+        results_path.write_text(json.dumps(results, indent=1))
+        return None, None
+    return found, supernet
+
+
+def configs_from(args):
+    """Another search's results and an untrained supernet of its
+    architecture (all the retraining needs of it: the channel counts).
+
+    Raises:
+        ValueError: if the file was searched on another architecture
+            (model, width range or input size).
+    """
+    from keras_slim.search.configs import read_results
+    from keras_slim.search.cost import fingerprint
+
+    found = read_results(args.configs_from)
+    supernet = build(args)
+    if found["fingerprint"] != fingerprint(supernet):
+        raise ValueError(
+            f"{args.configs_from} was searched on another architecture "
+            f"(fingerprint {found['fingerprint']}; --model {args.model} "
+            f"--width_range {args.width_range} gives "
+            f"{fingerprint(supernet)}): pass the --model and --width_range "
+            "of its supernet.")
+    return found, supernet
 
 
 def _by_seed(row, first_seed):

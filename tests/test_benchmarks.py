@@ -359,3 +359,28 @@ def test_autoslim_headline_pairs_retraining_seeds():
     rows = {r["name"]: r for r in suites.autoslim_headline(one_seed)}
     assert rows["like_1x: searched - uniform"]["value"] == pytest.approx(-2.0)
     assert "p10" not in rows["like_1x: searched - uniform"]
+
+
+def test_autoslim_retrains_another_search_only_on_its_architecture():
+    # The ResNet-20 record was searched on width_range 0.35,1.5: its
+    # configurations come back with a supernet of the same architecture;
+    # another full width is refused with the fingerprints and the fix.
+    from benchmarks import autoslim_cifar10
+    from keras_slim import search
+
+    path = str(pathlib.Path(__file__).parents[1] / "benchmarks" /
+               "results_full" / "autoslim_resnet20" / "autoslim" /
+               "search.json")
+    args = autoslim_cifar10.parse_args(
+        ["--quick", "--width_range", "0.35,1.5", "--configs_from", path])
+    found, supernet = autoslim_cifar10.configs_from(args)
+    assert [c["name"] for c in found["configs"]] == [
+        "like_1x", "like_0.75x", "like_0.5x"]
+    assert set(found["configs"][0]["channels"]) == set(
+        search.config_from_counts(
+            supernet, supernet.channels_for(1.0)))
+    args = autoslim_cifar10.parse_args(
+        ["--quick", "--width_range", "0.35,1.0", "--configs_from", path])
+    with pytest.raises(ValueError, match="searched on another architecture"
+                       ".*--width_range"):
+        autoslim_cifar10.configs_from(args)
