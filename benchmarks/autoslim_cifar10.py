@@ -155,8 +155,9 @@ def train(model, x, y, epochs, args, seed=None, **compile_kwargs):
     steps = epochs * (len(x) // args.batch_size)
     compile_model(model, steps, args.learning_rate, **compile_kwargs)
     seed = args.seed if seed is None else seed
+    # The dataset shuffles itself (seeded); fit's own shuffle only warns.
     model.fit(train_dataset(x, y, args.batch_size, seed),
-              epochs=epochs, verbose=2)
+              epochs=epochs, verbose=2, shuffle=False)
 
 
 def main(argv=None):

@@ -203,7 +203,8 @@ def _job():
     )
     print(f"[2/5] Training a US-Net {_MODEL.value} for {_EPOCHS.value} "
           f"epochs (sandwich of {_SANDWICH_SIZE.value} widths)")
-    model.fit(train, epochs=_EPOCHS.value, verbose=2,
+    # `train` shuffles itself every epoch; fit's own shuffle would only warn.
+    model.fit(train, epochs=_EPOCHS.value, verbose=2, shuffle=False,
               callbacks=[_first_step_notice()])
 
     print(f"[3/5] Calibrating BatchNormalization for widths {widths}")
