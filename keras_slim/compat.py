@@ -118,6 +118,25 @@ def optimizer_slots(optimizer, variable):
     return slots
 
 
+def optimizer_learning_rate(optimizer):
+    """What `optimizer` computes its learning rate from, or None.
+
+    Keras optimizers keep it in `_learning_rate`: a number, a variable
+    (a constant that callbacks such as `LearningRateScheduler` may
+    change), a `LearningRateSchedule` of the step, or a callable of no
+    argument; the public `learning_rate` property only gives the current
+    value. `LossScaleOptimizer` (mixed precision) is looked through: its
+    own `_learning_rate` is a placeholder.
+
+    Example:
+
+    >>> optimizer_learning_rate(keras.optimizers.SGD(0.1))  # a variable
+    """
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return getattr(optimizer, "_learning_rate", None)
+
+
 def configure_coordination_heartbeat(timeout_seconds, cluster_resolver=None):
     """Sets how long a multi-worker cluster waits for a silent worker.
 

@@ -19,6 +19,7 @@ import keras_slim.graph
 from keras_slim import compat
 from keras_slim import repr as repr_lib
 from keras_slim.repr import reinit
+from keras_slim.repr import schedule as repr_schedule
 from tests.testing import digits
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -1135,3 +1136,146 @@ def test_trainers_flag_compensates_and_refuses_the_paper_with_it():
     plain = methods.repr_controller(loop.TrainConfig(method="repr"),
                                     _convnet(), 10, x[:32])
     assert not plain.compensate_drop
+
+
+class _StopInS2(keras.callbacks.Callback):
+    """Raises during an epoch's end, as Ctrl-C or a failing callback would:
+    Keras then skips `on_train_end`."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def _zero_filters(callback):
+    return {u.name: int(np.sum(np.linalg.norm(
+        u.kernel.numpy().reshape(-1, u.filters), axis=0) == 0))
+        for u in callback.controller.units}
+
+
+def test_a_fit_stopped_by_an_exception_is_undone_before_the_next_training():
+    x, y = digits(256)  # 8 steps per epoch at batch 32
+    model = tiny_bn_model(keras.optimizers.SGD(0.05))
+    callback = repr_lib.RePrCallback(1, 4, 1, 0.25, verbose=0,
+                                     schedule_check="off")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=32, epochs=6, verbose=0,
+                  callbacks=[callback, _StopInS2()])
+    # Stopped after step 16, in S2 (drop after 8, re-init due after 40).
+    assert sum(_zero_filters(callback).values()) > 0
+    assert "train_step" in model.__dict__
+    with pytest.warns(UserWarning, match="stopped without ending"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert sum(_zero_filters(callback).values()) == 0
+    assert callback.controller.history[-1]["event"] == "reinit"
+    assert callback.controller.history[-1]["early"]
+    assert "train_step" not in model.__dict__
+    assert "make_train_function" not in model.__dict__
+    # A later plain fit trains every filter (no hold left in the step).
+    before = [u.kernel.numpy().copy() for u in callback.controller.units]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert all(np.all(np.abs(u.kernel.numpy() - b).sum(axis=tuple(range(
+        b.ndim - 1))) > 0) for u, b in zip(callback.controller.units, before))
+
+
+def test_a_stopped_fit_continues_with_its_callback_or_ends_with_finish():
+    x, y = digits(256)
+    model = tiny_bn_model(keras.optimizers.SGD(0.05))
+    callback = repr_lib.RePrCallback(1, 4, 1, 0.25, verbose=0,
+                                     schedule_check="off")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=32, epochs=6, verbose=0,
+                  callbacks=[callback, _StopInS2()])
+    # The same callback again: the window goes on, re-initialised on time.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(x, y, batch_size=32, epochs=4, verbose=0,
+                  callbacks=[callback])
+    assert [(h["step"], h["event"]) for h in callback.controller.history] == [
+        (8, "drop"), (40, "reinit")]
+    assert "train_step" not in model.__dict__
+    # finish(): at once, e.g. before evaluating an interrupted model.
+    model = tiny_bn_model(keras.optimizers.SGD(0.05))
+    callback = repr_lib.RePrCallback(1, 4, 1, 0.25, verbose=0,
+                                     schedule_check="off")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=32, epochs=6, verbose=0,
+                  callbacks=[callback, _StopInS2()])
+    with pytest.warns(UserWarning, match="Training stopped after step 16"):
+        record = callback.finish()
+    assert record["event"] == "reinit" and record["early"]
+    assert sum(_zero_filters(callback).values()) == 0
+    assert "train_step" not in model.__dict__
+    assert callback.finish() is None  # nothing left to do
+
+
+def test_learning_rates_set_by_callbacks_or_callables_are_read_right():
+    x, y = digits(256)
+    model = tiny_bn_model(keras.optimizers.SGD(0.1))
+    callback = repr_lib.RePrCallback(1, 1, 1, 0.25, verbose=0)
+    lower = keras.callbacks.LearningRateScheduler(
+        lambda epoch, lr: 0.1 if epoch == 0 else 0.001)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=32, epochs=3, verbose=0,
+                  callbacks=[lower, callback])
+    found = _messages(caught, "of the highest seen in this run (0.1")
+    assert len(found) == 2 and "drop of cycle 1 (after step 8)" in found[0]
+    # Mixed precision wraps the optimizer: its schedule is looked through.
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 40)
+    wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(
+        schedule))
+    assert compat.optimizer_learning_rate(wrapped) is schedule
+    # A callable of no argument (Keras calls it at every step).
+    assert repr_schedule.learning_rate_at(lambda: 0.25, 100) == 0.25
+    assert repr_schedule.learning_rate_at(schedule, 20) == pytest.approx(
+        float(schedule(20)))
+
+
+def test_drops_that_take_nothing_and_summaries_say_what_happened():
+    x, y = digits(256)
+    model = tiny_bn_model()
+    # 8-filter layers with a ceiling of 10%: nothing can go.
+    nothing = repr_lib.RePrCallback(1, 1, 1, 0.3, verbose=0,
+                                    max_drop_per_layer=0.1)
+    with pytest.warns(UserWarning, match="takes out no filter"):
+        model.fit(x, y, batch_size=32, epochs=3, verbose=0,
+                  callbacks=[nothing])
+    callback = repr_lib.RePrCallback(1, 1, 1, 0.3, verbose=0,
+                                     max_drop_per_layer=0.5)
+    assert callback.controller is None
+    model = tiny_bn_model()
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[callback])
+    dropped = callback.controller.history[0]["filters"]
+    summary = callback.controller.last_summary()
+    for name, count in dropped.items():
+        line = next(l for l in summary.splitlines() if l.startswith(name))
+        assert line.split()[-2] == str(count), (line, dropped)
+    # Depthwise and separable convolutions are listed as not ranked.
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, name="c1")(inputs)
+    h = keras.layers.DepthwiseConv2D(3, name="dw")(h)
+    h = keras.layers.Conv2D(8, 1, name="pw")(h)
+    h = keras.layers.SeparableConv2D(8, 3, name="sep")(h)
+    ranking = repr_lib.rank_filters(keras.Model(inputs, h))
+    assert ranking.layer_names == ["pw"]
+    assert "depthwise" in ranking.skipped["dw"]
+    assert "separable" in ranking.skipped["sep"]
+
+
+def test_callback_arguments_are_checked_when_made():
+    x, y = digits(64)
+    with pytest.raises(ValueError, match=r"layers=\['conv'\]"):
+        repr_lib.RePrCallback(1, 1, 1, 0.3, layers="conv").attach(
+            tiny_bn_model())
+    callback = repr_lib.RePrCallback(np.int64(1), np.int32(1), np.int64(1),
+                                     0.3, min_kept=np.int64(1))
+    assert (callback.s1, callback.min_kept) == (1, 1)
+    # (inputs, labels) as calibration data: the labels are not used.
+    model = tiny_bn_model()
+    repr_lib.RePrCallback(1, 1, 1, 0.3, calibration_data=(x, y)).attach(model)
+    with pytest.raises(ValueError, match=r"shape \(4, 4, 1\) per example"):
+        repr_lib.RePrCallback(1, 1, 1, 0.3,
+                              calibration_data=x[:, :4, :4]).attach(model)

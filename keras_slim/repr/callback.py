@@ -1,7 +1,10 @@
 """`RePrCallback`: RePr for plain `model.fit`."""
 
+import warnings
+
 import keras
 
+from keras_slim import compat
 from keras_slim.repr import core as core_lib
 from keras_slim.repr import schedule as schedule_lib
 from keras_slim.repr.core import RePrController
@@ -18,9 +21,20 @@ class RePrCallback(keras.callbacks.Callback):
     orthogonally to the kept ones, and repeats `cycles` times; then the
     network trains normally until `fit` ends. Steps are counted by the
     optimizer (`optimizer.iterations`), so the schedule starts at the
-    optimizer's first step and continues across several `fit` calls. An
-    event due after step `t` runs just before step `t + 1`; one due after
-    the last step of `fit` runs when `fit` ends.
+    optimizer's first step (add RePr to a model whose optimizer has not
+    trained yet) and a later `fit` with the same callback continues it.
+    An event due after step `t` runs just before step `t + 1`; one due
+    after the last step of `fit` runs when `fit` ends. A `fit` that ends
+    while filters are out brings them back at its end (re-initialised,
+    with a warning): run a whole drop window within one `fit`.
+
+    A `fit` stopped by an exception (Ctrl-C, an error in another callback)
+    does not run `on_train_end`: the model is left as the sub-network.
+    The next training call on the model (`fit` or `train_on_batch`)
+    without this callback then brings the filters back and removes RePr's
+    hold first, with a warning; a `fit` with this callback continues the
+    cycle; `callback.finish()` does it at once (e.g. before evaluating or
+    exporting the interrupted model).
 
     During S2 the dropped filters are truly out: they carry no signal and
     get no update (their weights, BN parameters and statistics are
@@ -41,9 +55,12 @@ class RePrCallback(keras.callbacks.Callback):
 
     When `fit` starts, the schedule is checked against the run (its
     length from `fit`'s epochs and steps, its learning rate from the
-    optimizer): events after the end, too little training after the
-    last re-initialisation, or events at a learning rate far below the
-    run's peak are reported (`schedule_check`). The paper's schedule
+    optimizer's `LearningRateSchedule`): events after the end, too little
+    training after the last re-initialisation, or events at a learning
+    rate far below the run's peak are reported (`schedule_check`). A
+    learning rate that callbacks set (`LearningRateScheduler`,
+    `ReduceLROnPlateau`) is checked at each event instead, against the
+    highest rate seen so far (a warning). The paper's schedule
     assumes a nearly constant learning rate (its code: 0.05, halved every
     25k steps) over 100 epochs; under a schedule that decays to zero, put
     the cycles early. On a BN ResNet, one early cycle is what measured
@@ -119,7 +136,7 @@ class RePrCallback(keras.callbacks.Callback):
     ...     calibration_data=x_train[:512])
     >>> model.fit(train_ds, epochs=100, callbacks=[callback])
     >>> callback.controller.history[0]["filters"]   # filters dropped per layer
-    >>> print(callback.controller.last_ranking.summary(0.3))
+    >>> print(callback.controller.last_summary())  # per-layer drop counts
     >>> paper = keras_slim.repr.RePrCallback(20, 10, 3, 0.3,
     ...                                      **keras_slim.repr.PAPER)
 
@@ -197,6 +214,11 @@ class RePrCallback(keras.callbacks.Callback):
         self.controller = None
         self._next_event = None
         self._checked = True
+        self._installed = False  # RePr's hold is in the model's train step
+        self._original_step = self._original_make = None
+        self._events_at_start = 0
+        self._joining_fit = False
+        self._peak_lr = 0.0
 
     # ------------------------------------------------------------ state
     def attach(self, model):
@@ -244,8 +266,18 @@ class RePrCallback(keras.callbacks.Callback):
         )
 
     # -------------------------------------------------------- callbacks
+    def set_model(self, model):
+        super().set_model(model)
+        # Keras sets the model of a fit's callbacks before it builds the
+        # train function: a hold left by an interrupted fit of this
+        # callback is then its own to continue (see `_guard`).
+        self._joining_fit = True
+
     def on_train_begin(self, logs=None):
         model = self.model
+        self._joining_fit = False
+        if self._installed:  # an earlier fit of this callback was stopped
+            self._restore_step()
         self.attach(model)
         schedule = self.schedule(self.params.get("steps"))
         per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
@@ -263,11 +295,102 @@ class RePrCallback(keras.callbacks.Callback):
         self._original_step = model.__dict__.get("train_step")
         model.train_step = self.controller.wrap_train_step(model.train_step)
         model.make_train_function(force=True)
+        self._original_make = model.__dict__.get("make_train_function")
+        model.make_train_function = self._guard(model.make_train_function)
+        self._installed = True
         step = self._step()
         self._start_step = step
         self._checked = False
-        self.controller.update(step)
+        self._events_at_start = len(self.controller.history)
+        self._note_learning_rate()
+        self._run_events(step)
+
+    def _guard(self, make_train_function):
+        """`make_train_function` that first undoes RePr when a training
+        call without this callback finds its hold (a fit stopped by an
+        exception skips `on_train_end`)."""
+
+        def make(*args, **kwargs):
+            original = make_train_function
+            if self._installed and not self._joining_fit:
+                brought_back = self.controller.finish(self._step(),
+                                                      warn=False)
+                self._restore_step()
+                warnings.warn(
+                    "A fit with RePrCallback was stopped without ending "
+                    "(an exception or Ctrl-C)"
+                    + (", with RePr's dropped filters out: they are brought "
+                       "back now, re-initialised" if brought_back else "")
+                    + ", and RePr's hold is removed from the model's train "
+                    "step before this training call. Pass the callback to "
+                    "fit again to continue its schedule instead.",
+                    stacklevel=2,
+                )
+                original = self.model.make_train_function
+            return original(*args, **kwargs)
+
+        return make
+
+    def finish(self):
+        """Ends RePr on the model now: brings dropped filters back
+        (re-initialised) and removes RePr's hold from its train step.
+
+        `fit` does this when it ends; call it after a `fit` that an
+        exception stopped, before evaluating, saving or exporting the
+        model. A later `fit` with this callback continues the schedule.
+
+        Returns:
+            The re-initialisation's record, or None when no filter was out.
+
+        Example:
+
+        >>> try:
+        ...     model.fit(train_ds, epochs=100, callbacks=[callback])
+        ... except KeyboardInterrupt:
+        ...     callback.finish()
+        """
+        record = None
+        if self.controller is not None and self.controller.schedule is not None:
+            record = self.controller.finish(self._step())
+        if self._installed:
+            self._restore_step()
+        return record
+
+    def _note_learning_rate(self):
+        rate = self._learning_rate()
+        if rate is not None:
+            self._peak_lr = max(self._peak_lr, rate)
+
+    def _learning_rate(self):
+        rate = compat.optimizer_learning_rate(
+            getattr(self.model, "optimizer", None))
+        if rate is None or schedule_lib.is_step_schedule(rate):
+            return None  # a schedule is checked in advance (check_run)
+        try:
+            return schedule_lib.learning_rate_at(rate, self._step())
+        except (TypeError, ValueError):
+            return None
+
+    def _run_events(self, step):
+        performed = self.controller.update(step)
         self._next_event = self.controller.next_event_step(step)
+        if self.schedule_check == "off":
+            return
+        for record in performed:
+            rate = self._learning_rate()
+            if rate is None or self._peak_lr <= 0:
+                continue
+            if rate < self.min_lr_fraction * self._peak_lr:
+                warnings.warn(
+                    f"RePr's {record['event']} of cycle {record['cycle'] + 1}"
+                    f" (after step {step}) runs at a learning rate of "
+                    f"{rate:.3g}, {rate / self._peak_lr:.0%} of the highest "
+                    f"seen in this run ({self._peak_lr:.3g}; set by a "
+                    "callback or by you): filters dropped or re-initialised "
+                    "then barely train. Put the cycles before the learning "
+                    "rate comes down.",
+                    stacklevel=2,
+                )
 
     def _step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -302,15 +425,28 @@ class RePrCallback(keras.callbacks.Callback):
             return
         step = self._step()
         if step >= self._next_event:
-            self.controller.update(step)
-            self._next_event = self.controller.next_event_step(step)
+            self._run_events(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._note_learning_rate()
 
     def on_train_end(self, logs=None):
         # A fit that ends while filters are out (exactly at a
         # re-initialisation's step, or stopped early) must not return a
         # model with zeroed filters: bring them back now.
-        self.controller.finish(self._step())
+        step = self._step()
+        self.controller.finish(step)
         self._restore_step()
+        if len(self.controller.history) == self._events_at_start and not (
+                self.params.get("epochs") and self.params.get("steps")):
+            # The start's check needs the run's length; said here instead.
+            upcoming = self.controller.next_event_step(step)
+            if upcoming is not None:
+                warnings.warn(
+                    f"No RePr event ran in this fit: it ended after step "
+                    f"{step}, the next event is due after step {upcoming}. "
+                    "(fit could not tell the run's length beforehand: pass "
+                    "steps_per_epoch to fit.)", stacklevel=2)
 
     def _restore_step(self):
         model = self.model
@@ -318,5 +454,10 @@ class RePrCallback(keras.callbacks.Callback):
             model.__dict__.pop("train_step", None)
         else:
             model.train_step = self._original_step
+        if self._original_make is None:
+            model.__dict__.pop("make_train_function", None)
+        else:
+            model.make_train_function = self._original_make
+        self._installed = False
         # The next fit (without this callback) must not run the wrapper.
         model.train_function = None

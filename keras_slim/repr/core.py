@@ -58,6 +58,7 @@ are kept, so the new filter starts with its predecessor's outgoing
 weights.
 """
 
+import numbers
 import time
 import warnings
 
@@ -488,10 +489,13 @@ def _statistics_probes(model, layers):
 
 
 def take_batches(data, count, batch_size=128):
-    """Up to `count` input batches from `data`: an array of inputs, or a
+    """Up to `count` input batches from `data`: an array of inputs, an
+    `(inputs, labels)` tuple of arrays (labels unused), or a
     `tf.data.Dataset` of inputs or `(inputs, labels, ...)` tuples."""
     if data is None:
         return []
+    if isinstance(data, tuple) and data:
+        data = data[0]
     if isinstance(data, tf.data.Dataset):
         batches = []
         for element in data.take(count):
@@ -502,6 +506,22 @@ def take_batches(data, count, batch_size=128):
     array = np.asarray(data)
     return [array[i:i + batch_size]
             for i in range(0, min(len(array), count * batch_size), batch_size)]
+
+
+def _check_calibration_shape(model, batches):
+    """Refuses calibration batches the model cannot take now, rather than
+    at the first drop, after S1 has trained."""
+    inputs = getattr(model, "inputs", None)
+    if not batches or not inputs or len(inputs) != 1:
+        return
+    expected = tuple(inputs[0].shape[1:])
+    got = tuple(np.shape(batches[0])[1:])
+    if len(got) != len(expected) or any(
+            e is not None and e != g for e, g in zip(expected, got)):
+        raise ValueError(
+            f"calibration_data has inputs of shape {got} per example; model "
+            f"'{model.name}' takes {expected}. Pass training inputs (an "
+            "array, an (inputs, labels) tuple or a dataset of batches).")
 
 
 class StatisticsRestart:
@@ -744,7 +764,8 @@ def check_options(drop_fraction, ranking, cutoff, normalization,
     ...               "preserve", 1)["drop_fraction"]
     0.3
     """
-    if isinstance(min_kept, bool) or not isinstance(min_kept, int) or (
+    if isinstance(min_kept, bool) or not isinstance(
+            min_kept, numbers.Integral) or (
         min_kept < 1
     ):
         raise ValueError(f"`min_kept` must be an integer >= 1; got "
@@ -757,7 +778,7 @@ def check_options(drop_fraction, ranking, cutoff, normalization,
         "max_drop_per_layer": ranking_lib.check_ceiling(max_drop_per_layer),
         "skip_overcomplete": bool(skip_overcomplete),
         "bn_mode": check_bn_mode(bn_mode),
-        "min_kept": min_kept,
+        "min_kept": int(min_kept),
     }
 
 
@@ -889,6 +910,7 @@ class RePrController:
                             else None)
         self.state = RePrState(self.events_done, self.units, self.restart)
         self.history = []
+        self.last_ranking = None  # the `FilterRanking` of the last drop
         self.event_seconds = 0.0
         self._warned = set()
         self.compensate_drop = bool(compensate_drop)
@@ -897,6 +919,7 @@ class RePrController:
                 self.restart is not None or self.compensate_drop):
             self.calibration = take_batches(calibration_data,
                                            int(calibration_batches))
+            _check_calibration_shape(model, self.calibration)
         self._consumers = None
 
     def _warn_if_graph_unknown(self, convs, calls):
@@ -1004,7 +1027,11 @@ class RePrController:
                     "`next_event_step`; with model.fit, S1 and S2 must be "
                     "multiples of steps_per_execution), or the model was "
                     "restored without RePr's state (checkpoint "
-                    "`controller.state` / `RePrCallback.state` with it)."
+                    "`controller.state` / `RePrCallback.state` with it)"
+                    + (", or its optimizer had trained before RePr was "
+                       "added: the schedule counts the optimizer's steps "
+                       "from 0, so compile the model with a new optimizer "
+                       "first." if done == 0 else ".")
                 )
             start = time.perf_counter()
             if event.kind == schedule_lib.DROP:
@@ -1076,8 +1103,8 @@ class RePrController:
         if action == "off":
             return []
         if learning_rate is None:
-            optimizer = getattr(self.model, "optimizer", None)
-            learning_rate = getattr(optimizer, "_learning_rate", None)
+            learning_rate = compat.optimizer_learning_rate(
+                getattr(self.model, "optimizer", None))
         problems = schedule_lib.check_run(
             self._require_schedule(), total_steps, learning_rate, start_step,
             min_lr_fraction, min_tail_fraction)
@@ -1090,7 +1117,7 @@ class RePrController:
             warnings.warn(problem, stacklevel=3)
         return problems
 
-    def finish(self, step):
+    def finish(self, step, warn=True):
         """Ends RePr's part of a run that stops after `step` steps.
 
         A run that stops while filters are dropped (in S2, or exactly at a
@@ -1099,6 +1126,11 @@ class RePrController:
         they could never train again. `finish` brings them back,
         re-initialised, and counts it as that cycle's re-initialisation
         (said in a warning when it comes before its scheduled step).
+
+        Args:
+            step: Optimizer steps done.
+            warn: Warn when the re-initialisation comes before its
+                scheduled step (callers that warn themselves pass False).
 
         Returns:
             The event record, or None when no filter was out.
@@ -1121,7 +1153,7 @@ class RePrController:
             self._after_event(step)
         self._record_learning_rate(record, step)
         self.history.append(record)
-        if early:
+        if early and warn:
             warnings.warn(
                 f"Training stopped after step {step}, while RePr's dropped "
                 f"filters were out (cycle {event.cycle + 1}; its "
@@ -1136,8 +1168,8 @@ class RePrController:
         return record
 
     def _record_learning_rate(self, record, step):
-        optimizer = getattr(self.model, "optimizer", None)
-        rate = getattr(optimizer, "_learning_rate", None)
+        rate = compat.optimizer_learning_rate(
+            getattr(self.model, "optimizer", None))
         try:
             record["learning_rate"] = schedule_lib.learning_rate_at(rate, step)
         except (TypeError, ValueError):  # pragma: no cover
@@ -1170,6 +1202,17 @@ class RePrController:
         selection = ranking.select(self.drop_fraction, self.min_kept,
                                    self.cutoff, self.max_drop_per_layer)
         self.last_ranking = ranking
+        if not any(len(v) for v in selection.values()):
+            warnings.warn(
+                f"RePr's drop of cycle {int(cycle) + 1} takes out no filter: "
+                f"drop_fraction={self.drop_fraction:g} of "
+                f"{len(ranking.order)} ranked filters with "
+                f"max_drop_per_layer={self.max_drop_per_layer} and "
+                f"min_kept={self.min_kept} leaves none to drop, so this "
+                "cycle changes nothing. Raise drop_fraction or "
+                "max_drop_per_layer, or lower min_kept.",
+                stacklevel=3,
+            )
         consumers = self._drop_consumers()
         explained = {}
         for unit in self.units:
@@ -1193,6 +1236,21 @@ class RePrController:
             "dropped": {k: v.tolist() for k, v in selection.items()},
             "compensated": explained,
         }
+
+    def last_summary(self):
+        """The ranking table of the last drop (`FilterRanking.summary`)
+        with the filters this controller dropped from each layer, or None
+        before the first drop.
+
+        Example:
+
+        >>> print(callback.controller.last_summary())
+        """
+        if self.last_ranking is None:
+            return None
+        return self.last_ranking.summary(
+            self.drop_fraction, self.min_kept, self.cutoff,
+            self.max_drop_per_layer)
 
     def _drop_consumers(self):
         """`{layer name: Consumer or reason}` when drops are compensated,

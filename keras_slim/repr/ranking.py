@@ -18,12 +18,17 @@ nothing to do with each other (independent random directions) the expected
 0.20 at `d = 16`, 0.067 at `d = 144`, 0.033 at `d = 576`: a global
 cut-off on the paper's score takes filters by fan-in, whatever they
 learned (on ResNet-20 it took 15 of 16 filters of the first stage and 0-4
-of 64 of the last). The default score divides each filter's mean `|cos|` to
-the others by `E_d`: 1 means "as much overlap as unrelated filters of this
-length", 0 orthogonal to every other filter, `1 / E_d` a duplicate. It is
-what a statistician would call the overlap relative to chance: random
-layers of any fan-in score about 1, so one cut-off compares what the
-layers learned. `normalization="paper"` keeps the paper's exact formula.
+of 64 of the last). The default score (`normalization="chance"`) says how
+far a filter's mean `|cos|` to the other `N - 1` filters lies above `E_d`,
+in standard errors of that mean for unrelated filters,
+`(mean - E_d) / sqrt((1 / d - E_d²) / (N - 1))`: about 0 (spread about
+1) for random filters of any fan-in and layer size, negative for filters
+more orthogonal than chance, large for near-duplicates. One cut-off then
+compares what the layers learned, and a larger layer's evidence counts
+for more. `normalization="ratio"` divides the mean by `E_d` instead (1 for
+random filters, 0 orthogonal to all others, `1 / E_d` a duplicate), which
+ignores how many filters the mean is over. `normalization="paper"` keeps
+the paper's exact formula.
 
 Layers whose filters outnumber their fan-in (`N > d`, e.g. the 1x1
 projection shortcuts of a ResNet, or a 1x1 convolution that widens its
@@ -105,6 +110,14 @@ def is_conv(layer):
     )
 
 
+_OTHER_CONVS = (
+    keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D, keras.layers.SeparableConv2D,
+    keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+
+
 def _why_not_rankable(layer):
     """A reason why `layer`'s filters cannot be ranked, or None."""
     if isinstance(
@@ -166,6 +179,11 @@ def conv_layers(model, exclude_first=True, layers=None):
             layer is not one (saying why).
     """
     everything = ordered_layers(model)
+    if isinstance(layers, str):
+        raise ValueError(
+            f"`layers` must be a list of layer names; got the string "
+            f"{layers!r} (for one layer: layers=[{layers!r}])."
+        )
     if layers is not None:
         by_name = {layer.name: layer for layer in everything}
         chosen = []
@@ -254,17 +272,20 @@ def orthogonality_scores(weights, normalization="paper"):
     - `normalization="paper"`: row `i` scores `sum_j P[i, j] / N` (the
       paper's formula), in [0, 1). A row of zeros scores
       `DEAD_FILTER_SCORE` (1.0), above any real filter.
-    - `normalization="chance"`: row `i` scores its mean overlap with the
-      other rows relative to that of independent random rows of the same
-      length, `sum_j P[i, j] / ((N - 1) * chance_overlap(fan_in))`: about
-      1 for unrelated filters whatever the fan-in, 0 for a filter
-      orthogonal to all others, `1 / chance_overlap(fan_in)` for a
-      duplicate. A row of zeros scores as a duplicate.
+    - `normalization="chance"`: row `i`'s mean overlap with the other
+      rows, `m_i = sum_j P[i, j] / (N - 1)`, in standard errors above that
+      of independent random rows of the same length,
+      `(m_i - E) / sqrt((1 / fan_in - E²) / (N - 1))` with
+      `E = chance_overlap(fan_in)`: about 0 (spread about 1) for unrelated
+      filters whatever the fan-in and `N`, large for near-duplicates. A
+      row of zeros scores as a duplicate.
+    - `normalization="ratio"`: `m_i / E`: about 1 for unrelated filters,
+      0 for a filter orthogonal to all others, `1 / E` for a duplicate.
 
     Args:
         weights: `(N, fan_in)` array, one filter per row.
-        normalization: "paper" or "chance" (see the module doc for why
-            `rank_filters` uses "chance" by default).
+        normalization: "paper", "chance" or "ratio" (see the module doc
+            for why `rank_filters` uses "chance" by default).
 
     Returns:
         A float64 array of `N` scores; higher is more redundant.
@@ -408,9 +429,12 @@ class FilterRanking:
         Example:
 
         >>> print(ranking.summary(0.3, max_drop_per_layer=0.5))
-        layer              filters  fan-in   mean    min    max  dropped
-        conv2                   32     800  1.012  0.701  1.544   9 (28%)
-        ...
+        RePr ranking: orthogonality (chance)
+        layer  filters  fan-in    mean     min     max  dropped
+        conv2       32     800  -0.422  -1.705   1.102    5 (16%)
+        conv3       32     800   0.291  -1.535   1.919   14 (44%)
+        dropped 19 of 64 ranked filters (global cut-off at 0.3, at most 0.5 of a layer)
+        dw     not ranked: it is a depthwise convolution: ...
         """
         selection = {}
         if fraction is not None:
@@ -506,8 +530,9 @@ def check_normalization(normalization):
     if normalization not in NORMALIZATIONS:
         raise ValueError(
             f"Unknown normalization {normalization!r}; expected 'chance' "
-            "(overlap relative to random filters of the same fan-in, the "
-            "default) or 'paper' (the paper's sum over N)."
+            "(overlap above that of random filters of the same fan-in, in "
+            "standard errors; the default), 'ratio' (overlap divided by "
+            "that of random filters) or 'paper' (the paper's sum over N)."
         )
     return normalization
 
@@ -539,6 +564,11 @@ def rankable_layers(model, exclude_first=True, layers=None,
     ones it leaves out and why (see `conv_layers`, `rank_filters`)."""
     convs = conv_layers(model, exclude_first=exclude_first, layers=layers)
     skipped = {}
+    if layers is None:
+        # Convolutions of other kinds are not ranked: say so, with why.
+        for layer in ordered_layers(model):
+            if not is_conv(layer) and isinstance(layer, _OTHER_CONVS):
+                skipped[layer.name] = _why_not_rankable(layer)
     if skip_overcomplete:
         for layer in convs:
             if is_overcomplete(layer):
@@ -575,10 +605,11 @@ def rank_filters(model, method="orthogonality", exclude_first=True,
         exclude_first: Leave out the model's first convolution.
         layers: Optional names of the conv layers to rank instead.
         normalization: For "orthogonality": "chance" (default; each
-            filter's overlap relative to that of random filters of its
-            layer's fan-in, so layers compare fairly) or "paper" (the
-            paper's exact score, which ranks layers by fan-in; see the
-            module doc).
+            filter's overlap above that of random filters of its layer's
+            fan-in, in standard errors, so layers compare fairly),
+            "ratio" (the overlap divided by that of random filters) or
+            "paper" (the paper's exact score, which ranks layers by
+            fan-in; see the module doc).
         skip_overcomplete: Leave out layers with more filters than fan-in
             (listed in `FilterRanking.skipped`).
 

@@ -2,6 +2,7 @@
 `cycles` times, then ordinary training to the end."""
 
 import dataclasses
+import numbers
 
 import numpy as np
 
@@ -10,11 +11,12 @@ REINIT = "reinit"
 
 
 def check_positive_int(value, name, what):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(
+            value, numbers.Integral) or value < 1:
         raise ValueError(
             f"{name} must be an integer >= 1 ({what}); got {value!r}."
         )
-    return value
+    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,10 +137,12 @@ def check_schedule_check(value):
 def learning_rate_at(learning_rate, step):
     """The learning rate after `step` steps, as a float, or None.
 
-    `learning_rate` is what a Keras optimizer holds: a number, a
-    `keras.optimizers.schedules.LearningRateSchedule` (or any callable of
-    the step), or a variable (a constant that callbacks may change: its
-    current value).
+    `learning_rate` is what a Keras optimizer holds
+    (`keras_slim.compat.optimizer_learning_rate`): a number, a
+    `keras.optimizers.schedules.LearningRateSchedule` (a function of the
+    step), a variable (a constant that callbacks may change: its current
+    value) or a callable of no argument (Keras calls it at every step:
+    its current value).
     """
     import keras
 
@@ -146,11 +150,22 @@ def learning_rate_at(learning_rate, step):
         return None
     if isinstance(learning_rate, (int, float)):
         return float(learning_rate)
-    if callable(learning_rate) and not hasattr(learning_rate, "assign"):
+    if is_step_schedule(learning_rate):
         value = learning_rate(step)
+    elif callable(learning_rate) and not hasattr(learning_rate, "assign"):
+        value = learning_rate()
     else:
         value = learning_rate
     return float(keras.ops.convert_to_numpy(value))
+
+
+def is_step_schedule(learning_rate):
+    """Whether `learning_rate` is a function of the step that the whole
+    run's rates can be read from in advance (a `LearningRateSchedule`)."""
+    import keras
+
+    return isinstance(learning_rate,
+                      keras.optimizers.schedules.LearningRateSchedule)
 
 
 def check_run(schedule, total_steps, learning_rate=None, start_step=0,
@@ -168,8 +183,10 @@ def check_run(schedule, total_steps, learning_rate=None, start_step=0,
     Args:
         schedule: A `RePrSchedule` (optimizer steps).
         total_steps: Optimizer steps at which the run ends.
-        learning_rate: The optimizer's learning rate (number, schedule or
-            variable), or None to skip the learning-rate check.
+        learning_rate: The optimizer's learning rate (number, schedule,
+            variable or callable), or None to skip the learning-rate
+            check; only a `LearningRateSchedule` is checked (the others
+            do not say what the rate will be at the events).
         start_step: Optimizer steps done when the run starts (events
             before it are past).
         min_lr_fraction: An event at a learning rate below this share of
@@ -216,9 +233,11 @@ def check_run(schedule, total_steps, learning_rate=None, start_step=0,
                 "learning rate. Fewer cycles, a shorter S1 / S2 or a longer "
                 "run fix it."
             )
-    if learning_rate is not None and not isinstance(learning_rate,
-                                                    (int, float)):
-        if callable(learning_rate) and not hasattr(learning_rate, "assign"):
+    # Only a schedule of the step says in advance what the rate will be;
+    # a variable that callbacks change is checked at each event instead
+    # (`RePrCallback`).
+    if learning_rate is not None:
+        if is_step_schedule(learning_rate):
             probe = sorted(set(
                 [int(s) for s in np.linspace(start_step, total_steps, 201)]
                 + [e.step for e in events if e.step <= total_steps]))
