@@ -320,6 +320,18 @@ class SlimmableModel(keras.Model):
                     f"got {chosen[group][1]} and {channels}."
                 )
             chosen[group] = (name, int(channels))
+        if getattr(config, "name", None) is not None:
+            # A search result names every slimmable layer of the model it
+            # was searched on: fewer here means another model.
+            missing = [n for n in self._group_of_layer if n not in config]
+            if missing:
+                warnings.warn(
+                    f"Configuration '{config.name}' does not name "
+                    f"{len(missing)} of this model's "
+                    f"{len(self._group_of_layer)} slimmable layers (e.g. "
+                    f"{missing[:3]}), which keep their full channels: was it "
+                    "searched on another model? Its MACs here differ from "
+                    "the search's.", stacklevel=3)
         return self.channel_plan.counts_for_groups(
             {group: count for group, (_, count) in chosen.items()}
         )

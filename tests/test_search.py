@@ -6,6 +6,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_slim
 import keras_slim.width
@@ -197,8 +198,15 @@ def test_resume_after_interruption(trained, digits, searched, tmp_path):
     progress = tmp_path / "progress.json"
     partial = search.autoslim(trained, _search_set(digits), targets=targets,
                               bins=6, progress_path=progress, max_steps=2,
-                              verbose=0)
+                              verbose=0, output_path=tmp_path / "part.json")
     assert not partial["finished"] and len(partial["history"]) == 3
+    # Its output file says it is unfinished and which targets are missing.
+    missing = [n for n in partial["targets"]
+               if n not in [c["name"] for c in partial["configs"]]]
+    assert missing
+    with pytest.warns(UserWarning, match="unfinished search .* not reached "
+                      f"yet: {', '.join(missing)}"):
+        search.load_configs(tmp_path / "part.json")
     resumed = search.autoslim(trained, _search_set(digits), targets=targets,
                               bins=6, progress_path=progress, verbose=0)
     assert resumed["finished"]
@@ -716,3 +724,62 @@ def test_a_configuration_below_the_uniform_width_warns(
         lower = search.autoslim(trained, _search_set(digits),
                                 targets=targets, bins=6, verbose=0)
     assert lower["configs"][0]["below_uniform"]
+
+
+def test_search_sets_that_cannot_rank_candidates_are_refused_or_said(
+        trained, digits):
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    x, y = _search_set(digits)
+    for name, value in (("num_images", 0), ("num_images", -5),
+                        ("max_steps", 0), ("max_steps", 0.5)):
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            search.autoslim(trained, (x, y), targets=[full], verbose=0,
+                            **{name: value})
+    with pytest.raises(ValueError, match=r"shape \(16, 16, 1\); the model "
+                       r"takes \(8, 8, 1\)"):
+        search.autoslim(trained, (np.tile(x, (1, 2, 2, 1)), y),
+                        targets=[full], verbose=0)
+    unbatched = tf.data.Dataset.from_tensor_slices((x, y))
+    with pytest.raises(ValueError, match=r"dataset.batch\(256\)"):
+        search.autoslim(trained, unbatched, targets=[full], verbose=0)
+    # A dataset of unknown size that repeats is refused as an infinite one.
+    repeated = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).repeat(
+    ).filter(lambda image, label: True).batch(32)
+    with pytest.raises(ValueError, match="repeats image 0 as image 64"):
+        search.autoslim(trained, repeated, targets=[full], num_images=128,
+                        verbose=0)
+    # One class: accuracy cannot tell candidates apart.
+    with pytest.warns(UserWarning, match="256 images of 1 class"):
+        search.autoslim(trained, (x, np.zeros_like(y)), targets=[full],
+                        verbose=0)
+    # A dataset sorted by class is read in order: its first classes only.
+    order = np.argsort(y, kind="stable")
+    in_order = tf.data.Dataset.from_tensor_slices(
+        (x[order], y[order])).batch(32)
+    with pytest.warns(UserWarning, match=r"labels of \d of the model's 10 "
+                      r"classes \(a dataset is read in order"):
+        search.autoslim(trained, in_order, targets=[full], num_images=128,
+                        verbose=0)
+    with pytest.warns(UserWarning, match="Screening is off .finalists=3 is "
+                      "not below the 2 searchable groups"):
+        search.autoslim(trained, (x, y), targets=[full], screen_images=64,
+                        verbose=0)
+
+
+def test_a_configuration_of_another_model_is_said(trained):
+    full = dict(search.config_from_counts(trained, trained.full_channels))
+    name = sorted(full)[0]
+    partial = search.Configuration("other", {name: full[name]})
+    with pytest.warns(UserWarning, match=f"'other' does not name "
+                      f"{len(full) - 1} of this model's {len(full)}"):
+        trained.channels_for(partial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        trained.channels_for(search.Configuration("whole", full))
+        trained.channels_for({name: full[name]})  # a plain dict: by design
+
+
+def test_step_lines_count_hours_past_a_day():
+    row = {"step": 3, "group": "conv1", "macs": 2e6, "accuracy": 0.5}
+    line = greedy._step_line(row, "macs", 300, [5.0, 320.0, 330.0])
+    assert line.endswith("about 27:05:00 left")

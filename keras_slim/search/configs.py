@@ -7,6 +7,7 @@ argument of keras_slim accepts (`set_width`, `calibrate_bn`, `strip`,
 
 import json
 import os
+import warnings
 
 from keras_slim import files
 
@@ -88,6 +89,15 @@ def load_configs(path):
     >>> keras_slim.strip(model, configs["macs_40M"])
     """
     data = read_results(path)
+    if data.get("finished") is False:
+        found = [entry["name"] for entry in data["configs"]]
+        missing = [n for n in data.get("targets", []) if n not in found]
+        warnings.warn(
+            f"'{os.fspath(path)}' holds an unfinished search (stopped by "
+            f"max_steps): {len(found)} configuration(s)"
+            + (f"; not reached yet: {', '.join(missing)}" if missing else "")
+            + ". Run autoslim again with the same progress_path to finish "
+            "it.", stacklevel=2)
     return {
         entry["name"]: Configuration(
             entry["name"],

@@ -196,14 +196,20 @@ def autoslim(
         search_data: `(x, y)` numpy arrays or a `tf.data.Dataset` of
             `(x, y)` batches (held-out training images, no augmentation);
             labels are class indices in `[0, num_classes)` or one-hot rows.
-            An infinite dataset is read up to `num_images` images and
-            refused if it repeats an image before that.
+            Images must have the model's input shape. A dataset is read
+            in order up to `num_images` images (its first images: shuffle
+            it once with a fixed seed and `reshuffle_each_iteration=False`,
+            or a dataset sorted by class gives a search set of a few
+            classes and one that reshuffles gives another search set at
+            every call, which no progress file can resume); one of
+            infinite or unknown size is refused if it repeats an image
+            before that.
         targets: Resource targets in `metric` units (MACs, parameters, or
             milliseconds), each within the reachable range.
         metric: "macs", "params" or "latency" (needs `latency_table`).
         bins: Channels removed per step: 1/bins of a group.
-        num_images: Search-set size; a larger `search_data` is subsampled
-            with `seed`; None uses all of it.
+        num_images: Search-set size (an integer >= 1); larger `(x, y)`
+            arrays are subsampled with `seed`; None uses all of it.
         names: Names of the configurations, aligned with `targets`
             (default e.g. "macs_40M").
         output_path: Where to write the JSON result (see `load_configs`).
@@ -286,8 +292,17 @@ def autoslim(
         )
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}.")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+    if isinstance(bins, bool) or not isinstance(
+            bins, (int, np.integer)) or bins < 2:
         raise ValueError(f"bins must be an integer >= 2; got {bins!r}.")
+    bins = int(bins)
+    for value, label in ((num_images, "num_images"), (max_steps, "max_steps")):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or value < 1
+        ):
+            raise ValueError(
+                f"{label} must be an integer >= 1 or None; got {value!r}.")
     min_width = _check_min_width(model, min_width)
     for value, label in ((screen_images, "screen_images"),
                          (finalists, "finalists"),
@@ -310,7 +325,7 @@ def autoslim(
             f"finalists (scored on the whole search set); got "
             f"finalists={finalists}."
         )
-    if isinstance(targets, (int, float)):
+    if isinstance(targets, (int, float, np.integer, np.floating)):
         targets = [targets]
     targets = list(targets)
     if not targets:
@@ -337,6 +352,7 @@ def autoslim(
         order = np.random.default_rng(seed).permutation(len(x))
         chosen = np.sort(order[: int(num_images)])
         x, labels = x[chosen], labels[chosen]
+    _check_search_set(model, x, labels, is_dataset)
 
     latency = None
     if latency_table is not None:
@@ -379,6 +395,16 @@ def autoslim(
     # Screening only helps when it leaves candidates out on fewer images.
     screening = (screen_images is not None and int(screen_images) < len(x)
                  and int(finalists) < len(space.groups))
+    if screen_images is not None and not screening:
+        why = [f"screen_images={screen_images} is not below the {len(x)} "
+               "search images"] if int(screen_images) >= len(x) else []
+        if int(finalists) >= len(space.groups):
+            why.append(f"finalists={finalists} is not below the "
+                       f"{len(space.groups)} searchable groups")
+        warnings.warn(
+            f"Screening is off ({' and '.join(why)}): every candidate is "
+            "scored on the whole search set (the exhaustive step).",
+            stacklevel=2)
     settings = {
         "fingerprint": fingerprint(model, space.costs.program),
         "weights_and_data": _weights_hash(model, x, labels),
@@ -387,6 +413,9 @@ def autoslim(
         "screen": ({"images": int(screen_images), "finalists": int(finalists),
                     "seed": int(seed)} if screening else None),
     }
+    if latency is not None:  # (absent: searches without a table)
+        settings["latency_table"] = hashlib.sha1(json.dumps(
+            latency.to_json(), sort_keys=True).encode()).hexdigest()[:12]
     if picks_per_step > 1:  # (absent: progress files of one pick per step)
         settings["picks_per_step"] = int(picks_per_step)
     if screening and screen_by != "log_likelihood":
@@ -400,6 +429,12 @@ def autoslim(
         if stored != expected:
             differ = _differences(stored, expected)
             hint = ""
+            if "weights_and_data" in [name for name, _, _ in differ]:
+                hint = (" (The supernet's weights or the search images "
+                        "differ: a dataset that reshuffles at every "
+                        "iteration gives other images at every call; pass "
+                        "arrays or shuffle once with a fixed seed and "
+                        "reshuffle_each_iteration=False.)")
             if [name for name, _, _ in differ] == ["screen.by"]:
                 # Screened searches saved before screen_by existed.
                 hint = (f" To resume it, pass screen_by="
@@ -575,12 +610,17 @@ def _step_line(row, metric, left, step_seconds):
     recent = step_seconds[1:] or step_seconds
     per_step = sum(recent) / len(recent)
     total = "?" if left is None else str(row["step"] + left)
-    remaining = ("?" if left is None else
-                 time.strftime("%H:%M:%S", time.gmtime(left * per_step)))
+    remaining = "?" if left is None else _duration(left * per_step)
     return (f"step {row['step']}/~{total} - {row['group']} - "
             f"{row[metric] / scale:.4g} {name} - accuracy "
             f"{row['accuracy']:.4f} - {per_step:.1f} s/step - "
             f"about {remaining} left")
+
+
+def _duration(seconds):
+    """`H:MM:SS`, hours unbounded (a search may take days)."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def screen_ranking(screener, logits, costs, screen_by):
@@ -645,6 +685,42 @@ def _steps_left(history, metric, smallest_target):
     if removed <= 0:
         return None
     return int(math.ceil((cost - smallest_target) / removed))
+
+
+def _check_search_set(model, x, labels, from_dataset):
+    """Refuses images of another shape than the model's input; warns about
+    a search set too small or too narrow for its accuracy to rank
+    candidates."""
+    expected = tuple(model.network.inputs[0].shape[1:])
+    got = tuple(x.shape[1:])
+    if len(got) != len(expected) or any(
+            e is not None and e != g for e, g in zip(expected, got)):
+        hint = ("Resize them as for training (costs are priced at the "
+                "model's input size).")
+        if len(got) == len(expected) - 1:
+            hint = ("One axis is missing: batch a dataset of single "
+                    "examples (dataset.batch(256)), or add the channel axis.")
+        raise ValueError(
+            f"The search images have shape {got}; the model takes "
+            f"{expected}. {hint}"
+        )
+    present = len(np.unique(labels))
+    num_classes = _num_classes(model)
+    if len(x) < 100 or present < 2:
+        warnings.warn(
+            f"The search set holds {len(x)} images of {present} "
+            f"class(es): its accuracy can hardly tell candidates apart "
+            "(about 1,000 held-out training images of every class is "
+            "usual).", stacklevel=3)
+    elif num_classes and len(x) >= 10 * num_classes and (
+            present < num_classes):
+        warnings.warn(
+            f"The search set holds labels of {present} of the model's "
+            f"{num_classes} classes"
+            + (" (a dataset is read in order: its first images; shuffle it "
+               "once with a fixed seed)" if from_dataset else "")
+            + ": the search would keep only what those classes need.",
+            stacklevel=3)
 
 
 def _num_classes(model):
@@ -759,6 +835,7 @@ def _result(space, runner, progress, plan_targets, finished, metric):
         "range": {"min": space.cost(space.counts(dict(space.minimum)))[metric],
                   "max": full_cost[metric]},
         "finished": finished,
+        "targets": [name for name, _ in plan_targets],
         "configs": configs,
         "history": progress["history"],
         "stats": {

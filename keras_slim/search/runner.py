@@ -37,19 +37,25 @@ def search_arrays(search_data, num_images=None, num_classes=None):
     for labels outside `[0, num_classes)`.
     """
     if isinstance(search_data, tf.data.Dataset):
-        infinite = (search_data.cardinality()
-                    == tf.data.INFINITE_CARDINALITY)
+        cardinality = int(search_data.cardinality())
+        infinite = cardinality == tf.data.INFINITE_CARDINALITY
         if infinite and num_images is None:
             raise ValueError(
                 "The search dataset is infinite; pass num_images."
             )
         xs, ys, seen = [], [], 0
-        digests = {} if infinite else None
+        # A dataset of unknown size may repeat too (`.repeat().filter()`).
+        digests = {} if cardinality < 0 and num_images is not None else None
         for batch in search_data:
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise ValueError(
                     "The search dataset must yield (x, y) batches with "
                     "labels; got a batch without labels."
+                )
+            if np.ndim(batch[1]) == 0:
+                raise ValueError(
+                    "The search dataset yields single examples (a label of "
+                    "shape ()); batch it first, e.g. dataset.batch(256)."
                 )
             xs.append(np.asarray(batch[0]))
             ys.append(np.asarray(batch[1]))
@@ -87,7 +93,7 @@ def _refuse_repeats(images, digests, offset):
         digest = hashlib.sha1(image.tobytes()).digest()
         if digest in digests:
             raise ValueError(
-                f"The infinite search dataset repeats image "
+                f"The search dataset repeats image "
                 f"{digests[digest]} as image {offset + i}: it holds fewer "
                 "distinct images than num_images, so the search set would "
                 "count copies. Pass a finite dataset (without .repeat()) "
