@@ -1153,15 +1153,21 @@ def _zero_filters(callback):
         for u in callback.controller.units}
 
 
-def test_a_fit_stopped_by_an_exception_is_undone_before_the_next_training():
-    x, y = digits(256)  # 8 steps per epoch at batch 32
+def _stopped_in_s2(x, y):
+    """A model whose fit an exception stopped after step 16, in S2 (drop
+    after step 8, re-initialisation due after step 40)."""
     model = tiny_bn_model(keras.optimizers.SGD(0.05))
     callback = repr_lib.RePrCallback(1, 4, 1, 0.25, verbose=0,
                                      schedule_check="off")
     with pytest.raises(KeyboardInterrupt):
         model.fit(x, y, batch_size=32, epochs=6, verbose=0,
                   callbacks=[callback, _StopInS2()])
-    # Stopped after step 16, in S2 (drop after 8, re-init due after 40).
+    return model, callback
+
+
+def test_a_fit_stopped_by_an_exception_is_undone_before_the_next_training():
+    x, y = digits(256)  # 8 steps per epoch at batch 32
+    model, callback = _stopped_in_s2(x, y)
     assert sum(_zero_filters(callback).values()) > 0
     assert "train_step" in model.__dict__
     with pytest.warns(UserWarning, match="stopped without ending"):
@@ -1182,12 +1188,7 @@ def test_a_fit_stopped_by_an_exception_is_undone_before_the_next_training():
 
 def test_a_stopped_fit_continues_with_its_callback_or_ends_with_finish():
     x, y = digits(256)
-    model = tiny_bn_model(keras.optimizers.SGD(0.05))
-    callback = repr_lib.RePrCallback(1, 4, 1, 0.25, verbose=0,
-                                     schedule_check="off")
-    with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, batch_size=32, epochs=6, verbose=0,
-                  callbacks=[callback, _StopInS2()])
+    model, callback = _stopped_in_s2(x, y)
     # The same callback again: the window goes on, re-initialised on time.
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
@@ -1197,12 +1198,7 @@ def test_a_stopped_fit_continues_with_its_callback_or_ends_with_finish():
         (8, "drop"), (40, "reinit")]
     assert "train_step" not in model.__dict__
     # finish(): at once, e.g. before evaluating an interrupted model.
-    model = tiny_bn_model(keras.optimizers.SGD(0.05))
-    callback = repr_lib.RePrCallback(1, 4, 1, 0.25, verbose=0,
-                                     schedule_check="off")
-    with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, batch_size=32, epochs=6, verbose=0,
-                  callbacks=[callback, _StopInS2()])
+    model, callback = _stopped_in_s2(x, y)
     with pytest.warns(UserWarning, match="Training stopped after step 16"):
         record = callback.finish()
     assert record["event"] == "reinit" and record["early"]
