@@ -320,7 +320,7 @@ class SlimmableModel(keras.Model):
                     f"got {chosen[group][1]} and {channels}."
                 )
             chosen[group] = (name, int(channels))
-        if getattr(config, "name", None) is not None:
+        if getattr(config, "searched", False):
             # A search result names every slimmable layer of the model it
             # was searched on: fewer here means another model.
             missing = [n for n in self._group_of_layer if n not in config]

@@ -1224,6 +1224,10 @@ def test_learning_rates_set_by_callbacks_or_callables_are_read_right():
     wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(
         schedule))
     assert compat.optimizer_learning_rate(wrapped) is schedule
+    model = tiny_bn_model(wrapped)
+    controller = repr_lib.RePrController(
+        model, repr_lib.RePrSchedule(8, 8, 2), 0.25)
+    assert len(controller.check_run(48)) == 1  # last re-init at 10%
     # A callable of no argument (Keras calls it at every step).
     assert repr_schedule.learning_rate_at(lambda: 0.25, 100) == 0.25
     assert repr_schedule.learning_rate_at(schedule, 20) == pytest.approx(
@@ -1239,6 +1243,15 @@ def test_drops_that_take_nothing_and_summaries_say_what_happened():
     with pytest.warns(UserWarning, match="takes out no filter"):
         model.fit(x, y, batch_size=32, epochs=3, verbose=0,
                   callbacks=[nothing])
+    # A dataset of unknown length: the start cannot check, the end says.
+    unknown = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).filter(
+        lambda images, labels: True)
+    later = repr_lib.RePrCallback(100, 100, 1, 0.3, unit="steps", verbose=0)
+    with pytest.warns(UserWarning, match=r"No RePr event ran in this fit: "
+                      r"it ended after step \d, the next event is due after "
+                      r"step 100"):
+        tiny_bn_model().fit(unknown, epochs=1, verbose=0, shuffle=False,
+                            callbacks=[later])
     callback = repr_lib.RePrCallback(1, 1, 1, 0.3, verbose=0,
                                      max_drop_per_layer=0.5)
     assert callback.controller is None

@@ -748,6 +748,13 @@ def test_search_sets_that_cannot_rank_candidates_are_refused_or_said(
     with pytest.raises(ValueError, match="repeats image 0 as image 64"):
         search.autoslim(trained, repeated, targets=[full], num_images=128,
                         verbose=0)
+    # ... but real duplicates in a finite one of unknown size are fine.
+    copied = x.copy()
+    copied[100] = copied[5]
+    filtered = tf.data.Dataset.from_tensor_slices((copied, y)).filter(
+        lambda image, label: True).batch(32)
+    assert search.autoslim(trained, filtered, targets=[full], num_images=256,
+                           verbose=0)["finished"]
     # One class: accuracy cannot tell candidates apart.
     with pytest.warns(UserWarning, match="256 images of 1 class"):
         search.autoslim(trained, (x, np.zeros_like(y)), targets=[full],
@@ -769,14 +776,18 @@ def test_search_sets_that_cannot_rank_candidates_are_refused_or_said(
 def test_a_configuration_of_another_model_is_said(trained):
     full = dict(search.config_from_counts(trained, trained.full_channels))
     name = sorted(full)[0]
-    partial = search.Configuration("other", {name: full[name]})
+    partial = search.Configuration("other", {name: full[name]},
+                                   searched=True)
     with pytest.warns(UserWarning, match=f"'other' does not name "
                       f"{len(full) - 1} of this model's {len(full)}"):
         trained.channels_for(partial)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        trained.channels_for(search.Configuration("whole", full))
-        trained.channels_for({name: full[name]})  # a plain dict: by design
+        trained.channels_for(search.Configuration("whole", full,
+                                                  searched=True))
+        # Hand-made configurations may name some layers only, by design.
+        trained.channels_for(search.Configuration("mine", {name: 4}))
+        trained.channels_for({name: full[name]})
 
 
 def test_step_lines_count_hours_past_a_day():

@@ -1,5 +1,6 @@
 """`RePrCallback`: RePr for plain `model.fit`."""
 
+import sys
 import warnings
 
 import keras
@@ -217,7 +218,6 @@ class RePrCallback(keras.callbacks.Callback):
         self._installed = False  # RePr's hold is in the model's train step
         self._original_step = self._original_make = None
         self._events_at_start = 0
-        self._joining_fit = False
         self._peak_lr = 0.0
 
     # ------------------------------------------------------------ state
@@ -266,16 +266,8 @@ class RePrCallback(keras.callbacks.Callback):
         )
 
     # -------------------------------------------------------- callbacks
-    def set_model(self, model):
-        super().set_model(model)
-        # Keras sets the model of a fit's callbacks before it builds the
-        # train function: a hold left by an interrupted fit of this
-        # callback is then its own to continue (see `_guard`).
-        self._joining_fit = True
-
     def on_train_begin(self, logs=None):
         model = self.model
-        self._joining_fit = False
         if self._installed:  # an earlier fit of this callback was stopped
             self._restore_step()
         self.attach(model)
@@ -305,14 +297,32 @@ class RePrCallback(keras.callbacks.Callback):
         self._note_learning_rate()
         self._run_events(step)
 
+    def _in_own_fit(self):
+        """Whether a `fit` running this callback is on the call stack: the
+        training call that builds a train function now belongs to it (its
+        start, or a `train_on_batch` from one of its callbacks).
+
+        Keras has no hook for a fit that an exception ends, so the guard
+        asks the stack: a fit keeps its `CallbackList` in a local named
+        `callbacks`.
+        """
+        frame = sys._getframe(1)
+        while frame is not None:
+            listed = frame.f_locals.get("callbacks")
+            if isinstance(listed, keras.callbacks.CallbackList) and any(
+                    callback is self for callback in listed.callbacks):
+                return True
+            frame = frame.f_back
+        return False
+
     def _guard(self, make_train_function):
         """`make_train_function` that first undoes RePr when a training
-        call without this callback finds its hold (a fit stopped by an
-        exception skips `on_train_end`)."""
+        call outside this callback's fits finds its hold (a fit stopped by
+        an exception skips `on_train_end`)."""
 
         def make(*args, **kwargs):
             original = make_train_function
-            if self._installed and not self._joining_fit:
+            if self._installed and not self._in_own_fit():
                 brought_back = self.controller.finish(self._step(),
                                                       warn=False)
                 self._restore_step()

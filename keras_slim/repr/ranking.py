@@ -433,7 +433,7 @@ class FilterRanking:
         layer  filters  fan-in    mean     min     max  dropped
         conv2       32     800  -0.422  -1.705   1.102    5 (16%)
         conv3       32     800   0.291  -1.535   1.919   14 (44%)
-        dropped 19 of 64 ranked filters (global cut-off at 0.3, at most 0.5 of a layer)
+        dropped 19 of 64 ranked filters (global cut-off at 0.3, ...)
         dw     not ranked: it is a depthwise convolution: ...
         """
         selection = {}
@@ -569,9 +569,11 @@ def rankable_layers(model, exclude_first=True, layers=None,
         for layer in ordered_layers(model):
             if not is_conv(layer) and isinstance(layer, _OTHER_CONVS):
                 skipped[layer.name] = _why_not_rankable(layer)
+    overcomplete = []
     if skip_overcomplete:
         for layer in convs:
             if is_overcomplete(layer):
+                overcomplete.append(layer.name)
                 skipped[layer.name] = (
                     f"{layer.kernel.shape[-1]} filters for a fan-in of "
                     f"{fan_in(layer)}: they can never all be orthogonal "
@@ -582,7 +584,7 @@ def rankable_layers(model, exclude_first=True, layers=None,
             raise ValueError(
                 f"Every convolution RePr could rank in model '{model.name}' "
                 "has more filters than its fan-in "
-                f"({', '.join(skipped)}): pass skip_overcomplete=False to "
+                f"({', '.join(overcomplete)}): pass skip_overcomplete=False to "
                 "rank them anyway."
             )
     return convs, skipped

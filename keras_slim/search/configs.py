@@ -28,15 +28,18 @@ class Configuration(dict):
     ('like_1x', {'stem': 16, 'head': 640})
     """
 
-    def __init__(self, name, channels):
+    def __init__(self, name, channels, searched=False):
         super().__init__(channels)
         self.name = str(name)
+        # Read from a search result: it names every slimmable layer of the
+        # model it was searched on (`set_width` warns when it does not).
+        self.searched = bool(searched)
 
     def __repr__(self):
         return f"Configuration({self.name!r}, {dict.__repr__(self)})"
 
     def __reduce__(self):
-        return (Configuration, (self.name, dict(self)))
+        return (Configuration, (self.name, dict(self), self.searched))
 
 
 def config_from_counts(model, counts):
@@ -101,7 +104,8 @@ def load_configs(path):
     return {
         entry["name"]: Configuration(
             entry["name"],
-            {k: int(v) for k, v in entry["channels"].items()})
+            {k: int(v) for k, v in entry["channels"].items()},
+            searched=True)
         for entry in data["configs"]
     }
 

@@ -44,8 +44,11 @@ def search_arrays(search_data, num_images=None, num_classes=None):
                 "The search dataset is infinite; pass num_images."
             )
         xs, ys, seen = [], [], 0
-        # A dataset of unknown size may repeat too (`.repeat().filter()`).
-        digests = {} if cardinality < 0 and num_images is not None else None
+        # A dataset of unknown size may repeat too (`.repeat().filter()`);
+        # as it may hold real duplicates, only its first image coming
+        # back says so.
+        digests = {} if infinite or (
+            cardinality < 0 and num_images is not None) else None
         for batch in search_data:
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise ValueError(
@@ -59,8 +62,15 @@ def search_arrays(search_data, num_images=None, num_classes=None):
                 )
             xs.append(np.asarray(batch[0]))
             ys.append(np.asarray(batch[1]))
+            if len(xs[-1]) != len(ys[-1]):
+                raise ValueError(
+                    f"The search dataset yields {len(xs[-1])} images with "
+                    f"{len(ys[-1])} labels: a dataset of single examples? "
+                    "Batch it first, e.g. dataset.batch(256)."
+                )
             if digests is not None:
-                _refuse_repeats(xs[-1], digests, seen)
+                _refuse_repeats(xs[-1], digests, seen,
+                                first_only=not infinite)
             seen += len(xs[-1])
             if num_images is not None and seen >= num_images:
                 break
@@ -87,11 +97,12 @@ def search_arrays(search_data, num_images=None, num_classes=None):
     return x, _class_indices(y, num_classes)
 
 
-def _refuse_repeats(images, digests, offset):
-    """Raises if an image of `images` was already seen (by its bytes)."""
+def _refuse_repeats(images, digests, offset, first_only=False):
+    """Raises if an image of `images` was already seen (by its bytes);
+    with `first_only`, only if it is the dataset's first image."""
     for i, image in enumerate(np.ascontiguousarray(images)):
         digest = hashlib.sha1(image.tobytes()).digest()
-        if digest in digests:
+        if digest in digests and not (first_only and digests[digest] != 0):
             raise ValueError(
                 f"The search dataset repeats image "
                 f"{digests[digest]} as image {offset + i}: it holds fewer "
@@ -99,7 +110,7 @@ def _refuse_repeats(images, digests, offset):
                 "count copies. Pass a finite dataset (without .repeat()) "
                 "or lower num_images."
             )
-        digests[digest] = offset + i
+        digests.setdefault(digest, offset + i)
 
 
 def _class_indices(y, num_classes):
