@@ -444,7 +444,8 @@ def run_one(name, seed, data, args):
                                         .permutation(len(x_train))[:512]])
         callback = repr_lib.RePrCallback(
             s1, s2, cycles, args.drop_fraction, unit="steps", seed=seed,
-            verbose=1, calibration_data=calibration,
+            verbose=1,
+            calibration_data=None if preset == "paper" else calibration,
             **(repr_lib.PAPER if preset == "paper" else
                {"compensate_drop": args.compensate_drop}))
         x_probe, y_probe = probe_split(x_val, y_val)

@@ -1279,6 +1279,12 @@ def test_callback_arguments_are_checked_when_made():
     with pytest.raises(ValueError, match=r"layers=\['conv'\]"):
         repr_lib.RePrCallback(1, 1, 1, 0.3, layers="conv").attach(
             tiny_bn_model())
+    with pytest.raises(ValueError, match="with unit='steps' S1 and S2 are "
+                       "steps already"):
+        repr_lib.RePrCallback(1, 1, 1, 0.3, unit="steps", steps_per_epoch=8)
+    with pytest.warns(UserWarning, match="calibration_data is not used"):
+        repr_lib.RePrCallback(1, 1, 1, 0.3, calibration_data=x,
+                              **repr_lib.PAPER).attach(tiny_bn_model())
     callback = repr_lib.RePrCallback(np.int64(1), np.int32(1), np.int64(1),
                                      0.3, min_kept=np.int64(1))
     assert (callback.s1, callback.min_kept) == (1, 1)

@@ -317,7 +317,8 @@ def repr_controller(config, model, steps_per_epoch, calibration_data=None):
         cutoff=config.repr_cutoff,
         seed=config.seed,
         verbose=config.verbose,
-        calibration_data=calibration_data,
+        # The paper's method re-estimates nothing: no batches to read.
+        calibration_data=None if config.repr_paper else calibration_data,
         **options,
     )
     total_steps = config.train_steps or config.epochs * steps_per_epoch

@@ -184,7 +184,12 @@ class RePrCallback(keras.callbacks.Callback):
         schedule_lib.check_positive_int(
             cycles, "cycles", "drop / re-initialise cycles")
         if steps_per_epoch is not None:
-            schedule_lib.check_positive_int(
+            if unit == "steps":
+                raise ValueError(
+                    "steps_per_epoch only converts epochs to steps; with "
+                    "unit='steps' S1 and S2 are steps already. Leave it out "
+                    "or use unit='epochs'.")
+            steps_per_epoch = schedule_lib.check_positive_int(
                 steps_per_epoch, "steps_per_epoch", "batches per epoch")
         self.s1, self.s2, self.cycles = s1, s2, cycles
         self.unit = unit

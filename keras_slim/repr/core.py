@@ -920,6 +920,12 @@ class RePrController:
             self.calibration = take_batches(calibration_data,
                                            int(calibration_batches))
             _check_calibration_shape(model, self.calibration)
+        elif calibration_data is not None:
+            warnings.warn(
+                "calibration_data is not used: it serves the BN statistics "
+                "re-estimate (reestimate_bn=True) and compensated drops "
+                "(compensate_drop=True), both off here (e.g. with "
+                "**keras_slim.repr.PAPER).", stacklevel=3)
         self._consumers = None
 
     def _warn_if_graph_unknown(self, convs, calls):
