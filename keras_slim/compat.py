@@ -93,8 +93,7 @@ def optimizer_slots(optimizer, variable):
     >>> for name, slot in optimizer_slots(model.optimizer, conv.kernel):
     ...     slot.assign(tf.zeros_like(slot))
     """
-    while hasattr(optimizer, "inner_optimizer"):
-        optimizer = optimizer.inner_optimizer
+    optimizer = _innermost(optimizer)
     trained = getattr(optimizer, "_trainable_variables", None)
     if not trained:
         return []
@@ -132,9 +131,14 @@ def optimizer_learning_rate(optimizer):
 
     >>> optimizer_learning_rate(keras.optimizers.SGD(0.1))  # a variable
     """
+    return getattr(_innermost(optimizer), "_learning_rate", None)
+
+
+def _innermost(optimizer):
+    """The optimizer a `LossScaleOptimizer` (mixed precision) wraps."""
     while hasattr(optimizer, "inner_optimizer"):
         optimizer = optimizer.inner_optimizer
-    return getattr(optimizer, "_learning_rate", None)
+    return optimizer
 
 
 def configure_coordination_heartbeat(timeout_seconds, cluster_resolver=None):

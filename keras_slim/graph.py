@@ -232,3 +232,16 @@ def trace(model, input_tensors=None):
         )
     traced = replay(functional, record, input_tensors=input_tensors)
     return calls, traced
+
+
+def shapes_match(expected, got):
+    """Whether a per-example shape `got` fits a model input's `expected`
+    one (`None` sizes accept any).
+
+    Example:
+
+    >>> shapes_match((None, None, 3), (32, 32, 3))
+    True
+    """
+    return len(got) == len(expected) and all(
+        e is None or e == g for e, g in zip(expected, got))

@@ -389,12 +389,12 @@ class RePrCallback(keras.callbacks.Callback):
     def _run_events(self, step):
         performed = self.controller.update(step)
         self._next_event = self.controller.next_event_step(step)
-        if self.schedule_check == "off":
+        if self.schedule_check == "off" or not performed:
+            return
+        rate = self._learning_rate()
+        if rate is None or self._peak_lr <= 0:
             return
         for record in performed:
-            rate = self._learning_rate()
-            if rate is None or self._peak_lr <= 0:
-                continue
             if rate < self.min_lr_fraction * self._peak_lr:
                 warnings.warn(
                     f"RePr's {record['event']} of cycle {record['cycle'] + 1}"

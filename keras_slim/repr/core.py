@@ -516,8 +516,7 @@ def _check_calibration_shape(model, batches):
         return
     expected = tuple(inputs[0].shape[1:])
     got = tuple(np.shape(batches[0])[1:])
-    if len(got) != len(expected) or any(
-            e is not None and e != g for e, g in zip(expected, got)):
+    if not graph_lib.shapes_match(expected, got):
         raise ValueError(
             f"calibration_data has inputs of shape {got} per example; model "
             f"'{model.name}' takes {expected}. Pass training inputs (an "

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_slim import graph as graph_lib
 from keras_slim.model import SlimmableModel
 from keras_slim.search import configs as configs_lib
 from keras_slim.search.cost import CostModel
@@ -695,8 +696,7 @@ def _check_search_set(model, x, labels, from_dataset):
     candidates."""
     expected = tuple(model.network.inputs[0].shape[1:])
     got = tuple(x.shape[1:])
-    if len(got) != len(expected) or any(
-            e is not None and e != g for e, g in zip(expected, got)):
+    if not graph_lib.shapes_match(expected, got):
         hint = ("Resize them as for training (costs are priced at the "
                 "model's input size).")
         if len(got) == len(expected) - 1:
