@@ -485,6 +485,9 @@ def test_labels_outside_the_classes_are_refused(trained, digits):
                         verbose=0)
     with pytest.raises(ValueError, match="whole numbers"):
         search.autoslim(trained, (x, y + 0.5), targets=[full], verbose=0)
+    names = np.array(["zero", "one", "two"] * 4 + ["three"] * (len(y) - 12))
+    with pytest.raises(ValueError, match="Map class names to indices"):
+        search.autoslim(trained, (x, names), targets=[full], verbose=0)
     # One-hot rows of the right width are class indices.
     one_hot = search.autoslim(trained, (x, np.eye(10)[y]), targets=[full],
                               verbose=0)

@@ -125,6 +125,14 @@ def _class_indices(y, num_classes):
             )
         y = y.argmax(axis=1)
     y = y.reshape(len(y))
+    if y.dtype.kind not in "biuf":
+        # Strings ("cat") or objects: numpy's checks below would fail with
+        # an unrelated TypeError.
+        raise ValueError(
+            "The search labels must be class indices (whole numbers) or "
+            f"one-hot rows; got values of type {y.dtype} such as "
+            f"{y[:3].tolist()}. Map class names to indices first."
+        )
     if not (np.issubdtype(y.dtype, np.integer)
             or np.issubdtype(y.dtype, np.bool_)):
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
