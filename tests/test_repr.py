@@ -172,11 +172,22 @@ def test_schedule_events_windows_and_errors():
         False]
     assert schedule.next_event_step(3) == 5 and schedule.next_event_step(10) is None
     assert repr_lib.RePrSchedule.from_epochs(20, 10, 3, 703).events[0].step == 14060
+    later = repr_lib.RePrSchedule(s1=3, s2=2, cycles=1, start=100)
+    assert [(e.step, e.kind) for e in later.events] == [
+        (103, "drop"), (105, "reinit")]
+    assert later.total_steps == 105 and later.in_sub_network(104)
+    # The tail after the last re-initialisation is a share of RePr's run
+    # (from its start), not of the steps trained before it.
+    assert repr_schedule.check_run(later, 115, start_step=100) == []
+    assert "leaves 5 of the run's 10 steps" in repr_schedule.check_run(
+        later, 110, start_step=100, min_tail_fraction=0.6)[0]
     for kwargs, match in [
         ({"s1": 0, "s2": 1, "cycles": 1}, "S1 must be an integer >= 1"),
         ({"s1": 1, "s2": 0, "cycles": 1}, "S2 must be an integer >= 1"),
         ({"s1": 1, "s2": 1, "cycles": 0}, "cycles must be an integer >= 1"),
         ({"s1": 1.5, "s2": 1, "cycles": 1}, "S1 must be an integer"),
+        ({"s1": 1, "s2": 1, "cycles": 1, "start": -1},
+         "start must be an integer >= 0"),
     ]:
         with pytest.raises(ValueError, match=match):
             repr_lib.RePrSchedule(**kwargs)
@@ -1205,6 +1216,39 @@ def test_a_stopped_fit_continues_with_its_callback_or_ends_with_finish():
     assert sum(_zero_filters(callback).values()) == 0
     assert "train_step" not in model.__dict__
     assert callback.finish() is None  # nothing left to do
+
+
+def test_a_model_trained_before_starts_its_schedule_at_the_first_fit(
+        tmp_path):
+    """Fine-tuning with RePr: S1 counts from the fit that adds it, not
+    from the optimizer's step 0 (that used to shorten S1 silently, or fail
+    once the pre-training was longer than S1)."""
+    x, y = digits(256)  # 8 steps per epoch at batch 32
+    model = tiny_bn_model(keras.optimizers.SGD(0.05))
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0)  # 24 steps
+    callback = repr_lib.RePrCallback(1, 1, 2, 0.25, verbose=0,
+                                     schedule_check="off")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[callback])
+    assert [(h["step"], h["event"]) for h in callback.controller.history] == [
+        (32, "drop"), (40, "reinit"), (48, "drop"), (56, "reinit")]
+    assert not any(h.get("early") for h in callback.controller.history)
+    assert int(callback.state.schedule_start.numpy()) == 24
+    # The start is part of RePr's state: a restored run keeps it.
+    restored = tiny_bn_model(keras.optimizers.SGD(0.05))
+    again = repr_lib.RePrCallback(1, 1, 2, 0.25, verbose=0)
+    path = tf.train.Checkpoint(repr=callback.state).write(
+        str(tmp_path / "repr"))
+    tf.train.Checkpoint(repr=again.attach(restored)).read(path).assert_consumed()
+    assert int(again.state.schedule_start.numpy()) == 24
+    assert [e.step for e in again.schedule(8).events] == [32, 40, 48, 56]
+    # A fit refused at its start leaves no start behind.
+    strict = repr_lib.RePrCallback(1, 2, 3, 0.25, verbose=0,
+                                   schedule_check="raise")
+    with pytest.raises(ValueError, match="does not fit a run"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0,
+                  callbacks=[strict])
+    assert int(strict.state.schedule_start.numpy()) == -1
 
 
 def test_learning_rates_set_by_callbacks_or_callables_are_read_right():

@@ -20,10 +20,11 @@ class RePrCallback(keras.callbacks.Callback):
     redundant filters (ranked over all layers together), trains the
     sub-network for `s2`, brings the dropped filters back re-initialised
     orthogonally to the kept ones, and repeats `cycles` times; then the
-    network trains normally until `fit` ends. Steps are counted by the
-    optimizer (`optimizer.iterations`), so the schedule starts at the
-    optimizer's first step (add RePr to a model whose optimizer has not
-    trained yet) and a later `fit` with the same callback continues it.
+    network trains normally until `fit` ends. The schedule starts with
+    the first `fit` that runs this callback (also on a model trained
+    before, e.g. to fine-tune it with RePr) and counts the optimizer's
+    steps (`optimizer.iterations`), so a later `fit` with the same
+    callback continues it.
     An event due after step `t` runs just before step `t + 1`; one due
     after the last step of `fit` runs when `fit` ends. A `fit` that ends
     while filters are out brings them back at its end (re-initialised,
@@ -224,6 +225,7 @@ class RePrCallback(keras.callbacks.Callback):
         self._original_step = self._original_make = None
         self._events_at_start = 0
         self._peak_lr = 0.0
+        self._anchored = False  # this fit set the schedule's start
 
     # ------------------------------------------------------------ state
     def attach(self, model):
@@ -255,9 +257,14 @@ class RePrCallback(keras.callbacks.Callback):
         return self.controller.state
 
     def schedule(self, steps_per_epoch=None):
-        """The `RePrSchedule` in optimizer steps."""
+        """The `RePrSchedule` in optimizer steps (from the optimizer's
+        step at the first `fit` with this callback)."""
+        start = 0
+        if self.controller is not None:
+            start = max(0, int(self.controller.schedule_start.numpy()))
         if self.unit == "steps":
-            return schedule_lib.RePrSchedule(self.s1, self.s2, self.cycles)
+            return schedule_lib.RePrSchedule(
+                self.s1, self.s2, self.cycles, start)
         steps_per_epoch = self.steps_per_epoch or steps_per_epoch
         if not steps_per_epoch:
             raise ValueError(
@@ -267,7 +274,7 @@ class RePrCallback(keras.callbacks.Callback):
                 "unit='steps'."
             )
         return schedule_lib.RePrSchedule.from_epochs(
-            self.s1, self.s2, self.cycles, int(steps_per_epoch)
+            self.s1, self.s2, self.cycles, int(steps_per_epoch), start
         )
 
     # -------------------------------------------------------- callbacks
@@ -276,11 +283,22 @@ class RePrCallback(keras.callbacks.Callback):
         if self._installed:  # an earlier fit of this callback was stopped
             self._restore_step()
         self.attach(model)
+        step = self._step()
+        anchor = self.controller.schedule_start
+        self._anchored = int(anchor.numpy()) < 0
+        if self._anchored:
+            # The first fit with this callback starts the schedule (state
+            # restored from a checkpoint made before the anchor existed,
+            # with events done, counted from step 0).
+            done = int(self.controller.events_done.numpy())
+            anchor.assign(step if done == 0 else 0)
         schedule = self.schedule(self.params.get("steps"))
         per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        # Callbacks run between executions of this fit, which start here.
         misaligned = [e.step for e in schedule.events
-                      if e.step % per_execution]
+                      if e.step >= step and (e.step - step) % per_execution]
         if misaligned:
+            self._unanchor()
             raise ValueError(
                 f"RePr's events fall after steps {misaligned[:4]}, which are "
                 f"not multiples of steps_per_execution={per_execution}: "
@@ -295,7 +313,6 @@ class RePrCallback(keras.callbacks.Callback):
         self._original_make = model.__dict__.get("make_train_function")
         model.make_train_function = self._guard(model.make_train_function)
         self._installed = True
-        step = self._step()
         self._start_step = step
         self._checked = False
         self._events_at_start = len(self.controller.history)
@@ -428,7 +445,13 @@ class RePrCallback(keras.callbacks.Callback):
                 min_tail_fraction=self.min_tail_fraction)
         except ValueError:
             self._restore_step()  # refused: leave the model as it was
+            self._unanchor()
             raise
+
+    def _unanchor(self):
+        """Forgets the schedule's start set by a fit that was refused."""
+        if self._anchored:
+            self.controller.schedule_start.assign(-1)
 
     def on_train_batch_begin(self, batch, logs=None):
         # Events run before the first step that follows them, not after

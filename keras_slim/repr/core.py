@@ -728,9 +728,13 @@ class RePrState(tf.Module):
     offset) held during S2, and the state of the BN statistics restart.
     """
 
-    def __init__(self, events_done, units, restart=None):
+    def __init__(self, events_done, units, restart=None,
+                 schedule_start=None):
         super().__init__(name="repr_state")
         self.events_done = events_done
+        # Where `RePrCallback` anchored the schedule (-1: not yet).
+        if schedule_start is not None:
+            self.schedule_start = schedule_start
         # Lists in ranked-layer order (checkpoint keys must not depend on
         # auto-generated layer names); `layer_names` says which is which.
         self.layer_names = [u.name for u in units]
@@ -900,6 +904,13 @@ class RePrController:
                 name="repr_events_done",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
+            self.schedule_start = tf.Variable(
+                -1,
+                dtype=tf.int64,
+                trainable=False,
+                name="repr_schedule_start",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
             self.units = [
                 FilterUnit(conv, following_batch_norm(conv, calls), i,
                            self.bn_mode)
@@ -907,7 +918,8 @@ class RePrController:
             ]
             self.restart = (StatisticsRestart(model) if reestimate_bn
                             else None)
-        self.state = RePrState(self.events_done, self.units, self.restart)
+        self.state = RePrState(self.events_done, self.units, self.restart,
+                               self.schedule_start)
         self.history = []
         self.last_ranking = None  # the `FilterRanking` of the last drop
         self.event_seconds = 0.0

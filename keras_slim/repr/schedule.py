@@ -34,15 +34,17 @@ class RePrSchedule:
     """When RePr drops and re-initialises filters, in optimizer steps.
 
     Cycle `c` (0-based) trains the full network over steps
-    `[c * (s1 + s2), c * (s1 + s2) + s1)`, drops filters once that many
-    steps are done, trains the sub-network for `s2` steps and then brings
-    the dropped filters back, re-initialised. After `cycles` cycles the
-    network trains normally until the end.
+    `start + [c * (s1 + s2), c * (s1 + s2) + s1)`, drops filters once that
+    many steps are done, trains the sub-network for `s2` steps and then
+    brings the dropped filters back, re-initialised. After `cycles` cycles
+    the network trains normally until the end.
 
     Args:
         s1: Steps of full-network training before each drop (>= 1).
         s2: Steps of sub-network training after each drop (>= 1).
         cycles: How many drop / re-initialise cycles (>= 1).
+        start: Optimizer steps done before the first cycle starts (e.g.
+            the training of a model RePr is added to later; >= 0).
 
     Example:
 
@@ -54,8 +56,15 @@ class RePrSchedule:
     s1: int
     s2: int
     cycles: int
+    start: int = 0
 
     def __post_init__(self):
+        if isinstance(self.start, bool) or not isinstance(
+                self.start, numbers.Integral) or self.start < 0:
+            raise ValueError(
+                "start must be an integer >= 0 (optimizer steps done before "
+                f"the first cycle); got {self.start!r}."
+            )
         check_positive_int(self.s1, "S1", "steps of full-network training "
                            "before each drop")
         check_positive_int(self.s2, "S2", "steps of sub-network training "
@@ -68,7 +77,7 @@ class RePrSchedule:
         """Every `Event`, in order: drop, reinit, drop, reinit, ..."""
         result = []
         for cycle in range(self.cycles):
-            start = cycle * (self.s1 + self.s2)
+            start = self.start + cycle * (self.s1 + self.s2)
             result.append(Event(start + self.s1, DROP, cycle))
             result.append(Event(start + self.s1 + self.s2, REINIT, cycle))
         return result
@@ -83,8 +92,9 @@ class RePrSchedule:
 
     @property
     def total_steps(self):
-        """Steps until the last re-initialisation."""
-        return self.cycles * (self.s1 + self.s2)
+        """Optimizer steps until the last re-initialisation (counting the
+        `start` steps before the first cycle)."""
+        return self.start + self.cycles * (self.s1 + self.s2)
 
     def events_due(self, step):
         """How many events have happened once `step` steps are done."""
@@ -103,14 +113,16 @@ class RePrSchedule:
         return self.events_due(step) % 2 == 1
 
     @classmethod
-    def from_epochs(cls, s1, s2, cycles, steps_per_epoch):
-        """A schedule given in epochs (the paper's S1 = 20, S2 = 10)."""
+    def from_epochs(cls, s1, s2, cycles, steps_per_epoch, start=0):
+        """A schedule given in epochs (the paper's S1 = 20, S2 = 10);
+        `start` is in optimizer steps."""
         check_positive_int(s1, "S1", "epochs of full-network training")
         check_positive_int(s2, "S2", "epochs of sub-network training")
         check_positive_int(
             steps_per_epoch, "steps_per_epoch", "batches per epoch"
         )
-        return cls(s1 * steps_per_epoch, s2 * steps_per_epoch, cycles)
+        return cls(s1 * steps_per_epoch, s2 * steps_per_epoch, cycles,
+                   start)
 
 
 # ------------------------------------------------------ run checks
@@ -212,8 +224,10 @@ def check_run(schedule, total_steps, learning_rate=None, start_step=0,
     if late:
         problems.append(
             f"RePr's schedule (S1={schedule.s1}, S2={schedule.s2}, "
-            f"{schedule.cycles} cycles = {schedule.total_steps} steps) does "
-            f"not fit a run that ends after step {total_steps}: "
+            f"{schedule.cycles} cycles = "
+            f"{schedule.total_steps - schedule.start} steps"
+            + (f", from step {schedule.start}" if schedule.start else "")
+            + f") does not fit a run that ends after step {total_steps}: "
             f"{len(late)} of its events (the first: {late[0].kind} of cycle "
             f"{late[0].cycle + 1}, due after step {late[0].step}) will not "
             "happen. If the run ends while filters are dropped they are "
@@ -224,11 +238,14 @@ def check_run(schedule, total_steps, learning_rate=None, start_step=0,
     if reinits:
         last = reinits[-1]
         tail = total_steps - last.step
-        if tail < max(1, min_tail_fraction * total_steps):
+        # The run, for RePr, starts where its schedule does (steps trained
+        # before RePr was added do not train the new filters).
+        length = total_steps - min(schedule.start, start_step)
+        if tail < max(1, min_tail_fraction * length):
             problems.append(
                 f"RePr's last re-initialisation (cycle {last.cycle + 1}, "
                 f"after step {last.step}) leaves {tail} of the run's "
-                f"{total_steps} steps ({tail / max(total_steps, 1):.0%}) to "
+                f"{length} steps ({tail / max(length, 1):.0%}) to "
                 "train the new filters; the paper leaves 10% at a high "
                 "learning rate. Fewer cycles, a shorter S1 / S2 or a longer "
                 "run fix it."
