@@ -94,6 +94,29 @@ def test_cost_model_follows_concatenate_and_flatten():
             "macs": profiled["macs"], "params": profiled["params"]}
 
 
+def test_search_sets_too_large_for_memory_are_warned_about(
+        trained, digits, monkeypatch):
+    inputs = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    b = keras.layers.Conv2D(6, 3, padding="same")(a)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(b))
+    model = keras_slim.slim(keras.Model(inputs, outputs), width_range=(0.5, 1))
+    # At the second convolution: its input (8*8*4 floats) and its output
+    # (8*8*6), the network's largest moment.
+    assert CostModel(model).program.peak_bytes_per_image() == 4 * 64 * (4 + 6)
+    full = CostModel(trained).cost(trained.full_channels)["macs"]
+    per_image = 2 * CostModel(trained).program.peak_bytes_per_image()
+    monkeypatch.setattr(greedy, "_available_memory", lambda: 100 * per_image)
+    with pytest.warns(UserWarning, match="num_images=80 or fewer would fit"):
+        search.autoslim(trained, _search_set(digits), targets=[full],
+                        verbose=0)
+    monkeypatch.setattr(greedy, "_available_memory", lambda: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        search.autoslim(trained, _search_set(digits), targets=[full],
+                        verbose=0)
+
+
 def test_cached_prefix_equals_full_evaluation(trained, digits):
     costs = CostModel(trained)
     x, y = _search_set(digits)

@@ -7,6 +7,8 @@ tensors that cross it, and later run the rest from there (see
 `keras_slim.search.runner`).
 """
 
+import numpy as np
+
 from keras_slim import graph
 from keras_slim.layers import scope as aw
 
@@ -66,6 +68,23 @@ class Program:
             ),
             key=lambda tensor_id: (self._producer[tensor_id], tensor_id),
         )
+
+    def peak_bytes_per_image(self):
+        """Most activation bytes held at once by one image's forward pass
+        at full width: the tensors crossing a cut plus the outputs of the
+        call after it, at its largest (unknown dimensions count as 1)."""
+        sizes = {}
+        for call in self.calls:
+            for tensor in call.outputs:
+                elements = np.prod([d or 1 for d in tensor.shape[1:]])
+                sizes[id(tensor)] = int(elements) * np.dtype(
+                    tensor.dtype).itemsize
+        peak = 0
+        for index, call in enumerate(self.calls):
+            held = sum(sizes.get(t, 0) for t in self.live_at(index))
+            peak = max(peak, held + sum(
+                sizes.get(id(t), 0) for t in call.outputs))
+        return peak
 
     def run(self, start, stop, values, state, keep=None):
         """Runs calls `start` to `stop - 1` inside the width scope `state`.
