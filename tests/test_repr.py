@@ -1249,6 +1249,50 @@ def test_a_model_trained_before_starts_its_schedule_at_the_first_fit(
         model.fit(x, y, batch_size=32, epochs=1, verbose=0,
                   callbacks=[strict])
     assert int(strict.state.schedule_start.numpy()) == -1
+    # ... also when the callback cannot build its schedule.
+    unknown = tf.data.Dataset.from_generator(
+        lambda: iter([(x[:32], y[:32])] * 4),
+        output_signature=(tf.TensorSpec((None, 8, 8, 1), tf.float32),
+                          tf.TensorSpec((None,), tf.int64)))
+    epochs = repr_lib.RePrCallback(1, 1, 1, 0.25, verbose=0)
+    with pytest.raises(ValueError, match="needs the number of batches"):
+        model.fit(unknown, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[epochs])
+    assert int(epochs.state.schedule_start.numpy()) == -1
+    assert "train_step" not in model.__dict__
+    # A fit that continues the epochs (initial_epoch) with a new callback
+    # may be a resumed RePr run whose state was not restored: said.
+    resumed = repr_lib.RePrCallback(1, 1, 1, 0.25, verbose=0)
+    with pytest.warns(UserWarning, match="restore RePr's state"):
+        model.fit(x, y, batch_size=32, epochs=3, initial_epoch=2, verbose=0,
+                  callbacks=[resumed])
+    # Loops that set the schedule themselves keep their state as before
+    # (their checkpoints do not hold a start).
+    controller = repr_lib.RePrController(tiny_bn_model())
+    assert not hasattr(controller.state, "schedule_start")
+
+
+def test_events_must_fall_where_fit_runs_callbacks():
+    """With steps_per_execution > 1, callbacks run every that many steps
+    from each epoch's start (the last execution is shorter) and at each
+    epoch's end: an event elsewhere is refused before training, also
+    when the schedule starts after earlier training."""
+    x, y = digits(320)  # 10 steps per epoch at batch 32
+    model = bn_and_bias_net()
+    model.compile(keras.optimizers.SGD(0.05),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=4)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # to step 10
+    # From step 10: callbacks after steps 14, 18, 20 (epoch end), 24, ...
+    bad = repr_lib.RePrCallback(8, 4, 1, 0.25, unit="steps", verbose=0,
+                                schedule_check="off")
+    with pytest.raises(ValueError, match=r"after steps \[22\], where"):
+        model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[bad])
+    good = repr_lib.RePrCallback(8, 2, 1, 0.25, unit="steps", verbose=0,
+                                 schedule_check="off")
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[good])
+    assert [(h["step"], h["event"]) for h in good.controller.history] == [
+        (18, "drop"), (20, "reinit")]
 
 
 def test_learning_rates_set_by_callbacks_or_callables_are_read_right():

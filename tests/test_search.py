@@ -104,6 +104,11 @@ def test_search_sets_too_large_for_memory_are_warned_about(
     # At the second convolution: its input (8*8*4 floats) and its output
     # (8*8*6), the network's largest moment.
     assert CostModel(model).program.peak_bytes_per_image() == 4 * 64 * (4 + 6)
+    inputs = keras.Input((8, 8, 16))  # here the input is the largest
+    a = keras.layers.Conv2D(4, 1)(inputs)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(a))
+    model = keras_slim.slim(keras.Model(inputs, outputs), width_range=(0.5, 1))
+    assert CostModel(model).program.peak_bytes_per_image() == 4 * 64 * (16 + 4)
     full = CostModel(trained).cost(trained.full_channels)["macs"]
     per_image = 2 * CostModel(trained).program.peak_bytes_per_image()
     monkeypatch.setattr(greedy, "_available_memory", lambda: 100 * per_image)
@@ -514,8 +519,13 @@ def test_labels_outside_the_classes_are_refused(trained, digits):
     # One-hot rows of the right width are class indices.
     one_hot = search.autoslim(trained, (x, np.eye(10)[y]), targets=[full],
                               verbose=0)
-    assert one_hot["history"][0]["accuracy"] == search.autoslim(
-        trained, (x, y), targets=[full], verbose=0)["history"][0]["accuracy"]
+    plain = search.autoslim(trained, (x, y), targets=[full], verbose=0)
+    assert one_hot["history"][0]["accuracy"] == plain["history"][0]["accuracy"]
+    # Numbers in an object array (e.g. from pandas) are numbers.
+    as_objects = search.autoslim(trained, (x, y.astype(object)),
+                                 targets=[full], verbose=0)
+    assert [h["accuracy"] for h in as_objects["history"]] == [
+        h["accuracy"] for h in plain["history"]]
 
 
 def test_infinite_dataset_that_repeats_is_refused(trained, digits):

@@ -13,6 +13,16 @@ from keras_slim.repr.core import RePrController
 UNITS = ("epochs", "steps")
 
 
+def _reached(offset, steps_per_epoch, steps_per_execution):
+    """Whether `fit` runs callbacks `offset` steps after its start: after
+    each execution of `steps_per_execution` steps, counted from each
+    epoch's start (an epoch's last execution may be shorter), and at each
+    epoch's end."""
+    if steps_per_epoch:
+        offset %= int(steps_per_epoch)
+    return offset % steps_per_execution == 0
+
+
 class RePrCallback(keras.callbacks.Callback):
     """Trains any conv model with RePr under `model.fit`.
 
@@ -240,6 +250,8 @@ class RePrCallback(keras.callbacks.Callback):
         if self.controller is None:
             self.controller = RePrController(
                 model, **self.controller_options)
+            # The schedule starts with the first fit (see the class doc).
+            self.controller.track_schedule_start()
         elif self.controller.model is not model:
             raise ValueError(
                 "This RePrCallback is attached to another model; use one "
@@ -288,22 +300,35 @@ class RePrCallback(keras.callbacks.Callback):
         self._anchored = int(anchor.numpy()) < 0
         if self._anchored:
             # The first fit with this callback starts the schedule (state
-            # restored from a checkpoint made before the anchor existed,
-            # with events done, counted from step 0).
+            # restored from a checkpoint made before the start was kept,
+            # with events done: counted from step 0).
             done = int(self.controller.events_done.numpy())
             anchor.assign(step if done == 0 else 0)
+        try:
+            self._begin(model, step)
+        except BaseException:
+            # Refused (or failed) before training: nothing of this fit
+            # stays, not even the schedule's start.
+            if self._installed:
+                self._restore_step()
+            self._unanchor()
+            raise
+
+    def _begin(self, model, step):
         schedule = self.schedule(self.params.get("steps"))
         per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
-        # Callbacks run between executions of this fit, which start here.
-        misaligned = [e.step for e in schedule.events
-                      if e.step >= step and (e.step - step) % per_execution]
+        steps = self.params.get("steps")
+        misaligned = [e.step for e in schedule.events if e.step >= step
+                      and not _reached(e.step - step, steps, per_execution)]
         if misaligned:
-            self._unanchor()
             raise ValueError(
-                f"RePr's events fall after steps {misaligned[:4]}, which are "
-                f"not multiples of steps_per_execution={per_execution}: "
-                "callbacks only run between executions. Choose S1 and S2 "
-                "(in steps) as multiples of it."
+                f"RePr's events fall after steps {misaligned[:4]}, where "
+                "this fit runs no callback: callbacks run every "
+                f"steps_per_execution={per_execution} steps from each "
+                "epoch's start and at each epoch's end"
+                + (f" (epochs of {steps} steps)" if steps else "")
+                + ". Choose S1 and S2 (in steps) as multiples of "
+                "steps_per_execution, and epochs whose length is one too."
             )
         self.controller.schedule = schedule
         # The traced step holds the dropped filters after every update.
@@ -433,6 +458,16 @@ class RePrCallback(keras.callbacks.Callback):
         if self._checked:
             return
         self._checked = True
+        start = int(self.controller.schedule_start.numpy())
+        if self._anchored and epoch > 0 and start > 0:
+            warnings.warn(
+                f"This fit starts at epoch {epoch} (initial_epoch) and RePr's "
+                f"schedule with it, at optimizer step {start}: if it resumes "
+                "an interrupted RePr run, restore RePr's state with the "
+                "model (`callback.attach(model)` in the checkpoint) before "
+                "fit, or the cycles start over (and filters saved while "
+                "dropped stay zero until the next re-initialisation).",
+                stacklevel=2)
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         if not epochs or not steps:
             return  # a dataset of unknown length: nothing to check against

@@ -728,13 +728,9 @@ class RePrState(tf.Module):
     offset) held during S2, and the state of the BN statistics restart.
     """
 
-    def __init__(self, events_done, units, restart=None,
-                 schedule_start=None):
+    def __init__(self, events_done, units, restart=None):
         super().__init__(name="repr_state")
         self.events_done = events_done
-        # Where `RePrCallback` anchored the schedule (-1: not yet).
-        if schedule_start is not None:
-            self.schedule_start = schedule_start
         # Lists in ranked-layer order (checkpoint keys must not depend on
         # auto-generated layer names); `layer_names` says which is which.
         self.layer_names = [u.name for u in units]
@@ -904,13 +900,6 @@ class RePrController:
                 name="repr_events_done",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-            self.schedule_start = tf.Variable(
-                -1,
-                dtype=tf.int64,
-                trainable=False,
-                name="repr_schedule_start",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
             self.units = [
                 FilterUnit(conv, following_batch_norm(conv, calls), i,
                            self.bn_mode)
@@ -918,8 +907,8 @@ class RePrController:
             ]
             self.restart = (StatisticsRestart(model) if reestimate_bn
                             else None)
-        self.state = RePrState(self.events_done, self.units, self.restart,
-                               self.schedule_start)
+        self.state = RePrState(self.events_done, self.units, self.restart)
+        self.schedule_start = None  # see `track_schedule_start`
         self.history = []
         self.last_ranking = None  # the `FilterRanking` of the last drop
         self.event_seconds = 0.0
@@ -955,6 +944,28 @@ class RePrController:
                 "functional API for exact masking.",
                 stacklevel=3,
             )
+
+    def track_schedule_start(self):
+        """The variable where a driver that starts the schedule late keeps
+        its start (-1 until set), created once and added to `state`.
+
+        `RePrCallback` starts the schedule at its first `fit`; loops that
+        set `schedule` themselves (counted from step 0) do not need it, and
+        their checkpoints do not hold it.
+        """
+        if self.schedule_start is None:
+            strategy = getattr(self.model, "distribute_strategy", None) or (
+                tf.distribute.get_strategy())
+            with strategy.scope():
+                self.schedule_start = tf.Variable(
+                    -1,
+                    dtype=tf.int64,
+                    trainable=False,
+                    name="repr_schedule_start",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+            self.state.schedule_start = self.schedule_start
+        return self.schedule_start
 
     # ------------------------------------------------------------ step
     def in_sub_network(self):
@@ -1048,7 +1059,8 @@ class RePrController:
                     + (", or its optimizer had trained before RePr was "
                        "added: the schedule counts the optimizer's steps "
                        "from 0, so compile the model with a new optimizer "
-                       "first." if done == 0 else ".")
+                       "first." if done == 0 and self.schedule_start is None
+                       else ".")
                 )
             start = time.perf_counter()
             if event.kind == schedule_lib.DROP:

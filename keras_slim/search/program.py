@@ -38,6 +38,7 @@ class Program:
             )
         self.calls = calls
         self.input_id = id(traced.inputs[0])
+        self._input = traced.inputs[0]
         self.output_id = id(traced.outputs[0])
         self.cut_size = len(calls)
         # Last call index reading each tensor (the output is read "after"
@@ -74,11 +75,11 @@ class Program:
         at full width: the tensors crossing a cut plus the outputs of the
         call after it, at its largest (unknown dimensions count as 1)."""
         sizes = {}
-        for call in self.calls:
-            for tensor in call.outputs:
-                elements = np.prod([d or 1 for d in tensor.shape[1:]])
-                sizes[id(tensor)] = int(elements) * np.dtype(
-                    tensor.dtype).itemsize
+        for tensor in [self._input] + [
+                t for call in self.calls for t in call.outputs]:
+            elements = np.prod([d or 1 for d in tensor.shape[1:]])
+            sizes[id(tensor)] = int(elements) * np.dtype(
+                tensor.dtype).itemsize
         peak = 0
         for index, call in enumerate(self.calls):
             held = sum(sizes.get(t, 0) for t in self.live_at(index))

@@ -125,6 +125,11 @@ def _class_indices(y, num_classes):
             )
         y = y.argmax(axis=1)
     y = y.reshape(len(y))
+    if y.dtype.kind == "O":  # e.g. numbers from pandas
+        try:
+            y = y.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
     if y.dtype.kind not in "biuf":
         # Strings ("cat") or objects: numpy's checks below would fail with
         # an unrelated TypeError.
