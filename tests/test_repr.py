@@ -425,10 +425,14 @@ def test_hold_runs_inside_multi_step_executions():
         # Step 5 moved them (momentum), the hold inside the execution put
         # them back before step 6 ended.
         np.testing.assert_array_equal(recorder.values[6][path][..., idx], 0.0)
-    misaligned = repr_lib.RePrCallback(3, 4, 1, 0.25, unit="steps")
-    with pytest.raises(ValueError, match="multiples of steps_per_execution"):
+    # An event between two executions runs at the next one, said.
+    misaligned = repr_lib.RePrCallback(3, 4, 1, 0.25, unit="steps",
+                                       verbose=0, schedule_check="off")
+    with pytest.warns(UserWarning, match="1 step\\(s\\) after its schedule"):
         model.fit(x, y, batch_size=32, epochs=1, verbose=0,
                   callbacks=[misaligned])
+    assert [(h["step"], h.get("late")) for h in
+            misaligned.controller.history] == [(14, 1), (18, 1)]
 
 
 def test_closest_fallback_warns_once_when_filters_exceed_fan_in():
@@ -1249,6 +1253,24 @@ def test_a_model_trained_before_starts_its_schedule_at_the_first_fit(
         model.fit(x, y, batch_size=32, epochs=1, verbose=0,
                   callbacks=[strict])
     assert int(strict.state.schedule_start.numpy()) == -1
+    # A fit that ends at a drop's step leaves the drop to the next fit,
+    # whose refusal must not have dropped (events run after the check).
+    at_drop = repr_lib.RePrCallback(1, 2, 1, 0.25, verbose=0,
+                                    schedule_check="raise")
+    fresh = tiny_bn_model()
+    with pytest.raises(ValueError, match="does not fit"):
+        fresh.fit(x, y, batch_size=32, epochs=1, verbose=0,
+                  callbacks=[at_drop])
+    at_drop = repr_lib.RePrCallback(1, 2, 1, 0.25, verbose=0,
+                                    schedule_check="off")
+    fresh.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[at_drop])
+    assert at_drop.controller.history == []  # due after step 8: next fit
+    at_drop.schedule_check = "raise"
+    with pytest.raises(ValueError, match="does not fit"):
+        fresh.fit(x, y, batch_size=32, epochs=1, verbose=0,
+                  callbacks=[at_drop])
+    assert at_drop.controller.history == []
+    assert sum(_zero_filters(at_drop).values()) == 0
     # ... also when the callback cannot build its schedule.
     unknown = tf.data.Dataset.from_generator(
         lambda: iter([(x[:32], y[:32])] * 4),
@@ -1272,11 +1294,12 @@ def test_a_model_trained_before_starts_its_schedule_at_the_first_fit(
     assert not hasattr(controller.state, "schedule_start")
 
 
-def test_events_must_fall_where_fit_runs_callbacks():
-    """With steps_per_execution > 1, callbacks run every that many steps
-    from each epoch's start (the last execution is shorter) and at each
-    epoch's end: an event elsewhere is refused before training, also
-    when the schedule starts after earlier training."""
+def test_events_between_executions_run_at_the_next_one():
+    """fit runs callbacks every steps_per_execution steps from each
+    epoch's start and at each epoch's end, which the callback cannot
+    always know in advance (a repeated dataset with steps_per_epoch not a
+    multiple of it runs whole executions): an event between two runs
+    late, by less than one execution, never refused or overdue."""
     x, y = digits(320)  # 10 steps per epoch at batch 32
     model = bn_and_bias_net()
     model.compile(keras.optimizers.SGD(0.05),
@@ -1284,15 +1307,32 @@ def test_events_must_fall_where_fit_runs_callbacks():
                   steps_per_execution=4)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # to step 10
     # From step 10: callbacks after steps 14, 18, 20 (epoch end), 24, ...
-    bad = repr_lib.RePrCallback(8, 4, 1, 0.25, unit="steps", verbose=0,
-                                schedule_check="off")
-    with pytest.raises(ValueError, match=r"after steps \[22\], where"):
-        model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[bad])
-    good = repr_lib.RePrCallback(8, 2, 1, 0.25, unit="steps", verbose=0,
+    late = repr_lib.RePrCallback(8, 4, 1, 0.25, unit="steps", verbose=0,
                                  schedule_check="off")
-    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[good])
-    assert [(h["step"], h["event"]) for h in good.controller.history] == [
-        (18, "drop"), (20, "reinit")]
+    with pytest.warns(UserWarning, match="reinit of cycle 1 ran after step "
+                      "24, 2 step"):
+        model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[late])
+    assert [(h["step"], h["event"], h.get("late")) for h in
+            late.controller.history] == [(18, "drop", None),
+                                         (24, "reinit", 2)]
+    repeated = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()
+    model = bn_and_bias_net()
+    model.compile(keras.optimizers.SGD(0.05),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=4)
+    exact = repr_lib.RePrCallback(12, 12, 1, 0.25, unit="steps", verbose=0,
+                                  schedule_check="off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(repeated, steps_per_epoch=10, epochs=3, shuffle=False,
+                  verbose=0,
+                  callbacks=[exact])
+    assert [h["step"] for h in exact.controller.history] == [12, 24]
+    assert all(u.dropped().size == 0 for u in exact.controller.units)
+    short = repr_lib.RePrCallback(8, 2, 1, 0.25, unit="steps", verbose=0)
+    with pytest.raises(ValueError, match="must be at least steps_per_exec"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[short])
+    assert "train_step" not in model.__dict__
 
 
 def test_learning_rates_set_by_callbacks_or_callables_are_read_right():

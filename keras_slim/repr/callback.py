@@ -13,16 +13,6 @@ from keras_slim.repr.core import RePrController
 UNITS = ("epochs", "steps")
 
 
-def _reached(offset, steps_per_epoch, steps_per_execution):
-    """Whether `fit` runs callbacks `offset` steps after its start: after
-    each execution of `steps_per_execution` steps, counted from each
-    epoch's start (an epoch's last execution may be shorter), and at each
-    epoch's end."""
-    if steps_per_epoch:
-        offset %= int(steps_per_epoch)
-    return offset % steps_per_execution == 0
-
-
 class RePrCallback(keras.callbacks.Callback):
     """Trains any conv model with RePr under `model.fit`.
 
@@ -35,8 +25,12 @@ class RePrCallback(keras.callbacks.Callback):
     before, e.g. to fine-tune it with RePr) and counts the optimizer's
     steps (`optimizer.iterations`), so a later `fit` with the same
     callback continues it.
-    An event due after step `t` runs just before step `t + 1`; one due
-    after the last step of `fit` runs when `fit` ends. A `fit` that ends
+    An event due after step `t` runs just before step `t + 1`; a
+    re-initialisation due after the last step of `fit` runs when `fit`
+    ends (a drop due then waits for the next `fit`). With
+    `steps_per_execution > 1`, fit runs callbacks only between executions,
+    so an event between two runs at the next one (a warning says how
+    late). A `fit` that ends
     while filters are out brings them back at its end (re-initialised,
     with a warning): run a whole drop window within one `fit`.
 
@@ -137,9 +131,9 @@ class RePrCallback(keras.callbacks.Callback):
             `cycles` < 1, an unknown ranking, cut-off, unit, normalization,
             bn_mode or schedule_check; when training starts, for a model
             with no conv layer to rank, a layer whose filters cannot be
-            masked, a schedule that is not a multiple of
-            `steps_per_execution`, or (with `schedule_check="raise"`) a
-            schedule that does not suit the run.
+            masked, S1 or S2 shorter than `steps_per_execution`, or
+            (with `schedule_check="raise"`) a schedule that does not suit
+            the run.
 
     Example:
 
@@ -236,6 +230,8 @@ class RePrCallback(keras.callbacks.Callback):
         self._events_at_start = 0
         self._peak_lr = 0.0
         self._anchored = False  # this fit set the schedule's start
+        self._late_steps = 0  # how late fit may run an event
+        self._warned_late = False
 
     # ------------------------------------------------------------ state
     def attach(self, model):
@@ -316,20 +312,20 @@ class RePrCallback(keras.callbacks.Callback):
 
     def _begin(self, model, step):
         schedule = self.schedule(self.params.get("steps"))
+        # fit runs callbacks only between executions (every
+        # steps_per_execution steps from each epoch's start, and at each
+        # epoch's end): an event between two runs at the next one.
         per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
-        steps = self.params.get("steps")
-        misaligned = [e.step for e in schedule.events if e.step >= step
-                      and not _reached(e.step - step, steps, per_execution)]
-        if misaligned:
+        if min(schedule.s1, schedule.s2) < per_execution:
             raise ValueError(
-                f"RePr's events fall after steps {misaligned[:4]}, where "
-                "this fit runs no callback: callbacks run every "
-                f"steps_per_execution={per_execution} steps from each "
-                "epoch's start and at each epoch's end"
-                + (f" (epochs of {steps} steps)" if steps else "")
-                + ". Choose S1 and S2 (in steps) as multiples of "
-                "steps_per_execution, and epochs whose length is one too."
+                f"S1 and S2 ({schedule.s1} and {schedule.s2} steps) must be "
+                f"at least steps_per_execution={per_execution}: fit runs "
+                "callbacks only between executions, so a shorter window "
+                "could pass between two of them (a drop and its "
+                "re-initialisation at the same step)."
             )
+        self._late_steps = per_execution - 1
+        self._warned_late = False
         self.controller.schedule = schedule
         # The traced step holds the dropped filters after every update.
         self._original_step = model.__dict__.get("train_step")
@@ -342,7 +338,10 @@ class RePrCallback(keras.callbacks.Callback):
         self._checked = False
         self._events_at_start = len(self.controller.history)
         self._note_learning_rate()
-        self._run_events(step)
+        self.controller.check_not_overdue(step, self._late_steps)
+        # Events due now run before the first step, once on_epoch_begin
+        # has checked the run (a refused fit must not have dropped).
+        self._next_event = step
 
     def _in_own_fit(self):
         """Whether a `fit` running this callback is on the call stack: the
@@ -429,8 +428,21 @@ class RePrCallback(keras.callbacks.Callback):
             return None
 
     def _run_events(self, step):
-        performed = self.controller.update(step)
+        performed = self.controller.update(step, self._late_steps)
         self._next_event = self.controller.next_event_step(step)
+        late = [r for r in performed if r.get("late")]
+        if late and not self._warned_late:
+            self._warned_late = True
+            record = late[0]
+            warnings.warn(
+                f"RePr's {record['event']} of cycle {record['cycle'] + 1} "
+                f"ran after step {step}, {record['late']} step(s) after its "
+                "schedule: fit runs callbacks only every "
+                f"steps_per_execution={self._late_steps + 1} steps from "
+                "each epoch's start, and at each epoch's end. For exact "
+                "timing choose S1 and S2 (in steps) as multiples of "
+                "steps_per_execution, and epochs whose length is one too.",
+                stacklevel=2)
         if self.schedule_check == "off" or not performed:
             return
         rate = self._learning_rate()
@@ -458,6 +470,19 @@ class RePrCallback(keras.callbacks.Callback):
         if self._checked:
             return
         self._checked = True
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        if epochs and steps:  # else a dataset of unknown length
+            total = self._start_step + (int(epochs) - int(epoch)) * int(steps)
+            try:
+                self.controller.check_run(
+                    total, start_step=self._start_step,
+                    action=self.schedule_check,
+                    min_lr_fraction=self.min_lr_fraction,
+                    min_tail_fraction=self.min_tail_fraction)
+            except ValueError:
+                self._restore_step()  # refused: leave the model as it was
+                self._unanchor()
+                raise
         start = int(self.controller.schedule_start.numpy())
         if self._anchored and epoch > 0 and start > 0:
             warnings.warn(
@@ -468,20 +493,6 @@ class RePrCallback(keras.callbacks.Callback):
                 "fit, or the cycles start over (and filters saved while "
                 "dropped stay zero until the next re-initialisation).",
                 stacklevel=2)
-        epochs, steps = self.params.get("epochs"), self.params.get("steps")
-        if not epochs or not steps:
-            return  # a dataset of unknown length: nothing to check against
-        total = self._start_step + (int(epochs) - int(epoch)) * int(steps)
-        try:
-            self.controller.check_run(
-                total, start_step=self._start_step,
-                action=self.schedule_check,
-                min_lr_fraction=self.min_lr_fraction,
-                min_tail_fraction=self.min_tail_fraction)
-        except ValueError:
-            self._restore_step()  # refused: leave the model as it was
-            self._unanchor()
-            raise
 
     def _unanchor(self):
         """Forgets the schedule's start set by a fit that was refused."""
@@ -492,8 +503,8 @@ class RePrCallback(keras.callbacks.Callback):
         # Events run before the first step that follows them, not after
         # the last step before them: the same step count, but validation
         # at an epoch's end then sees the network that epoch trained (not
-        # one just dropped or re-initialised). An event due after the very
-        # last step of `fit` runs in `on_train_end`.
+        # one just dropped or re-initialised). A re-initialisation due
+        # after the very last step of `fit` runs in `on_train_end`.
         if self._next_event is None:
             return
         step = self._step()

@@ -1021,11 +1021,41 @@ class RePrController:
         candidates = [c for c in candidates if c is not None]
         return min(candidates) if candidates else None
 
-    def update(self, step):
+    def check_not_overdue(self, step, late_steps=0):
+        """Raises if the next event was due more than `late_steps` steps
+        before `step` (see `update`)."""
+        events = self._require_schedule().events
+        step = int(step)
+        done = int(self.events_done.numpy())
+        if done < len(events) and events[done].step < step - late_steps:
+            event = events[done]
+            raise ValueError(
+                f"RePr's {event.kind} of cycle {event.cycle + 1} was due "
+                f"after step {event.step}, but training is at step "
+                f"{step} and it has not happened. Either the training "
+                "loop ran past it (stop every run of steps at "
+                "`next_event_step`), or the model was "
+                "restored without RePr's state (checkpoint "
+                "`controller.state` / `RePrCallback.state` with it)"
+                + (", or its optimizer had trained before RePr was "
+                   "added: the schedule counts the optimizer's steps "
+                   "from 0, so compile the model with a new optimizer "
+                   "first." if done == 0 and self.schedule_start is None
+                   else ".")
+            )
+
+    def update(self, step, late_steps=0):
         """Runs every event due once `step` optimizer steps are done.
 
         Call it after each run of training steps; runs of steps must stop
         at `next_event_step`.
+
+        Args:
+            step: Optimizer steps done.
+            late_steps: How many steps late an event may run (a driver
+                that cannot stop at every step, like `fit` with
+                `steps_per_execution > 1`); a late event's record says
+                by how much (`"late"`).
 
         Returns:
             The list of event records performed (dicts, also appended to
@@ -1038,6 +1068,7 @@ class RePrController:
         schedule = self._require_schedule()
         step = int(step)
         events = schedule.events
+        self.check_not_overdue(step, late_steps)
         done = int(self.events_done.numpy())
         performed = []
         if self.restart is not None and self.restart.active:
@@ -1046,22 +1077,6 @@ class RePrController:
             self.event_seconds += time.perf_counter() - start
         while done < len(events) and events[done].step <= step:
             event = events[done]
-            if event.step < step:
-                raise ValueError(
-                    f"RePr's {event.kind} of cycle {event.cycle + 1} was due "
-                    f"after step {event.step}, but training is at step "
-                    f"{step} and it has not happened. Either the training "
-                    "loop ran past it (stop every run of steps at "
-                    "`next_event_step`; with model.fit, S1 and S2 must be "
-                    "multiples of steps_per_execution), or the model was "
-                    "restored without RePr's state (checkpoint "
-                    "`controller.state` / `RePrCallback.state` with it)"
-                    + (", or its optimizer had trained before RePr was "
-                       "added: the schedule counts the optimizer's steps "
-                       "from 0, so compile the model with a new optimizer "
-                       "first." if done == 0 and self.schedule_start is None
-                       else ".")
-                )
             start = time.perf_counter()
             if event.kind == schedule_lib.DROP:
                 record = self.drop(event.cycle)
@@ -1073,6 +1088,8 @@ class RePrController:
             self.events_done.assign(done)
             record.update(step=step, event=event.kind, cycle=event.cycle,
                           seconds=seconds)
+            if event.step < step:
+                record["late"] = step - event.step
             self._record_learning_rate(record, step)
             self.history.append(record)
             performed.append(record)
