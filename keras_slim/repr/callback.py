@@ -265,8 +265,8 @@ class RePrCallback(keras.callbacks.Callback):
         return self.controller.state
 
     def schedule(self, steps_per_epoch=None):
-        """The `RePrSchedule` in optimizer steps (from the optimizer's
-        step at the first `fit` with this callback)."""
+        """The `RePrSchedule` in optimizer steps, from the optimizer's
+        step at the first `fit` with this callback (from 0 before it)."""
         start = 0
         if self.controller is not None:
             start = max(0, int(self.controller.schedule_start.numpy()))
