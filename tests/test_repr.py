@@ -1324,6 +1324,21 @@ def test_events_between_executions_run_at_the_next_one():
                   callbacks=[exact])
     assert [h["step"] for h in exact.controller.history] == [12, 24]
     assert all(u.dropped().size == 0 for u in exact.controller.units)
+    # A drop due inside a fit's last execution runs first in the next fit
+    # (with any steps_per_execution).
+    model = bn_and_bias_net()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.SGD(0.05), loss, steps_per_execution=4)
+    inside = repr_lib.RePrCallback(9, 6, 1, 0.25, unit="steps", verbose=0,
+                                   schedule_check="off")
+    with pytest.warns(UserWarning, match="fell inside this fit's last"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[inside])
+    assert inside.controller.history == []
+    model.compile(model.optimizer, loss, steps_per_execution=1)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[inside])
+    assert [(h["step"], h["event"], h.get("late")) for h in
+            inside.controller.history] == [(10, "drop", 1), (15, "reinit", None)]
+    model.compile(model.optimizer, loss, steps_per_execution=4)
     short = repr_lib.RePrCallback(8, 2, 1, 0.25, unit="steps", verbose=0)
     with pytest.raises(ValueError, match="must be at least steps_per_exec"):
         model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[short])

@@ -30,7 +30,7 @@ class RePrCallback(keras.callbacks.Callback):
     ends (a drop due then waits for the next `fit`). With
     `steps_per_execution > 1`, fit runs callbacks only between executions,
     so an event between two runs at the next one (a warning says how
-    late). A `fit` that ends
+    late; one inside a fit's last execution runs first in the next fit). A `fit` that ends
     while filters are out brings them back at its end (re-initialised,
     with a warning): run a whole drop window within one `fit`.
 
@@ -231,6 +231,7 @@ class RePrCallback(keras.callbacks.Callback):
         self._peak_lr = 0.0
         self._anchored = False  # this fit set the schedule's start
         self._late_steps = 0  # how late fit may run an event
+        self._carry_late = 0  # an event the last fit ended past
         self._warned_late = False
 
     # ------------------------------------------------------------ state
@@ -338,7 +339,8 @@ class RePrCallback(keras.callbacks.Callback):
         self._checked = False
         self._events_at_start = len(self.controller.history)
         self._note_learning_rate()
-        self.controller.check_not_overdue(step, self._late_steps)
+        self.controller.check_not_overdue(
+            step, max(self._late_steps, self._carry_late))
         # Events due now run before the first step, once on_epoch_begin
         # has checked the run (a refused fit must not have dropped).
         self._next_event = step
@@ -428,7 +430,9 @@ class RePrCallback(keras.callbacks.Callback):
             return None
 
     def _run_events(self, step):
-        performed = self.controller.update(step, self._late_steps)
+        performed = self.controller.update(
+            step, max(self._late_steps, self._carry_late))
+        self._carry_late = 0
         self._next_event = self.controller.next_event_step(step)
         late = [r for r in performed if r.get("late")]
         if late and not self._warned_late:
@@ -521,6 +525,19 @@ class RePrCallback(keras.callbacks.Callback):
         step = self._step()
         self.controller.finish(step)
         self._restore_step()
+        # A drop due inside the last execution (steps_per_execution > 1)
+        # had no callback after it: the next fit runs it first.
+        events = self.controller.schedule.events
+        done = int(self.controller.events_done.numpy())
+        if done < len(events) and events[done].step < step:
+            event = events[done]
+            self._carry_late = step - event.step
+            warnings.warn(
+                f"RePr's {event.kind} of cycle {event.cycle + 1}, due after "
+                f"step {event.step}, fell inside this fit's last execution "
+                f"(steps_per_execution={self._late_steps + 1}): the next "
+                "fit with this callback runs it before its first step.",
+                stacklevel=2)
         if len(self.controller.history) == self._events_at_start and not (
                 self.params.get("epochs") and self.params.get("steps")):
             # The start's check needs the run's length; said here instead.

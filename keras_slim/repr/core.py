@@ -1055,7 +1055,8 @@ class RePrController:
             late_steps: How many steps late an event may run (a driver
                 that cannot stop at every step, like `fit` with
                 `steps_per_execution > 1`); a late event's record says
-                by how much (`"late"`).
+                by how much (`"late"`). A loop that continues a run
+                `fit` drove passes that fit's `steps_per_execution - 1`.
 
         Returns:
             The list of event records performed (dicts, also appended to
