@@ -30,9 +30,10 @@ class RePrCallback(keras.callbacks.Callback):
     ends (a drop due then waits for the next `fit`). With
     `steps_per_execution > 1`, fit runs callbacks only between executions,
     so an event between two runs at the next one (a warning says how
-    late; one inside a fit's last execution runs first in the next fit). A `fit` that ends
-    while filters are out brings them back at its end (re-initialised,
-    with a warning): run a whole drop window within one `fit`.
+    late; one inside a fit's last execution runs first in the next fit).
+    A `fit` that ends while filters are out brings them back at its end
+    (re-initialised, with a warning): run a whole drop window within one
+    `fit`.
 
     A `fit` stopped by an exception (Ctrl-C, an error in another callback)
     does not run `on_train_end`: the model is left as the sub-network.
