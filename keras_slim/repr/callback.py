@@ -528,10 +528,8 @@ class RePrCallback(keras.callbacks.Callback):
         self._restore_step()
         # A drop due inside the last execution (steps_per_execution > 1)
         # had no callback after it: the next fit runs it first.
-        events = self.controller.schedule.events
-        done = int(self.controller.events_done.numpy())
-        if done < len(events) and events[done].step < step:
-            event = events[done]
+        event = self.controller.overdue_event(step)
+        if event is not None:
             self._carry_late = step - event.step
             warnings.warn(
                 f"RePr's {event.kind} of cycle {event.cycle + 1}, due after "

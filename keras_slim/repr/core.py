@@ -1021,14 +1021,21 @@ class RePrController:
         candidates = [c for c in candidates if c is not None]
         return min(candidates) if candidates else None
 
+    def overdue_event(self, step, late_steps=0):
+        """The next event if it was due more than `late_steps` steps
+        before `step`, else None."""
+        events = self._require_schedule().events
+        done = int(self.events_done.numpy())
+        if done < len(events) and events[done].step < int(step) - late_steps:
+            return events[done]
+        return None
+
     def check_not_overdue(self, step, late_steps=0):
         """Raises if the next event was due more than `late_steps` steps
         before `step` (see `update`)."""
-        events = self._require_schedule().events
-        step = int(step)
-        done = int(self.events_done.numpy())
-        if done < len(events) and events[done].step < step - late_steps:
-            event = events[done]
+        event = self.overdue_event(step, late_steps)
+        if event is not None:
+            done = int(self.events_done.numpy())
             raise ValueError(
                 f"RePr's {event.kind} of cycle {event.cycle + 1} was due "
                 f"after step {event.step}, but training is at step "
